@@ -1,0 +1,120 @@
+"""The public object: a loaded VLM that answers questions about images, optionally under a method, and reports the
+first-token logits, confidence, cost and (on request) where it looked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from visfocus.errors import VisfocusError
+from visfocus.methods import Method
+from visfocus.methods.base import Params
+from visfocus.methods.baseline import Baseline
+from visfocus.models.base import Adapter
+from visfocus.models.layout import RowLayout
+from visfocus.steer.runner import Runner
+from visfocus.steer.trace import Trace
+
+ImageLike = Image.Image | str | Path | np.ndarray
+
+
+@dataclass
+class Answer:
+    text: str
+    first_token: str
+    first_token_logits: torch.Tensor  # (V,) float32, raw logits of the first generated token
+    confidence: float  # max softmax probability of those logits over the whole vocabulary
+    alpha_used: float | None
+    cost: dict[str, Any]  # forward_passes, prefill_tokens, decode_tokens (per sequence), seconds, batch_size
+    layout: RowLayout | None = None
+    trace: Trace | None = field(default=None, repr=False)
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """An RGB PIL image from a PIL image, a path or an (H, W, 3) uint8 array; one clear error otherwise."""
+    if image is None:
+        raise VisfocusError("a question needs an image, got None")
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise VisfocusError(f"an image array must be (H, W, 3); got shape {image.shape}")
+        return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise VisfocusError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise VisfocusError(f"not a readable image file: {path} ({type(err).__name__})") from err
+    raise VisfocusError(f"unsupported image type {type(image).__name__}; give a PIL image, a path or an array")
+
+
+class VLM:
+    """A loaded vision-language model. Build with ``visfocus.load``."""
+
+    def __init__(self, model, processor, adapter: Adapter) -> None:
+        self.model = model
+        self.processor = processor
+        self.adapter = adapter
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers
+
+    def answer(self, image: ImageLike, question: str, method: Method | None = None, *, max_new_tokens: int = 16,
+               trace: bool = False) -> Answer:
+        """Answer one question about one image."""
+        return self.answer_batch([image], [question], method, max_new_tokens=max_new_tokens, trace=trace)[0]
+
+    def answer_batch(self, images: Sequence[ImageLike], questions: Sequence[str], method: Method | None = None, *,
+                     max_new_tokens: int = 16, trace: bool = False) -> list[Answer]:
+        """Answer a batch (one image per question, left padded). Same answers as one at a time."""
+        if isinstance(questions, str) or len(images) != len(questions):
+            raise VisfocusError(f"answer_batch needs one image per question: got {len(images)} images and "
+                                f"{1 if isinstance(questions, str) else len(questions)} questions")
+        if len(questions) == 0:
+            return []
+        for q in questions:
+            if not isinstance(q, str) or not q.strip():
+                raise VisfocusError(f"a question must be a non-empty string, got {q!r}")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise VisfocusError(f"max_new_tokens must be an integer ≥ 1, got {max_new_tokens!r}")
+        if method is not None and not isinstance(method, Method):
+            raise VisfocusError(f"method must come from visfocus.method(...), got {type(method).__name__}")
+        pil = [load_image(im) for im in images]
+        method = method or Baseline(Params())
+
+        start = time.perf_counter()
+        inputs = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v
+                  for k, v in self.adapter.encode(pil, list(questions)).items()}
+        layouts = self.adapter.layouts(inputs, pil)
+        image_cols = self.adapter.image_cols(inputs)  # (B, S)
+        runner = Runner(self.model, inputs, image_cols, drop_on_continue=self.adapter.drop_on_continue,
+                        prefill_position_ids=self.adapter.prefill_position_ids(inputs), record_trace=trace)
+        result = method.run(runner, max_new_tokens=max_new_tokens, num_layers=self.num_layers)
+        runner.cost.seconds = time.perf_counter() - start
+
+        gen = result.generation
+        texts = self.processor.batch_decode(gen.new_tokens, skip_special_tokens=True)
+        first = self.processor.batch_decode(gen.new_tokens[:, :1], skip_special_tokens=False)
+        confidence = torch.softmax(gen.first_logits, dim=-1).max(-1).values  # (B,)
+        full_trace = runner.recorder.finish(image_cols, inputs["attention_mask"], layouts) if trace else None
+        cost = {**runner.cost.as_dict(), "batch_size": len(pil)}
+        return [Answer(text=texts[b].strip(), first_token=first[b], first_token_logits=gen.first_logits[b].cpu(),
+                       confidence=float(confidence[b]), alpha_used=result.alpha_used[b], cost=cost,
+                       layout=layouts[b], trace=full_trace.row(b) if full_trace is not None else None)
+                for b in range(len(pil))]

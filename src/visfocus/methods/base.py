@@ -1,0 +1,123 @@
+"""The method registry: one file per method, one ``@register_method`` each. A method has a typed, validated
+parameter dataclass and turns a prepared batch (a ``Runner``) into a generation through the engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from visfocus.errors import VisfocusError
+from visfocus.steer.runner import Generation, Runner
+
+METHODS: dict[str, type[Method]] = {}
+
+
+@dataclass(frozen=True)
+class Params:
+    """Base of every method's parameters; subclasses add fields and ``validate``."""
+
+    def validate(self, num_layers: int | None = None) -> None:
+        pass
+
+
+@dataclass
+class MethodResult:
+    generation: Generation
+    alpha_used: list[float | None]  # per batch row: the image-logit multiplier applied (None: none applied)
+
+
+class Method:
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]] = Params
+    search_grid: ClassVar[dict[str, tuple]] = {}
+
+    def __init__(self, params: Params) -> None:
+        params.validate()
+        self.params = params
+
+    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in dataclasses.asdict(self.params).items())})"
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: list ``cls`` under ``cls.name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method(name: str, **kwargs: Any) -> Method:
+    """Build a registered method with validated parameters, e.g. ``method("scaling_vis", alpha=0.5)``."""
+    if name not in METHODS:
+        raise VisfocusError(f"unknown method '{name}'; registered methods: {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise VisfocusError(f"method '{name}' has no parameter {', '.join(unknown)}; its parameters: "
+                            f"{', '.join(sorted(fields)) or 'none'}")
+    return cls(cls.Params(**kwargs))
+
+
+def methods() -> dict[str, dict[str, Any]]:
+    """Registered methods and their parameters with defaults: ``{name: {param: default}}``."""
+    return {name: {f.name: f.default for f in dataclasses.fields(cls.Params)} for name, cls in sorted(METHODS.items())}
+
+
+def parse_method_args(name: str, text: str) -> dict[str, Any]:
+    """``"alpha=0.5,layers=1;2"`` → typed kwargs for method ``name`` (tuples use ';' between items)."""
+    if name not in METHODS:
+        raise VisfocusError(f"unknown method '{name}'; registered methods: {', '.join(sorted(METHODS))}")
+    hints = typing.get_type_hints(METHODS[name].Params)
+    out: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in (text or "").split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or key.strip() not in hints:
+            raise VisfocusError(f"cannot read method argument '{item}' for '{name}'; expected KEY=VALUE with KEY in "
+                                f"{', '.join(sorted(hints)) or 'none'}")
+        out[key.strip()] = _coerce(raw.strip(), hints[key.strip()], key.strip())
+    return out
+
+
+def _coerce(raw: str, hint: Any, key: str) -> Any:
+    kinds = set(typing.get_args(hint)) or {hint}
+    if raw.lower() in ("none", "null", "") and type(None) in kinds:
+        return None
+    try:
+        if bool in kinds:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1")
+        if any(typing.get_origin(k) is tuple for k in kinds):
+            return tuple(int(v) for v in raw.split(";") if v)
+        if int in kinds and float not in kinds:
+            return int(raw)
+        if float in kinds:
+            return float(raw)
+    except ValueError as err:
+        raise VisfocusError(f"method argument {key}={raw!r} is not a valid {hint}") from err
+    return raw
+
+
+def check_number(name: str, value: float, *, low: float | None = None, high: float | None = None) -> None:
+    """One clear error for a parameter that is not a finite number within [low, high]."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise VisfocusError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"≥ {low}" if high is None else (f"≤ {high}" if low is None else f"in [{low}, {high}]")
+        raise VisfocusError(f"{name} must be {bounds}, got {value}")
+
+
+def check_layers(layers: tuple[int, ...] | None, num_layers: int | None) -> None:
+    if layers is None:
+        return
+    if len(layers) == 0:
+        raise VisfocusError("layers is empty; give layer indices or None for all layers")
+    if num_layers is not None and any(not 0 <= i < num_layers for i in layers):
+        raise VisfocusError(f"layers {list(layers)} out of range: the text decoder has {num_layers} layers "
+                            f"(0..{num_layers - 1})")

@@ -1,0 +1,40 @@
+"""ScalingVis (Chen et al., AdaptVis paper §4.2): multiply the pre-softmax logits of the image keys in the last
+prompt row by α, in every (or the chosen) decoder layer and every head. α < 1 flattens attention over the image,
+α > 1 sharpens it. It is a logit multiplier (temperature 1/α on the image block only), so it also changes the total
+image mass. The official code calls α ``--weight``; official behaviour edits the prefill row only (``decode=False``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from visfocus.methods.base import Method, MethodResult, Params, check_layers, check_number, register_method
+from visfocus.steer.edits import ScaleLogits
+from visfocus.steer.runner import Runner
+
+
+@dataclass(frozen=True)
+class ScalingVisParams(Params):
+    alpha: float = 0.5  # the paper's best on the synthetic WhatsUp subsets; real images favour α > 1
+    layers: tuple[int, ...] | None = None  # decoder layers to edit; None = all
+    decode: bool = False  # also edit the query row of every decoding step (the official code does not)
+
+    def validate(self, num_layers: int | None = None) -> None:
+        check_number("alpha", self.alpha, low=0.0)
+        check_layers(self.layers, num_layers)
+
+
+@register_method
+class ScalingVis(Method):
+    name = "scaling_vis"
+    Params = ScalingVisParams
+    search_grid = {"alpha": (0.5, 0.8, 1.2, 1.5, 2.0)}
+
+    def edit(self) -> ScaleLogits:
+        p = self.params
+        return ScaleLogits(alpha=float(p.alpha), layers=frozenset(p.layers) if p.layers else None,
+                           rows="last_prompt_and_decode" if p.decode else "last_prompt")
+
+    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
+        self.params.validate(num_layers)
+        generation = runner.generate((self.edit(),), max_new_tokens=max_new_tokens)
+        return MethodResult(generation, alpha_used=[float(self.params.alpha)] * generation.new_tokens.shape[0])

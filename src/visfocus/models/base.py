@@ -1,0 +1,95 @@
+"""The model-family adapter: everything the engine must know about one VLM family, stated once. A family is a small
+subclass of ``Adapter`` registered with ``@register_adapter``; it states only what differs."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from visfocus.errors import VisfocusError
+from visfocus.models.layout import ImageView, RowLayout, contiguous_segments
+
+ADAPTERS: dict[str, type[Adapter]] = {}
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: make ``cls`` the adapter for its ``model_types``."""
+    for model_type in cls.model_types:
+        ADAPTERS[model_type] = cls
+    return cls
+
+
+def adapter_for(model_type: str) -> type[Adapter]:
+    if model_type not in ADAPTERS:
+        raise VisfocusError(f"unsupported model architecture '{model_type}'; visfocus supports: "
+                            f"{', '.join(sorted(ADAPTERS))}")
+    return ADAPTERS[model_type]
+
+
+class Adapter:
+    """Base adapter: chat prompts through the processor's template, image-token positions from ``input_ids``."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    # Vision inputs left out when decoding continues from a cache (the image is already in it).
+    drop_on_continue: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes", "image_grid_thw")
+
+    def __init__(self, model, processor) -> None:
+        self.model = model
+        self.processor = processor
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.get_text_config().num_hidden_layers)
+
+    # --- prompts -----------------------------------------------------------------------------------------------
+    def build_prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, images: list[Image.Image], questions: list[str]) -> dict:
+        """Left-padded model inputs for one image per question."""
+        prompts = [self.build_prompt(q) for q in questions]
+        self.processor.tokenizer.padding_side = "left"
+        return dict(self.processor(images=images, text=prompts, padding=True, return_tensors="pt"))
+
+    def prefill_position_ids(self, inputs: dict) -> torch.Tensor | None:
+        """The positions ``generate`` uses for a left-padded prompt (plain forward would use arange)."""
+        mask = inputs["attention_mask"]  # (B, S)
+        return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (B, S)
+
+    # --- image tokens ------------------------------------------------------------------------------------------
+    def image_cols(self, inputs: dict) -> torch.Tensor:
+        """(B, S) bool: the key columns that hold image tokens (left padding shifts them per row)."""
+        return inputs["input_ids"] == self.image_token_id
+
+    def layouts(self, inputs: dict, images: list[Image.Image]) -> list[RowLayout]:
+        """One ``RowLayout`` per batch row; image k of the batch is the k-th image segment in row order."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+        out, image_index = [], 0
+        for b in range(ids.shape[0]):
+            row_ids = ids[b][mask[b]].cpu().numpy()
+            positions = np.nonzero(row_ids == self.image_token_id)[0]
+            layout = RowLayout(image_positions=positions)
+            for segment in contiguous_segments(positions):
+                image = images[image_index]
+                layout.images.append(self.views(inputs, image_index, segment, (image.width, image.height)))
+                image_index += 1
+            out.append(layout)
+        return out
+
+    def views(self, inputs: dict, image_index: int, segment: np.ndarray, size: tuple[int, int]) -> list[ImageView]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_count(segment: np.ndarray, expected: int, family: str) -> None:
+        if len(segment) != expected:
+            raise RuntimeError(f"{family}: found {len(segment)} image tokens for an image whose grid implies "
+                               f"{expected}; the processor and the model config disagree")

@@ -1,0 +1,39 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: one ``<|image_pad|>`` token per merged (merge × merge) patch block, a
+row-major (gh/merge) × (gw/merge) grid over the whole resized image; M-RoPE positions come from the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from visfocus.models.base import Adapter, register_adapter
+from visfocus.models.layout import ImageView
+
+
+@register_adapter
+class Qwen2VLAdapter(Adapter):
+    family = "qwen2_vl"
+    model_types = ("qwen2_vl",)
+
+    def prefill_position_ids(self, inputs: dict) -> torch.Tensor | None:
+        return None  # the model computes 3-D M-RoPE positions (and caches rope_deltas for decoding)
+
+    def views(self, inputs: dict, image_index: int, segment: np.ndarray, size: tuple[int, int]) -> list[ImageView]:
+        merge = int(self.processor.image_processor.merge_size)
+        t, gh, gw = (int(v) for v in inputs["image_grid_thw"][image_index])
+        rows, cols = gh // merge, gw // merge
+        self._check_count(segment, t * rows * cols, self.family)
+        # The resize stretches the whole image onto the grid, so the grid covers the whole original image.
+        return [ImageView("image", segment, rows, cols, (0.0, 0.0, float(size[0]), float(size[1])), size)]
+
+
+@register_adapter
+class Qwen25VLAdapter(Qwen2VLAdapter):
+    family = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)
+
+
+@register_adapter
+class Qwen3VLAdapter(Qwen2VLAdapter):
+    family = "qwen3_vl"
+    model_types = ("qwen3_vl",)

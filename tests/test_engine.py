@@ -1,0 +1,157 @@
+"""The engine's edits and traces against an independent eager reference, for every model family (fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from eager_reference import SETTINGS, load_reference, reference_last_logits
+
+import visfocus as vf
+from visfocus.steer import Runner, ScaleLogits, SteerState, steering
+from visfocus.testing import FAMILIES
+
+QUESTION = "Where is the cup in relation to the table?"
+
+
+def _prepare(vlm, images, questions):
+    inputs = vlm.adapter.encode(images, questions)
+    return inputs, vlm.adapter.image_cols(inputs), vlm.adapter.prefill_position_ids(inputs)
+
+
+@pytest.fixture(scope="module")
+def references(tiny_dirs):
+    return {family: load_reference(path) for family, path in tiny_dirs.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 2.0])
+def test_scaling_vis_matches_eager_reference(family, alpha, tiny_vlms, references, image):
+    vlm = tiny_vlms[family]
+    out = vlm.answer(image, QUESTION, method=vf.method("scaling_vis", alpha=alpha), max_new_tokens=1)
+    inputs, image_cols, positions = _prepare(vlm, [image], [QUESTION])
+    expected = reference_last_logits(references[family], inputs, positions, image_cols, alpha)[0]
+    assert torch.isfinite(out.first_token_logits).all()
+    assert (out.first_token_logits - expected).abs().max().item() <= 1e-4
+    plain = reference_last_logits(references[family], inputs, positions, image_cols, 1.0)[0]
+    assert (expected - plain).abs().max().item() > 1e-3  # the edit really moves the logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_alpha_one_equals_unedited_model(family, tiny_vlms, image):
+    vlm = tiny_vlms[family]
+    plain = vlm.answer(image, QUESTION, max_new_tokens=3)
+    same = vlm.answer(image, QUESTION, method=vf.method("scaling_vis", alpha=1.0), max_new_tokens=3)
+    assert same.text == plain.text
+    assert (same.first_token_logits - plain.first_token_logits).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scaling_only_changes_last_row(family, tiny_vlms, image):
+    vlm = tiny_vlms[family]
+    inputs, image_cols, positions = _prepare(vlm, [image], [QUESTION])
+    kwargs = dict(inputs, position_ids=positions) if positions is not None else dict(inputs)
+    with torch.no_grad():
+        plain = vlm.model(**kwargs).logits  # (1, S, V)
+        with steering(SteerState(image_cols=image_cols, edits=(ScaleLogits(alpha=0.0),))):
+            edited = vlm.model(**kwargs).logits  # (1, S, V)
+    assert torch.equal(edited[:, :-1], plain[:, :-1])
+    assert (edited[:, -1] - plain[:, -1]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padded_batch_equals_single(family, tiny_vlms, image, other_image):
+    vlm = tiny_vlms[family]
+    method = vf.method("scaling_vis", alpha=0.5)
+    questions = [QUESTION, "Is the dog on the table or under the table, left of the cat? Answer with yes or no."]
+    batch = vlm.answer_batch([image, other_image], questions, method=method, max_new_tokens=4)
+    inputs, _, _ = _prepare(vlm, [image, other_image], questions)
+    assert (inputs["attention_mask"] == 0).any(), "the batch should need left padding"
+    for b, (img, q) in enumerate(zip([image, other_image], questions)):
+        alone = vlm.answer(img, q, method=method, max_new_tokens=4)
+        assert batch[b].text == alone.text
+        assert (batch[b].first_token_logits - alone.first_token_logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_reuse_equals_from_scratch_edit(family, tiny_vlms, image, other_image):
+    vlm = tiny_vlms[family]
+    inputs, image_cols, positions = _prepare(vlm, [image, other_image], [QUESTION, "Where is the dog?"])
+    runner = Runner(vlm.model, inputs, image_cols, drop_on_continue=vlm.adapter.drop_on_continue,
+                    prefill_position_ids=positions)
+    edit = ScaleLogits(alpha=2.0)
+    scratch = runner.generate((edit,), max_new_tokens=3)
+    prefix = runner.prefill()
+    unedited = runner.generate((), max_new_tokens=1)
+    assert (prefix.first_logits - unedited.first_logits).abs().max().item() <= 1e-4
+    reused = runner.generate((edit,), max_new_tokens=3, prefix=prefix)
+    assert (reused.first_logits - scratch.first_logits).abs().max().item() <= 1e-4
+    assert torch.equal(reused.new_tokens, scratch.new_tokens)
+    again = runner.generate((ScaleLogits(alpha=0.5),), max_new_tokens=1, prefix=prefix)  # the prefix is reusable
+    assert (again.first_logits - runner.generate((ScaleLogits(alpha=0.5),)).first_logits).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trace_matches_eager_reference(family, tiny_vlms, references, image):
+    vlm = tiny_vlms[family]
+    out = vlm.answer(image, QUESTION, method=vf.method("scaling_vis", alpha=0.5), max_new_tokens=2, trace=True)
+    inputs, image_cols, positions = _prepare(vlm, [image], [QUESTION])
+    trace = out.trace
+    assert trace.num_layers == vlm.num_layers
+    reference_last_logits(references[family], inputs, positions, image_cols, 0.5)
+    for key, recorded in (("rows", trace.last_row), ("rows_pre", trace.last_row_pre)):
+        expected = torch.stack([SETTINGS[key][i] for i in range(vlm.num_layers)])  # (L, 1, H, S)
+        assert (recorded - expected).abs().max().item() <= 1e-5
+        assert torch.allclose(recorded.sum(-1), torch.ones(recorded.shape[:-1]), atol=1e-5)
+    share = trace.image_share()  # (L, 1)
+    assert ((share > 0) & (share < 1)).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trace_image_map_uses_the_token_grid(family, tiny_vlms, image):
+    vlm = tiny_vlms[family]
+    out = vlm.answer(image, QUESTION, max_new_tokens=1, trace=True)
+    layout = out.layout
+    views = [v for views in layout.images for v in views]
+    assert sum(v.rows * v.cols for v in views) <= len(layout.image_positions)
+    heat = out.trace.image_map(layer=vlm.num_layers - 1)
+    view = layout.images[0][0]
+    assert heat.shape == (view.rows, view.cols)
+    probs = out.trace.last_row[-1, 0].mean(0)  # (S,)
+    assert heat.reshape(-1) == pytest.approx(probs[torch.as_tensor(view.columns)].numpy())
+
+
+def test_alpha_zero_gives_uniform_image_attention(tiny_vlms, image):
+    out = tiny_vlms["qwen3_vl"].answer(image, QUESTION, method=vf.method("scaling_vis", alpha=0.0), trace=True,
+                                       max_new_tokens=1)
+    cols = out.trace.image_cols[0]
+    image_probs = out.trace.last_row[:, 0][..., cols]  # (L, H, n_image)
+    assert torch.isfinite(out.trace.last_row).all()
+    assert torch.allclose(image_probs, image_probs[..., :1].expand_as(image_probs), atol=1e-7)
+
+
+def test_layer_selection_and_decode_flag(tiny_vlms, image):
+    vlm = tiny_vlms["qwen2_vl"]
+    plain = vlm.answer(image, QUESTION, max_new_tokens=6)
+    first_layer = vlm.answer(image, QUESTION, method=vf.method("scaling_vis", alpha=0.0, layers=(0,)),
+                             max_new_tokens=6, trace=True)
+    assert torch.equal(first_layer.trace.last_row[1:], first_layer.trace.last_row_pre[1:])  # other layers untouched
+    assert not torch.equal(first_layer.trace.last_row[0], first_layer.trace.last_row_pre[0])
+    inputs, image_cols, positions = _prepare(vlm, [image], [QUESTION])
+    runner = Runner(vlm.model, inputs, image_cols, drop_on_continue=vlm.adapter.drop_on_continue,
+                    prefill_position_ids=positions)
+    prefill_only = runner.generate((ScaleLogits(alpha=3.0),), max_new_tokens=2)
+    every_step = runner.generate((ScaleLogits(alpha=3.0, rows="last_prompt_and_decode"),), max_new_tokens=2)
+    assert torch.equal(prefill_only.first_logits, every_step.first_logits)
+    assert torch.equal(prefill_only.new_tokens[:, 0], every_step.new_tokens[:, 0])
+    assert (prefill_only.step_logits[1] - every_step.step_logits[1]).abs().max().item() > 1e-4
+    assert plain.cost["forward_passes"] == 1 + plain.cost["decode_tokens"]
+
+
+def test_cost_counts_passes_and_tokens(tiny_vlms, image):
+    vlm = tiny_vlms["llava"]
+    out = vlm.answer(image, QUESTION, max_new_tokens=3)
+    n_new = len(vlm.processor.tokenizer(out.text, add_special_tokens=False)["input_ids"])
+    assert out.cost["prefill_tokens"] == int(vlm.adapter.encode([image], [QUESTION])["input_ids"].shape[1])
+    assert out.cost["forward_passes"] == 1 + out.cost["decode_tokens"]
+    assert 1 <= out.cost["forward_passes"] <= 3 and n_new >= 0
+    assert out.cost["seconds"] > 0
