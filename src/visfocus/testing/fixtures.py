@@ -1,0 +1,261 @@
+"""Tiny random-weight vision-language models of five families, saved like real checkpoints.
+
+Each fixture folder holds a model (``save_pretrained``) and its real processor (image processor + a byte-level BPE
+tokenizer trained in code + chat template), so ``AutoModelForImageTextToText.from_pretrained(dir)`` and
+``visfocus.models.processor.load_processor(dir)`` load it and the processor produces the family's real image-token
+layout.  No download, no internet; a fixture builds in well under a second and is < 1 MB on disk.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from PIL import Image, ImageDraw
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+FAMILIES: tuple[str, ...] = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl", "llava", "llava_next")
+
+# Decoder size shared by all families: hidden 64 = 4 heads x head_dim 16, 2 KV heads (GQA), 2 layers.
+TEXT = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 1024}
+# Qwen image limits, in image tokens (after the 2x2 merge); the processors take them as pixels.
+QWEN_MIN_TOKENS, QWEN_MAX_TOKENS = 4, 128
+LLAVA_IMAGE_SIZE = 84  # LLaVA-1.5: one 84x84 view, patch 14 -> 6x6 = 36 image tokens
+LLAVA_NEXT_IMAGE_SIZE = 56  # LLaVA-NeXT: 56x56 base view + anyres tiles, patch 14 -> 4x4 per view
+LLAVA_NEXT_PINPOINTS = [[56, 56], [56, 112], [112, 56], [112, 112]]
+VISION = {"depth": 2, "hidden": 32, "intermediate": 64, "heads": 2}
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>"]
+LLAVA_SPECIALS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2 as in Llama; <image>, <pad> follow the BPE as in llava-hf
+
+_QWEN_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' and DEFAULT_SYSTEM -%}"
+    "{{ '<|im_start|>system\\n' + DEFAULT_SYSTEM + '<|im_end|>\\n' }}{%- endif -%}"
+    "{%- for message in messages -%}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' or 'image' in item -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif item['type'] == 'video' or 'video' in item -%}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{{ '<|im_end|>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+# LLaVA-1.5 / LLaVA-NeXT (vicuna) style: "USER: <image>\n{text} ASSISTANT:"
+_LLAVA_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{{ (message['content'] if message['content'] is string else message['content'][0]['text']) + ' ' }}"
+    "{%- else -%}{{ message['role'].upper() + ': ' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] + ' ' }}{%- else -%}"
+    "{%- for item in message['content'] if item['type'] == 'image' -%}{{ '<image>\\n' }}{%- endfor -%}"
+    "{%- for item in message['content'] if item['type'] == 'text' -%}{{ item['text'] + ' ' }}{%- endfor -%}"
+    "{%- endif -%}{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
+)
+
+_OBJECTS = ["cup", "table", "dog", "cat", "ball", "chair", "book", "box", "car", "tree", "bird", "plate", "lamp",
+            "bed", "man", "woman", "bowl", "laptop"]
+_RELATIONS = ["on", "under", "above", "below", "left of", "right of", "in front of", "behind", "next to", "near",
+              "inside", "on top of", "at the left of", "at the right of"]
+_EXTRA = [
+    "Yes.", "No.", "True.", "False.", "Yes, it is.", "No, it is not.", "The answer is yes.", "The answer is no.",
+    "Answer with yes or no.", "Answer with True or False.", "Describe the image.", "What is in the image?",
+    "Is there a cat in the image?", "Is there a dog in the image?", "Where is the cup?", "Where is the dog?",
+    "Is the statement true or false?", "Answer with a single word.", "left", "right", "top", "bottom",
+    "You are a helpful assistant.", "Look at the image and answer the question.", "A photo of a red cup.",
+    "A blue ball and a green box.", "There is a small white dog.", "The image shows a kitchen table.",
+]
+
+
+def _corpus() -> list[str]:
+    """About 100 short English sentences about objects and spatial relations (deterministic)."""
+    lines = list(_EXTRA)
+    n = len(_OBJECTS)
+    for i, rel in enumerate(_RELATIONS):
+        for j in range(2):
+            a, b = _OBJECTS[(i + 5 * j) % n], _OBJECTS[(3 * i + 7 * j + 1) % n]
+            lines += [f"The {a} is {rel} the {b}.", f"Is the {a} {rel} the {b}?"]
+        lines.append(f"Where is the {_OBJECTS[i % n]}? It is {rel} the {_OBJECTS[(i + 9) % n]}.")
+    # Repeated so that chat-template words and yes/no answers become single tokens.
+    return lines + ["user", "assistant", "system", "USER: ASSISTANT:", "Answer with yes or no."] * 4
+
+
+def _tokenizer(family: str) -> transformers.PreTrainedTokenizerFast:
+    """A ~400-token byte-level BPE with the family's special tokens and chat template."""
+    qwen = family.startswith("qwen")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[] if qwen else LLAVA_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    bpe.add_special_tokens(QWEN_SPECIALS if qwen else ["<image>", "<pad>"])  # after the BPE, in the real order
+    if qwen:
+        template = _QWEN_TEMPLATE.replace(
+            "DEFAULT_SYSTEM", "'You are a helpful assistant.'" if family != "qwen3_vl" else "''")
+        tok = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+            extra_special_tokens=QWEN_SPECIALS, padding_side="left", chat_template=template,
+            image_token="<|image_pad|>", video_token="<|video_pad|>", vision_start_token="<|vision_start|>",
+            vision_end_token="<|vision_end|>")
+    else:
+        tok = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+            extra_special_tokens=["<image>"], padding_side="left", add_bos_token=True,
+            chat_template=_LLAVA_TEMPLATE, image_token="<image>")
+    tok.model_max_length = TEXT["max_position_embeddings"]
+    return tok
+
+
+def _qwen(family: str, tok: Any) -> tuple[Any, Any]:
+    """Config and (image-only) processor of a Qwen2/2.5/3-VL fixture."""
+    from visfocus.models.processor import NO_VIDEO_PROCESSORS, QWEN_PROCESSORS
+
+    v3 = family == "qwen3_vl"
+    patch, merge = (16, 2) if v3 else (14, 2)
+    px = (patch * merge) ** 2
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    text = dict(TEXT, vocab_size=len(tok), bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id, rms_norm_eps=1e-6)
+    vis = {"depth": VISION["depth"], "num_heads": VISION["heads"], "patch_size": patch, "spatial_merge_size": merge,
+           "temporal_patch_size": 2, "initializer_range": 0.02}
+    if v3:
+        text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0,
+                                                  "mrope_section": [4, 2, 2], "mrope_interleaved": True})
+        vis.update(hidden_size=VISION["hidden"], intermediate_size=VISION["intermediate"], out_hidden_size=64,
+                   num_position_embeddings=64, deepstack_visual_indexes=[0])
+        mean = std = [0.5, 0.5, 0.5]
+    else:
+        text.update(rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]})
+        if family == "qwen2_5_vl":
+            vis.update(hidden_size=VISION["hidden"], intermediate_size=VISION["intermediate"], out_hidden_size=64,
+                       window_size=2 * patch * merge, fullatt_block_indexes=[VISION["depth"] - 1])
+        else:
+            vis.update(embed_dim=VISION["hidden"], hidden_size=64, mlp_ratio=2)
+        mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    cfg_cls = {"qwen3_vl": transformers.Qwen3VLConfig, "qwen2_5_vl": transformers.Qwen2_5_VLConfig,
+               "qwen2_vl": transformers.Qwen2VLConfig}[family]
+    config = cfg_cls(text_config=text, vision_config=vis, tie_word_embeddings=False, **ids)
+    size = {"shortest_edge": QWEN_MIN_TOKENS * px, "longest_edge": QWEN_MAX_TOKENS * px}
+    image_processor = transformers.Qwen2VLImageProcessorPil(size=size, patch_size=patch, merge_size=merge,
+                                                            temporal_patch_size=2, image_mean=mean, image_std=std)
+    proc = NO_VIDEO_PROCESSORS[QWEN_PROCESSORS[family]](image_processor, tok, chat_template=tok.chat_template)
+    return config, proc
+
+
+def _llava(family: str, tok: Any) -> tuple[Any, Any]:
+    """Config and processor of a LLaVA-1.5 (CLIP + Llama) or LLaVA-NeXT (anyres) fixture."""
+    nxt = family == "llava_next"
+    side, patch = (LLAVA_NEXT_IMAGE_SIZE if nxt else LLAVA_IMAGE_SIZE), 14
+    vision = transformers.CLIPVisionConfig(hidden_size=VISION["hidden"], intermediate_size=VISION["intermediate"],
+                                           num_hidden_layers=VISION["depth"], num_attention_heads=VISION["heads"],
+                                           image_size=side, patch_size=patch, projection_dim=VISION["hidden"])
+    text = transformers.LlamaConfig(**TEXT, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, rms_norm_eps=1e-5)
+    common = {"vision_config": vision, "text_config": text, "image_token_index": tok.convert_tokens_to_ids("<image>"),
+              "image_seq_length": (side // patch) ** 2, "vision_feature_select_strategy": "default",
+              "vision_feature_layer": -2, "tie_word_embeddings": False}
+    ip_kwargs = {"size": {"shortest_edge": side}, "crop_size": {"height": side, "width": side}}
+    proc_kwargs = {"patch_size": patch, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1,
+                   "chat_template": tok.chat_template}
+    if nxt:
+        config = transformers.LlavaNextConfig(**common, image_grid_pinpoints=LLAVA_NEXT_PINPOINTS)
+        ip = transformers.LlavaNextImageProcessorPil(**ip_kwargs, image_grid_pinpoints=LLAVA_NEXT_PINPOINTS)
+        return config, transformers.LlavaNextProcessor(ip, tok, **proc_kwargs)
+    config = transformers.LlavaConfig(**common)
+    return config, transformers.LlavaProcessor(transformers.CLIPImageProcessorPil(**ip_kwargs), tok, **proc_kwargs)
+
+
+_MODEL_CLASSES = {"qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                  "qwen2_vl": "Qwen2VLForConditionalGeneration", "llava": "LlavaForConditionalGeneration",
+                  "llava_next": "LlavaNextForConditionalGeneration"}
+_VIDEO_PROCESSORS = {"qwen3_vl": "Qwen3VLVideoProcessor", "qwen2_5_vl": "Qwen2VLVideoProcessor",
+                     "qwen2_vl": "Qwen2VLVideoProcessor"}
+
+
+def _redraw(model: torch.nn.Module, std: float, gen: torch.Generator) -> None:
+    """Re-draw every >=2-D weight except embedding tables with N(0, std): attention far from uniform."""
+    skip = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.dim() >= 2 and id(p) not in skip:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+
+
+def _video_entry(family: str, image_processor: Any) -> dict[str, Any]:
+    """The video processor config a torchvision machine needs to build the real Qwen processor."""
+    d = image_processor.to_dict()
+    keys = ("patch_size", "temporal_patch_size", "merge_size", "size", "image_mean", "image_std")
+    return {"video_processor_type": _VIDEO_PROCESSORS[family], **{k: d[k] for k in keys}}
+
+
+def build_tiny(family: str, out_dir: str | Path, *, seed: int = 0, weight_std: float = 0.15) -> Path:
+    """Build the tiny ``family`` fixture, save model + processor into ``out_dir`` and return it.
+
+    After the usual init, every >=2-D weight except embedding tables is re-drawn from N(0, ``weight_std``) so that
+    attention is far from uniform and attention edits visibly move the logits.  Deterministic given ``seed``.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
+    out = Path(out_dir)
+    tok = _tokenizer(family)
+    config, proc = (_qwen if family.startswith("qwen") else _llava)(family, tok)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(transformers, _MODEL_CLASSES[family])(config).eval()
+    _redraw(model, weight_std, torch.Generator().manual_seed(seed))
+    if family.startswith("qwen"):  # as the real Qwen-VL generation configs: stop on <|im_end|> or <|endoftext|>
+        special = {"bos_token_id": tok.pad_token_id, "eos_token_id": [tok.eos_token_id, tok.pad_token_id]}
+    else:
+        special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    model.generation_config = transformers.GenerationConfig(**special, pad_token_id=tok.pad_token_id, do_sample=False)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    if family in _VIDEO_PROCESSORS:
+        path = out / "processor_config.json"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["video_processor"] = _video_entry(family, proc.image_processor)
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+_CACHE: dict[str, Path] = {}
+_CACHE_ROOT: list[Path] = []
+
+
+def tiny_model_dir(family: str) -> Path:
+    """Folder with the ``family`` fixture (seed 0), built once per process into a temporary cache (removed at exit)."""
+    if family not in _CACHE:
+        if not _CACHE_ROOT:
+            _CACHE_ROOT.append(Path(tempfile.mkdtemp(prefix="visfocus-tiny-")))
+            atexit.register(shutil.rmtree, _CACHE_ROOT[0], ignore_errors=True)
+        _CACHE[family] = build_tiny(family, _CACHE_ROOT[0] / family)
+    return _CACHE[family]
+
+
+def make_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A deterministic RGB picture: a soft background with a few coloured rectangles and circles."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, max(hi, lo + 1), (1,), generator=gen))
+
+    img = Image.new("RGB", (width, height), (rand(170, 240), rand(170, 240), rand(170, 240)))
+    draw = ImageDraw.Draw(img)
+    palette = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (240, 200, 30), (150, 60, 180)]
+    for k in range(4):
+        w, h = rand(width // 6, width // 2), rand(height // 6, height // 2)
+        x, y = rand(0, width - w), rand(0, height - h)
+        colour = palette[(seed + k) % len(palette)]
+        (draw.rectangle if k % 2 == 0 else draw.ellipse)([x, y, x + w, y + h], fill=colour)
+    return img
