@@ -25,7 +25,8 @@ class TraceRecorder:
 
     def record(self, layer_idx: int, probs_pre: torch.Tensor, probs_post: torch.Tensor) -> None:
         self.pre[layer_idx] = probs_pre.detach().float().cpu()  # (B, H, S)
-        self.post[layer_idx] = probs_post.detach().float().cpu()  # (B, H, S)
+        same = probs_post is probs_pre  # no edit in this layer: keep one copy
+        self.post[layer_idx] = self.pre[layer_idx] if same else probs_post.detach().float().cpu()  # (B, H, S)
 
     def finish(self, image_cols: torch.Tensor, attention_mask: torch.Tensor, layouts: list[Any]) -> Trace:
         if not self.post:
