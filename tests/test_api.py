@@ -1,0 +1,152 @@
+"""Public API behaviour: registries, answers, the CLI and one clear error for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+import visfocus as vf
+from visfocus.cli import main as cli_main
+from visfocus.models import ADAPTERS
+from visfocus.testing import FAMILIES
+
+QUESTION = "Is the cup on the table? Answer with yes or no."
+
+
+def test_every_adapter_family_has_a_fixture_and_back():
+    assert {cls.family for cls in ADAPTERS.values()} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("name", sorted(vf.METHODS))
+def test_every_registered_method_runs_with_defaults(name, tiny_vlms, image):
+    out = tiny_vlms["qwen2_5_vl"].answer(image, QUESTION, method=vf.method(name), max_new_tokens=2)
+    assert out.first_token_logits.shape == (tiny_vlms["qwen2_5_vl"].model.config.get_text_config().vocab_size,)
+    assert 0 < out.confidence <= 1
+    assert name in vf.methods()
+
+
+def test_methods_lists_parameters_with_defaults():
+    listed = vf.methods()
+    assert set(listed) == set(vf.METHODS)
+    assert listed["scaling_vis"] == {"alpha": 0.5, "layers": None, "decode": False}
+
+
+def test_answer_reports_confidence_of_raw_first_token_logits(tiny_vlms, image):
+    out = tiny_vlms["llava"].answer(image, QUESTION, max_new_tokens=3)
+    probs = torch.softmax(out.first_token_logits, dim=-1)
+    assert out.confidence == pytest.approx(float(probs.max()))
+    first_id = int(out.first_token_logits.argmax())
+    assert out.first_token == tiny_vlms["llava"].processor.decode([first_id])
+    assert out.alpha_used is None and out.trace is None
+    assert out.cost["forward_passes"] >= 1 and out.cost["batch_size"] == 1
+
+
+def test_answer_accepts_paths_and_arrays(tiny_vlms, image, tmp_path):
+    path = tmp_path / "img.png"
+    image.save(path)
+    vlm = tiny_vlms["qwen3_vl"]
+    from_pil = vlm.answer(image, QUESTION, max_new_tokens=1)
+    from_path = vlm.answer(str(path), QUESTION, max_new_tokens=1)
+    import numpy as np
+
+    from_array = vlm.answer(np.asarray(image), QUESTION, max_new_tokens=1)
+    assert torch.equal(from_pil.first_token_logits, from_path.first_token_logits)
+    assert torch.equal(from_pil.first_token_logits, from_array.first_token_logits)
+
+
+# --- bad input: one clear error each -------------------------------------------------------------------------------
+
+def test_unknown_model_path_is_one_clear_error(tmp_path):
+    with pytest.raises(vf.VisfocusError, match="cannot load model") as err:
+        vf.load(str(tmp_path / "no-such-model"))
+    assert "\n" not in str(err.value)
+
+
+def test_unsupported_architecture_names_the_supported_families(tmp_path):
+    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                vocab_size=50).save_pretrained(tmp_path)
+    with pytest.raises(vf.VisfocusError, match="unsupported model architecture 'llama'") as err:
+        vf.load(str(tmp_path))
+    for family in FAMILIES:
+        assert family in str(err.value)
+
+
+def test_non_image_file_is_one_clear_error(tiny_vlms, tmp_path):
+    bogus = tmp_path / "photo.jpg"
+    bogus.write_text("this is not a picture")
+    with pytest.raises(vf.VisfocusError, match="not a readable image file"):
+        tiny_vlms["qwen3_vl"].answer(str(bogus), QUESTION)
+    with pytest.raises(vf.VisfocusError, match="image file not found"):
+        tiny_vlms["qwen3_vl"].answer(str(tmp_path / "missing.png"), QUESTION)
+
+
+def test_question_without_image_is_one_clear_error(tiny_vlms):
+    with pytest.raises(vf.VisfocusError, match="needs an image"):
+        tiny_vlms["qwen3_vl"].answer(None, QUESTION)
+
+
+def test_empty_question_and_mismatched_batch(tiny_vlms, image):
+    vlm = tiny_vlms["qwen3_vl"]
+    with pytest.raises(vf.VisfocusError, match="non-empty string"):
+        vlm.answer(image, "   ")
+    with pytest.raises(vf.VisfocusError, match="one image per question"):
+        vlm.answer_batch([image, image], [QUESTION])
+    with pytest.raises(vf.VisfocusError, match="max_new_tokens"):
+        vlm.answer(image, QUESTION, max_new_tokens=0)
+
+
+@pytest.mark.parametrize("alpha", [-0.5, math.nan, math.inf])
+def test_bad_alpha_is_rejected(alpha):
+    with pytest.raises(vf.VisfocusError, match="alpha"):
+        vf.method("scaling_vis", alpha=alpha)
+
+
+def test_unknown_method_or_parameter_names_the_options():
+    with pytest.raises(vf.VisfocusError, match="scaling_vis"):
+        vf.method("no_such_method")
+    with pytest.raises(vf.VisfocusError, match="alpha"):
+        vf.method("scaling_vis", beta=0.3)
+
+
+def test_out_of_range_layers_are_rejected_at_run_time(tiny_vlms, image):
+    with pytest.raises(vf.VisfocusError, match="out of range"):
+        tiny_vlms["llava"].answer(image, QUESTION, method=vf.method("scaling_vis", layers=(0, 7)))
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------------
+
+def test_cli_eval_smoke_default_says_so_and_answers(capsys, tmp_path):
+    assert cli_main(["eval", "--limit", "3", "--output_path", str(tmp_path), "--method", "scaling_vis",
+                     "--method_args", "alpha=2.0,layers=0;1"]) == 0
+    captured = capsys.readouterr()
+    assert "smoke default" in captured.err
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(rows) == 3 and all(r["alpha_used"] == 2.0 for r in rows)
+    saved = (tmp_path / "samples_smoke.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in saved] == [r["id"] for r in rows]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--model", "/no/such/model"], "cannot load model"),
+    (["eval", "--method", "scaling_vis", "--method_args", "alpha=-1"], "alpha must be"),
+    (["eval", "--method", "scaling_vis", "--method_args", "alpha"], "KEY=VALUE"),
+    (["eval", "--method", "nope"], "unknown method"),
+])
+def test_cli_bad_input_is_one_error_line(argv, message, capsys):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([line for line in err if line.startswith("visfocus: error:")]) == 1
+    assert message in err[-1]
+
+
+def test_cli_list_shows_methods_and_families(capsys):
+    assert cli_main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in vf.METHODS:
+        assert name in out
+    for family in FAMILIES:
+        assert family in out

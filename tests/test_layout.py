@@ -1,0 +1,85 @@
+"""Adapters: where the image tokens are, their token grids and the pixel box each token covers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from visfocus.models.layout import ImageView, contiguous_segments
+from visfocus.testing import FAMILIES
+
+QUESTION = "Where is the cup?"
+
+
+def test_contiguous_segments_split_runs():
+    runs = contiguous_segments(np.array([3, 4, 5, 9, 10, 20]))
+    assert [r.tolist() for r in runs] == [[3, 4, 5], [9, 10], [20]]
+    assert contiguous_segments(np.array([], dtype=int)) == []
+
+
+def test_view_boxes_tile_the_region_row_major():
+    view = ImageView("image", np.arange(6), rows=2, cols=3, region=(0, 0, 300, 100), image_size=(300, 100))
+    boxes = view.boxes()
+    assert boxes.shape == (6, 4)
+    assert boxes[0].tolist() == [0, 0, 100, 50]
+    assert boxes[2].tolist() == [200, 0, 300, 50]  # end of the first row
+    assert boxes[5].tolist() == [200, 50, 300, 100]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layout_columns_are_the_image_tokens(family, tiny_vlms, image):
+    vlm = tiny_vlms[family]
+    inputs = vlm.adapter.encode([image], [QUESTION])
+    layout = vlm.adapter.layouts(inputs, [image])[0]
+    ids = inputs["input_ids"][0].numpy()
+    assert np.all(ids[layout.image_positions] == vlm.adapter.image_token_id)
+    assert len(layout.image_positions) == int((ids == vlm.adapter.image_token_id).sum())
+    assert len(layout.images) == 1
+    for view in layout.images[0]:
+        assert len(view.columns) == view.rows * view.cols
+        assert set(view.columns.tolist()) <= set(layout.image_positions.tolist())
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl", "qwen2_vl"])
+def test_qwen_grid_matches_image_grid_thw_and_covers_the_image(family, tiny_vlms, image):
+    vlm = tiny_vlms[family]
+    inputs = vlm.adapter.encode([image], [QUESTION])
+    _, gh, gw = inputs["image_grid_thw"][0].tolist()
+    (view,) = vlm.adapter.layouts(inputs, [image])[0].images[0]
+    assert (view.rows, view.cols) == (gh // 2, gw // 2)
+    boxes = view.boxes()
+    assert boxes[0, :2].tolist() == [0, 0] and boxes[-1, 2:].tolist() == [image.width, image.height]
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    assert areas.sum() == pytest.approx(image.width * image.height)
+
+
+def test_llava_grid_is_the_centre_crop(tiny_vlms, image):
+    vlm = tiny_vlms["llava"]  # 84 px CLIP: shortest edge to 84, centre crop 84 × 84
+    (view,) = vlm.adapter.layouts(vlm.adapter.encode([image], [QUESTION]), [image])[0].images[0]
+    assert (view.rows, view.cols) == (6, 6)
+    # 224 × 160 image: the crop keeps the central 160 × 160 pixels.
+    assert view.region == pytest.approx((32.0, 0.0, 192.0, 160.0))
+
+
+def test_llava_next_has_a_base_view_and_tiles_without_newlines(tiny_vlms, image):
+    vlm = tiny_vlms["llava_next"]
+    inputs = vlm.adapter.encode([image], [QUESTION])
+    layout = vlm.adapter.layouts(inputs, [image])[0]
+    base, tiles = layout.images[0]
+    assert (base.name, base.rows, base.cols) == ("base", 4, 4)
+    assert (tiles.name, tiles.rows, tiles.cols) == ("tiles", 6, 8)  # 224 × 160 on 2 × 2 tiles of 56 px, unpadded
+    newline_tokens = len(layout.image_positions) - base.rows * base.cols - tiles.rows * tiles.cols
+    assert newline_tokens == tiles.rows
+    assert base.columns.tolist() == layout.image_positions[:16].tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padding_does_not_move_layout_columns(family, tiny_vlms, image, other_image):
+    vlm = tiny_vlms[family]
+    questions = [QUESTION, "Is the dog on the table or under the table, left of the cat? Answer yes or no."]
+    batch = vlm.adapter.layouts(vlm.adapter.encode([image, other_image], questions), [image, other_image])
+    for b, (img, q) in enumerate(zip([image, other_image], questions)):
+        alone = vlm.adapter.layouts(vlm.adapter.encode([img], [q]), [img])[0]
+        assert batch[b].image_positions.tolist() == alone.image_positions.tolist()
+        for v_batch, v_alone in zip(batch[b].images[0], alone.images[0]):
+            assert (v_batch.rows, v_batch.cols) == (v_alone.rows, v_alone.cols)
