@@ -135,6 +135,8 @@ def test_cli_eval_smoke_default_says_so_and_answers(capsys, tmp_path):
     (["eval", "--method", "scaling_vis", "--method_args", "alpha=-1"], "alpha must be"),
     (["eval", "--method", "scaling_vis", "--method_args", "alpha"], "KEY=VALUE"),
     (["eval", "--method", "nope"], "unknown method"),
+    (["eval", "--batch_size", "0"], "--batch_size"),
+    (["eval", "--dtype", "float8"], "unknown dtype"),
 ])
 def test_cli_bad_input_is_one_error_line(argv, message, capsys):
     assert cli_main(argv) == 2

@@ -155,3 +155,47 @@ def test_cost_counts_passes_and_tokens(tiny_vlms, image):
     assert out.cost["forward_passes"] == 1 + out.cost["decode_tokens"]
     assert 1 <= out.cost["forward_passes"] <= 3 and n_new >= 0
     assert out.cost["seconds"] > 0
+
+
+def _runner(vlm, images, questions, trace=True):
+    inputs, image_cols, positions = _prepare(vlm, images, questions)
+    return Runner(vlm.model, inputs, image_cols, drop_on_continue=vlm.adapter.drop_on_continue,
+                  prefill_position_ids=positions, record_trace=trace), inputs, image_cols
+
+
+def test_head_selection_edits_only_those_heads(tiny_vlms, image):
+    vlm = tiny_vlms["qwen3_vl"]
+    runner, inputs, image_cols = _runner(vlm, [image], [QUESTION])
+    runner.generate((ScaleLogits(alpha=0.0, layers=frozenset({0}), heads=(1,)),))
+    trace = runner.recorder.finish(image_cols, inputs["attention_mask"], [])
+    changed = (trace.last_row[0, 0] - trace.last_row_pre[0, 0]).abs().amax(-1)  # (H,) in layer 0
+    assert changed[1] > 1e-3
+    assert changed[[0, 2, 3]].max() == 0
+
+
+def test_text_key_edit_leaves_image_logits_alone(tiny_vlms, image):
+    vlm = tiny_vlms["llava"]
+    runner, inputs, image_cols = _runner(vlm, [image], [QUESTION])
+    runner.generate((ScaleLogits(alpha=0.0, layers=frozenset({0}), keys="text"),))
+    trace = runner.recorder.finish(image_cols, inputs["attention_mask"], [])
+    post, pre = trace.last_row[0, 0], trace.last_row_pre[0, 0]  # (H, S) in layer 0
+    cols = image_cols[0]
+    # Within the image block the ratios between keys are untouched; the text block becomes uniform.
+    assert torch.allclose(post[:, cols] / post[:, cols].sum(-1, keepdim=True),
+                          pre[:, cols] / pre[:, cols].sum(-1, keepdim=True), atol=1e-6)
+    text = post[:, ~cols]
+    assert torch.allclose(text, text[:, :1].expand_as(text), atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_next"])
+def test_batched_trace_rows_equal_single_traces(family, tiny_vlms, image, other_image):
+    vlm = tiny_vlms[family]
+    questions = [QUESTION, "Is the dog on the table or under the table, left of the cat? Answer yes or no."]
+    method = vf.method("scaling_vis", alpha=2.0)
+    batch = vlm.answer_batch([image, other_image], questions, method=method, max_new_tokens=1, trace=True)
+    for b, (img, q) in enumerate(zip([image, other_image], questions)):
+        alone = vlm.answer(img, q, method=method, max_new_tokens=1, trace=True).trace
+        assert batch[b].trace.last_row.shape == alone.last_row.shape
+        assert (batch[b].trace.last_row - alone.last_row).abs().max().item() <= 1e-5
+        assert torch.equal(batch[b].trace.image_cols, alone.image_cols)
+        assert batch[b].trace.image_map(layer=1) == pytest.approx(alone.image_map(layer=1), abs=1e-5)

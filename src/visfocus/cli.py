@@ -25,6 +25,8 @@ def _eval(args: argparse.Namespace) -> int:
         method = vf.method(args.method, **parse_method_args(args.method, args.method_args))
     if args.limit is not None and args.limit < 1:
         raise VisfocusError(f"--limit must be ≥ 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise VisfocusError(f"--batch_size must be ≥ 1, got {args.batch_size}")
     vlm = vf.load(model_path, dtype=args.dtype, device=args.device)
     samples = smoke_samples(args.limit)
     out_file = None

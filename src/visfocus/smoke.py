@@ -27,6 +27,12 @@ def smoke_samples(limit: int | None = None) -> list[tuple[str, Image.Image, str]
 
 
 def smoke_model_path() -> str:
+    from transformers.utils import logging as hf_logging
+
     from visfocus.testing import tiny_model_dir
 
-    return str(tiny_model_dir("qwen3_vl"))
+    hf_logging.disable_progress_bar()  # building the fixture is not the user's download
+    try:
+        return str(tiny_model_dir("qwen3_vl"))
+    finally:
+        hf_logging.enable_progress_bar()

@@ -16,17 +16,17 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
-def _dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
+def _dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     if dtype not in DTYPES:
-        raise VisfocusError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+        raise VisfocusError(f"unknown dtype '{dtype}'; use auto or one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
 def load(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
          trust_remote_code: bool = False):
-    """Load model + processor + family adapter as a ``visfocus.VLM``."""
+    """Load model + processor + family adapter as a ``visfocus.VLM``. ``dtype="auto"`` keeps the checkpoint's."""
     from visfocus.api import VLM
 
     try:
