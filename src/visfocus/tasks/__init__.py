@@ -1,0 +1,5 @@
+"""Benchmarks as tasks: VSR, WhatsUp, POPE and a generated spatial task, registered by name."""
+
+from visfocus.tasks.base import TASKS, Record, Task, register_task, task, tasks
+
+__all__ = ["TASKS", "Record", "Task", "register_task", "task", "tasks"]
