@@ -124,31 +124,66 @@ def test_cli_eval_smoke_default_says_so_and_answers(capsys, tmp_path):
                      "--method_args", "alpha=2.0,layers=0;1"]) == 0
     captured = capsys.readouterr()
     assert "smoke default" in captured.err
-    rows = [json.loads(line) for line in captured.out.splitlines()]
+    (samples,) = tmp_path.rglob("samples_synthetic_spatial.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(rows) == 3 and all(r["alpha_used"] == 2.0 for r in rows)
-    saved = (tmp_path / "samples_smoke.jsonl").read_text().splitlines()
-    assert [json.loads(line)["id"] for line in saved] == [r["id"] for r in rows]
+    assert "synthetic_spatial: accuracy" in captured.out
+
+
+def test_cli_eval_reads_a_yaml_config(capsys, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"tasks: synthetic_spatial\nlimit: 2\nbatch_size: 2\noutput_path: {tmp_path / 'runs'}\n")
+    assert cli_main(["eval", "--config", str(config), "--limit", "1"]) == 0  # the flag overrides the file
+    (samples,) = (tmp_path / "runs").rglob("samples_synthetic_spatial.jsonl")
+    assert len(samples.read_text().splitlines()) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("taskz: vsr\n")
+    assert cli_main(["eval", "--config", str(bad)]) == 2
+    assert "unknown keys ['taskz']" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["eval", "--model", "/no/such/model"], "cannot load model"),
+    (["eval", "--model", "/no/such/model", "--limit", "1"], "cannot load model"),
+    (["eval", "--tasks", "no_such_task"], "unknown task"),
     (["eval", "--method", "scaling_vis", "--method_args", "alpha=-1"], "alpha must be"),
     (["eval", "--method", "scaling_vis", "--method_args", "alpha"], "KEY=VALUE"),
     (["eval", "--method", "nope"], "unknown method"),
     (["eval", "--batch_size", "0"], "--batch_size"),
-    (["eval", "--dtype", "float8"], "unknown dtype"),
+    (["eval", "--model_args", "dtype=float8", "--limit", "1"], "unknown dtype"),
 ])
-def test_cli_bad_input_is_one_error_line(argv, message, capsys):
-    assert cli_main(argv) == 2
+def test_cli_bad_input_is_one_error_line(argv, message, capsys, tmp_path):
+    assert cli_main([*argv, "--output_path", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len([line for line in err if line.startswith("visfocus: error:")]) == 1
     assert message in err[-1]
+    assert not list(tmp_path.rglob("results.json"))  # nothing half-made is left behind
 
 
 def test_cli_list_shows_methods_and_families(capsys):
     assert cli_main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in vf.METHODS:
+    for name in [*vf.METHODS, *vf.tasks()]:
         assert name in out
     for family in FAMILIES:
         assert family in out
+
+
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def test_task_registry_names():
+    names = vf.tasks()
+    assert len(names) == 6 + 18 + 9 + 1
+    assert {"vsr_zeroshot_dev", "whatsup_controlled_a_test", "pope_gqa_adversarial", "synthetic_spatial"} <= set(names)
+
+
+@pytest.mark.parametrize("name", vf.tasks())
+def test_every_registered_task_loads_and_parses_its_gold(name):
+    if name != "synthetic_spatial" and not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    t = vf.task(name, data_root=SHARED_DATA if name != "synthetic_spatial" else None)
+    assert len(t) > 0
+    for record in (t[0], t[len(t) - 1]):
+        assert record.gold in record.options
+        assert t.parse(f"The answer is {record.gold}.", record) == record.gold
+        assert t.is_correct(f"{record.gold}", record.gold, record)

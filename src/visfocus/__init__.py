@@ -9,6 +9,7 @@ from visfocus.api import VLM, Answer, load_image
 from visfocus.errors import VisfocusError
 from visfocus.methods import METHODS, method, methods
 from visfocus.models.loading import load
+from visfocus.tasks import task, tasks
 
 __version__ = "0.1.0"
-__all__ = ["METHODS", "VLM", "Answer", "VisfocusError", "load", "load_image", "method", "methods"]
+__all__ = ["METHODS", "VLM", "Answer", "VisfocusError", "load", "load_image", "method", "methods", "task", "tasks"]

@@ -1,4 +1,4 @@
-"""Command line: ``visfocus eval | list | bench``. Argument handling only; the work lives in the library."""
+"""Command line: ``visfocus eval | compare | list | bench``. Argument handling only; the work lives in the library."""
 
 from __future__ import annotations
 
@@ -6,49 +6,77 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from visfocus.errors import VisfocusError
 
+EVAL_FLAGS = ("model", "model_args", "tasks", "method", "method_args", "data_root", "limit", "offset", "seed",
+              "batch_size", "max_new_tokens", "prompt_style", "scorer", "output_path", "log_samples", "skip_missing")
+
+
+def _key_values(text: str | dict | None, what: str) -> dict[str, Any]:
+    """``"dtype=bfloat16,device=cuda"`` → dict (values stay strings except true/false)."""
+    if isinstance(text, dict):
+        return dict(text)
+    out: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise VisfocusError(f"cannot read {what} '{item}': expected KEY=VALUE")
+        out[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    return out
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise VisfocusError(f"config file not found: {file}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise VisfocusError(f"config file {file} is not valid YAML ({str(err).splitlines()[0]})") from err
+    unknown = sorted(set(data) - set(EVAL_FLAGS))
+    if not isinstance(data, dict) or unknown:
+        raise VisfocusError(f"config file {file}: unknown keys {unknown}; allowed: {', '.join(EVAL_FLAGS)}")
+    return data
+
 
 def _eval(args: argparse.Namespace) -> int:
-    import visfocus as vf
+    from visfocus.evaluate import RunConfig, evaluate
     from visfocus.methods import parse_method_args
-    from visfocus.smoke import SMOKE_NOTE, smoke_model_path, smoke_samples
 
-    if args.model is None:
-        print(f"[visfocus] {SMOKE_NOTE}", file=sys.stderr)
-        model_path = smoke_model_path()
-    else:
-        model_path = args.model
-    method = None
-    if args.method and args.method != "baseline":
-        method = vf.method(args.method, **parse_method_args(args.method, args.method_args))
-    if args.limit is not None and args.limit < 1:
-        raise VisfocusError(f"--limit must be ≥ 1, got {args.limit}")
-    if args.batch_size < 1:
-        raise VisfocusError(f"--batch_size must be ≥ 1, got {args.batch_size}")
-    vlm = vf.load(model_path, dtype=args.dtype, device=args.device)
-    samples = smoke_samples(args.limit)
-    out_file = None
-    if args.output_path:
-        Path(args.output_path).mkdir(parents=True, exist_ok=True)
-        out_file = open(Path(args.output_path) / "samples_smoke.jsonl", "a", encoding="utf-8")
-    try:
-        for i in range(0, len(samples), args.batch_size):
-            chunk = samples[i : i + args.batch_size]
-            answers = vlm.answer_batch([s[1] for s in chunk], [s[2] for s in chunk], method,
-                                       max_new_tokens=args.max_new_tokens)
-            for (sample_id, _, question), ans in zip(chunk, answers):
-                row = {"id": sample_id, "question": question, "output": ans.text, "confidence": ans.confidence,
-                       "alpha_used": ans.alpha_used, "cost": ans.cost}
-                print(json.dumps(row))
-                if out_file:
-                    out_file.write(json.dumps(row) + "\n")
-                    out_file.flush()
-            print(f"[visfocus] {min(i + args.batch_size, len(samples))}/{len(samples)} samples", file=sys.stderr)
-    finally:
-        if out_file:
-            out_file.close()
+    values = _read_config(args.config) if args.config else {}
+    values.update({k: getattr(args, k) for k in EVAL_FLAGS if getattr(args, k) is not None})
+    if isinstance(values.get("tasks"), str):
+        values["tasks"] = [t.strip() for t in values["tasks"].split(",") if t.strip()]
+    values["model_args"] = _key_values(values.get("model_args"), "model argument")
+    method = values.get("method")
+    if method == "baseline":
+        values["method"] = method = None
+    margs = values.get("method_args") or {}
+    values["method_args"] = parse_method_args(method, margs) if method and isinstance(margs, str) else dict(margs)
+    if not method and values["method_args"]:
+        raise VisfocusError("--method_args given without --method")
+    out = evaluate(RunConfig(**values))
+    print(f"\nresults: {out['config']['run_dir']}/results.json")
+    for name, result in out["tasks"].items():
+        m = result["metrics"]
+        n = result["n_samples"]
+        print(f"  {name}: accuracy {m.get('accuracy', float('nan')):.4f} on {n['effective']} samples"
+              + (f" ({n['missing_images']} missing images skipped)" if n["missing_images"] else ""))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from visfocus.compare import compare_runs, format_table
+
+    comparison = compare_runs(args.run_a, args.run_b, n_boot=args.n_boot, seed=args.seed)
+    print(format_table(comparison))
+    out = Path(args.output) if args.output else Path(args.run_b) / f"compare_vs_{Path(args.run_a).name}.json"
+    out.write_text(json.dumps(comparison, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwritten: {out}")
     return 0
 
 
@@ -56,10 +84,16 @@ def _list(args: argparse.Namespace) -> int:
     import visfocus as vf
     from visfocus.models import ADAPTERS
 
-    print("methods:")
-    for name, params in vf.methods().items():
-        print(f"  {name}" + (f"  ({', '.join(f'{k}={v}' for k, v in params.items())})" if params else ""))
-    print("model families: " + ", ".join(sorted({cls.family for cls in ADAPTERS.values()})))
+    if args.what in ("all", "methods"):
+        print("methods:")
+        for name, params in vf.methods().items():
+            print(f"  {name}" + (f"  ({', '.join(f'{k}={v}' for k, v in params.items())})" if params else ""))
+    if args.what in ("all", "tasks"):
+        print("tasks:")
+        for name in vf.tasks():
+            print(f"  {name}")
+    if args.what in ("all", "models"):
+        print("model families: " + ", ".join(sorted({cls.family for cls in ADAPTERS.values()})))
     return 0
 
 
@@ -73,19 +107,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visfocus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("eval", help="answer questions with a model, optionally under a method")
-    ev.add_argument("--model", default=None, help="Hub id or local path (default: the built-in smoke model)")
-    ev.add_argument("--method", default=None, help="a registered method (visfocus list)")
-    ev.add_argument("--method_args", default="", help="KEY=VALUE,... for the method, e.g. alpha=0.5")
-    ev.add_argument("--limit", type=int, default=None)
-    ev.add_argument("--batch_size", type=int, default=2)
-    ev.add_argument("--max_new_tokens", type=int, default=8)
-    ev.add_argument("--dtype", default="float32")
-    ev.add_argument("--device", default="cpu")
-    ev.add_argument("--output_path", default=None, help="folder for samples_*.jsonl")
+    ev = sub.add_parser("eval", help="evaluate a model (optionally under a method) on tasks; resumable")
+    ev.add_argument("--model", help="Hub id or local path (default: the built-in smoke model)")
+    ev.add_argument("--model_args", help="KEY=VALUE,... e.g. dtype=bfloat16,device=cuda")
+    ev.add_argument("--tasks", help="comma-separated task names (default: synthetic_spatial)")
+    ev.add_argument("--method", help="a registered method (visfocus list methods)")
+    ev.add_argument("--method_args", help="KEY=VALUE,... for the method, e.g. alpha=0.5 (tuples: 1;2;3)")
+    ev.add_argument("--data_root", help="folder with the benchmark files (or set VISFOCUS_DATA_ROOT)")
+    ev.add_argument("--limit", type=int)
+    ev.add_argument("--offset", type=int)
+    ev.add_argument("--seed", type=int)
+    ev.add_argument("--batch_size", type=int)
+    ev.add_argument("--max_new_tokens", type=int)
+    ev.add_argument("--prompt_style", help="e.g. truefalse or yesno for VSR")
+    ev.add_argument("--scorer", choices=["exact", "adaptvis"], help="adaptvis: the official lenient scorer")
+    ev.add_argument("--output_path", help="root folder of runs (default: runs)")
+    ev.add_argument("--log_samples", action="store_true", default=None, help="also store each full chat prompt")
+    ev.add_argument("--skip_missing", action="store_true", default=None,
+                    help="evaluate the rest when images are missing (counted in results)")
+    ev.add_argument("--config", help="YAML file with the same keys as these flags (flags override it)")
     ev.set_defaults(func=_eval)
 
-    ls = sub.add_parser("list", help="registered methods and model families")
+    cmp = sub.add_parser("compare", help="paired comparison of two runs on their shared samples")
+    cmp.add_argument("run_a")
+    cmp.add_argument("run_b")
+    cmp.add_argument("--output", help="JSON file (default: RUN_B/compare_vs_<RUN_A>.json)")
+    cmp.add_argument("--n_boot", type=int, default=2000)
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.set_defaults(func=_compare)
+
+    ls = sub.add_parser("list", help="registered methods, tasks and model families")
+    ls.add_argument("what", nargs="?", default="all", choices=["all", "methods", "tasks", "models"])
     ls.set_defaults(func=_list)
 
     bench = sub.add_parser("bench", help="overhead benchmark (see benchmarks/overhead.py --help)")
@@ -101,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except VisfocusError as err:
         print(f"visfocus: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("visfocus: interrupted; finished samples are saved — run the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,215 @@
+"""The evaluation runner behind ``visfocus eval``: tasks × one model × one method, batched, resumable, with per-sample
+JSONL and a typed results.json (see ``visfocus.results``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from visfocus import results as res
+from visfocus.errors import VisfocusError
+from visfocus.tasks import Record, Task, task
+
+# Changing any of these changes the answers, so a run folder holding another value is refused, never mixed.
+IDENTITY_KEYS = ("model", "model_args", "method", "method_args", "prompt_style", "scorer", "max_new_tokens", "seed")
+
+
+@dataclass
+class RunConfig:
+    model: str | None = None  # Hub id or local path; None = the built-in smoke model
+    model_args: dict[str, Any] = field(default_factory=dict)  # dtype, device, trust_remote_code
+    tasks: list[str] = field(default_factory=lambda: ["synthetic_spatial"])
+    method: str | None = None
+    method_args: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None
+    limit: int | None = None
+    offset: int = 0
+    seed: int = 0
+    batch_size: int = 1
+    max_new_tokens: int = 8
+    prompt_style: str | None = None
+    scorer: str = "exact"
+    output_path: str = "runs"
+    log_samples: bool = False  # also store the full chat prompt of every sample
+    skip_missing: bool = False
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise VisfocusError("no task given; `visfocus list tasks` shows them")
+        for name, value, low in (("--limit", self.limit, 1), ("--offset", self.offset, 0),
+                                 ("--batch_size", self.batch_size, 1), ("--max_new_tokens", self.max_new_tokens, 1)):
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise VisfocusError(f"{name} must be an integer ≥ {low}, got {value!r}")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "run"
+
+
+def run_dir(config: RunConfig, method_params: dict[str, Any]) -> Path:
+    model = "smoke-tiny-qwen3_vl" if config.model is None else _slug(config.model.rstrip("/").replace("/", "__"))
+    method = config.method or "baseline"
+    label = "_".join([method, *(f"{k}-{v}" for k, v in sorted(method_params.items()))])
+    return Path(config.output_path) / model / _slug(label)
+
+
+def select(t: Task, config: RunConfig) -> list[Record]:
+    end = None if config.limit is None else config.offset + config.limit
+    return t.records[config.offset:end]
+
+
+def image_problem(record: Record) -> str | None:
+    """Why this record's image cannot be used, or None."""
+    if record.image is not None:
+        return None
+    if record.image_path is None:
+        return "no image path (" + str(record.meta.get("missing_image_reason", "unknown")) + ")"
+    path = Path(record.image_path)
+    if not path.is_file():
+        return f"missing: {path}"
+    try:
+        with Image.open(path):  # reads the header only
+            pass
+    except OSError:
+        return f"unreadable: {path}"
+    return None
+
+
+def check_images(selected: dict[str, list[Record]], skip_missing: bool) -> dict[str, set[str]]:
+    """Ids with unusable images per task; raise (before any forward pass) unless ``skip_missing``."""
+    missing: dict[str, set[str]] = {}
+    examples: list[str] = []
+    for name, records in selected.items():
+        for r in records:
+            problem = image_problem(r)
+            if problem:
+                missing.setdefault(name, set()).add(r.id)
+                if len(examples) < 3:
+                    examples.append(f"{name}#{r.id}: {problem}")
+    total = sum(len(v) for v in missing.values())
+    if total and not skip_missing:
+        n = sum(len(v) for v in selected.values())
+        raise VisfocusError(f"{total} of {n} images are missing or unreadable (e.g. {'; '.join(examples)}); fix "
+                            "--data_root or pass --skip_missing to evaluate the rest and count them in results")
+    return missing
+
+
+def _check_identity(folder: Path, config: RunConfig) -> dict[str, Any] | None:
+    path = folder / "results.json"
+    if not path.exists():
+        return None
+    import json
+
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    old, new = previous.get("config", {}), dataclasses.asdict(config)
+    changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
+    if changed:
+        raise VisfocusError(f"{folder} holds a run with a different configuration ({'; '.join(changed)}); use "
+                            "another --output_path or remove that folder")
+    return previous
+
+
+def evaluate(config: RunConfig, after_batch: Callable[[str, int], None] | None = None) -> res.Results:
+    """Run (or resume) the evaluation; returns the results dict also written to ``<run dir>/results.json``."""
+    import torch
+
+    import visfocus as vf
+
+    config.validate()
+    method = vf.method(config.method, **config.method_args) if config.method else None
+    method_params = dataclasses.asdict(method.params) if method else {}
+    built = {name: task(name, config.data_root, config.prompt_style, config.scorer) for name in config.tasks}
+    selected = {name: select(t, config) for name, t in built.items()}
+    missing = check_images(selected, config.skip_missing)
+
+    folder = run_dir(config, {k: v for k, v in config.method_args.items()})
+    previous = _check_identity(folder, config)
+    logs = {name: res.SampleLog(folder / f"samples_{name}.jsonl") for name in built}
+    todo = {name: [r for r in selected[name] if r.id not in missing.get(name, set()) and r.id not in logs[name].rows]
+            for name in built}
+    vlm = _load_model(config) if any(todo.values()) else None  # a bad model fails before anything is written
+    folder.mkdir(parents=True, exist_ok=True)
+    out: res.Results = {
+        "schema_version": res.SCHEMA_VERSION, "created_at": previous["created_at"] if previous else res.now(),
+        "updated_at": res.now(), "config": dataclasses.asdict(config),
+        "method": {"name": config.method or "baseline", "args": method_params}, "versions": res.versions(),
+        "git_hash": res.git_hash(), "tasks": dict(previous.get("tasks", {})) if previous else {},
+        "cost": res.empty_cost()}
+    res.write_json(folder / "results.json", out)
+
+    torch.manual_seed(config.seed)
+    for name, t in built.items():
+        log, n_usable = logs[name], len(selected[name]) - len(missing.get(name, ()))
+        bar = tqdm(total=n_usable, initial=n_usable - len(todo[name]), desc=name, unit="sample", file=sys.stderr,
+                   dynamic_ncols=True)
+        for b, start in enumerate(range(0, len(todo[name]), config.batch_size)):
+            batch = todo[name][start:start + config.batch_size]
+            log.append(_answer_rows(vlm, t, batch, method, config))
+            bar.update(len(batch))
+            if after_batch:
+                after_batch(name, b)
+        bar.close()
+        out["tasks"][name] = _task_result(t, selected[name], missing.get(name, set()), log)
+        out["updated_at"] = res.now()
+        res.write_json(folder / "results.json", out)
+    out["cost"] = res.empty_cost()
+    for name in out["tasks"]:
+        res.add_cost(out["cost"], out["tasks"][name]["cost"])
+    res.write_json(folder / "results.json", out)
+    out["config"]["run_dir"] = str(folder)
+    return out
+
+
+def _load_model(config: RunConfig):
+    import visfocus as vf
+    from visfocus.smoke import SMOKE_NOTE, smoke_model_path
+
+    if config.model is None:
+        print(f"[visfocus] {SMOKE_NOTE}", file=sys.stderr)
+    path = smoke_model_path() if config.model is None else config.model
+    args = dict(config.model_args)
+    return vf.load(path, dtype=args.pop("dtype", "float32"), device=args.pop("device", "cpu"),
+                   trust_remote_code=bool(args.pop("trust_remote_code", False)))
+
+
+def _answer_rows(vlm, t: Task, batch: list[Record], method, config: RunConfig) -> list[dict]:
+    from visfocus.api import load_image
+
+    images = [r.image if r.image is not None else load_image(r.image_path) for r in batch]
+    answers = vlm.answer_batch(images, [r.question for r in batch], method, max_new_tokens=config.max_new_tokens)
+    rows = []
+    for r, a in zip(batch, answers):
+        parsed = t.parse(a.text, r)
+        row = {"id": r.id, "question": r.question, "gold": r.gold, "output": a.text, "parsed": parsed,
+               "correct": t.is_correct(a.text, parsed, r), "confidence": a.confidence, "first_token": a.first_token,
+               "alpha_used": a.alpha_used, "relation": r.relation, "group": r.group, "pair": r.pair,
+               "passes": a.cost["forward_passes"], "prefill_tokens": a.cost["prefill_tokens"],
+               "decode_tokens": a.cost["decode_tokens"], "seconds": a.cost["seconds"] / len(batch),
+               "batch_size": len(batch)}
+        if config.log_samples:
+            row["prompt"] = vlm.adapter.build_prompt(r.question)
+        rows.append(row)
+    return rows
+
+
+def _task_result(t: Task, selected: list[Record], missing: set[str], log: res.SampleLog) -> res.TaskResult:
+    rows = [log.rows[r.id] for r in selected if r.id not in missing and r.id in log.rows]
+    cost = res.empty_cost()
+    for row in rows:
+        # A batch's passes serve all its rows: each row carries its share.
+        res.add_cost(cost, {"forward_passes": row["passes"] / row["batch_size"],
+                            "prefill_tokens": row["prefill_tokens"],
+                            "decode_tokens": row["decode_tokens"], "seconds": row["seconds"]})
+    cost["forward_passes"] = round(cost["forward_passes"])
+    return {"task": t.describe(), "split": t.split_info(),
+            "n_samples": {"original": len(t), "selected": len(selected), "missing_images": len(missing),
+                          "effective": len(rows)},
+            "metrics": t.score(rows) if rows else {}, "cost": cost}
