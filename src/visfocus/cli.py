@@ -61,7 +61,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise VisfocusError("--method_args given without --method")
     out = evaluate(RunConfig(**values))
     print(f"\nresults: {out['config']['run_dir']}/results.json")
-    for name, result in out["tasks"].items():
+    for name in out["config"]["tasks"]:
+        result = out["tasks"][name]
         m = result["metrics"]
         n = result["n_samples"]
         print(f"  {name}: accuracy {m.get('accuracy', float('nan')):.4f} on {n['effective']} samples"

@@ -71,7 +71,7 @@ def image_problem(record: Record) -> str | None:
     if record.image is not None:
         return None
     if record.image_path is None:
-        return "no image path (" + str(record.meta.get("missing_image_reason", "unknown")) + ")"
+        return "no image path (" + str(record.meta.get("image_missing_reason", "unknown")) + ")"
     path = Path(record.image_path)
     if not path.is_file():
         return f"missing: {path}"
@@ -86,19 +86,20 @@ def image_problem(record: Record) -> str | None:
 def check_images(selected: dict[str, list[Record]], skip_missing: bool) -> dict[str, set[str]]:
     """Ids with unusable images per task; raise (before any forward pass) unless ``skip_missing``."""
     missing: dict[str, set[str]] = {}
-    examples: list[str] = []
+    examples: dict[str, str] = {}  # one example sample per distinct kind of problem
     for name, records in selected.items():
         for r in records:
             problem = image_problem(r)
             if problem:
                 missing.setdefault(name, set()).add(r.id)
-                if len(examples) < 3:
-                    examples.append(f"{name}#{r.id}: {problem}")
+                kind = problem.split(":")[0] if problem.startswith(("missing", "unreadable")) else problem
+                examples.setdefault(kind, f"{name}#{r.id} {problem}")
     total = sum(len(v) for v in missing.values())
     if total and not skip_missing:
         n = sum(len(v) for v in selected.values())
-        raise VisfocusError(f"{total} of {n} images are missing or unreadable (e.g. {'; '.join(examples)}); fix "
-                            "--data_root or pass --skip_missing to evaluate the rest and count them in results")
+        shown = "; ".join(list(examples.values())[:3])
+        raise VisfocusError(f"{total} of {n} images are missing or unreadable (e.g. {shown}); fix --data_root or "
+                            "pass --skip_missing to evaluate the rest and count them in results")
     return missing
 
 
