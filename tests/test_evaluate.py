@@ -30,7 +30,7 @@ def _samples(out: dict, task: str) -> list[dict]:
 
 
 def test_run_writes_results_and_samples(tiny_dirs, tmp_path):
-    out = evaluate(_config(tiny_dirs, tmp_path, method="scaling_vis", method_args={"alpha": 2.0}))
+    out = evaluate(_config(tiny_dirs, tmp_path, method="scaling_vis", method_args={"alpha": 2.0}, log_samples=True))
     folder = Path(out["config"]["run_dir"])
     saved = json.loads((folder / "results.json").read_text())
     for key in ("schema_version", "config", "method", "versions", "git_hash", "tasks", "cost", "created_at"):
@@ -40,6 +40,7 @@ def test_run_writes_results_and_samples(tiny_dirs, tmp_path):
     assert result["n_samples"] == {"original": 64, "selected": 10, "missing_images": 0, "effective": 10}
     rows = _samples(out, "synthetic_spatial")
     assert len(rows) == 10 and all(r["alpha_used"] == 2.0 for r in rows)
+    assert rows[0]["prompt"].endswith("<|im_start|>assistant\n") and rows[0]["question"] in rows[0]["prompt"]
     assert result["metrics"]["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 10)
     assert result["cost"]["forward_passes"] == pytest.approx(sum(r["passes"] / r["batch_size"] for r in rows), abs=1)
     assert saved["cost"]["prefill_tokens"] == sum(r["prefill_tokens"] for r in rows)
