@@ -35,6 +35,7 @@ class Answer:
     cost: dict[str, Any]  # forward_passes, prefill_tokens, decode_tokens (per sequence), seconds, batch_size
     layout: RowLayout | None = None
     trace: Trace | None = field(default=None, repr=False)
+    extras: dict[str, Any] = field(default_factory=dict)  # the method's per-sample decisions (confidence, branch…)
 
 
 def load_image(image: ImageLike) -> Image.Image:
@@ -76,12 +77,35 @@ class VLM:
         return self.adapter.num_layers
 
     def answer(self, image: ImageLike, question: str, method: Method | None = None, *, max_new_tokens: int = 16,
-               trace: bool = False) -> Answer:
-        """Answer one question about one image."""
-        return self.answer_batch([image], [question], method, max_new_tokens=max_new_tokens, trace=trace)[0]
+               trace: bool = False, options: Sequence[str] | None = None) -> Answer:
+        """Answer one question about one image. ``options``: the answer words, for methods that use them."""
+        return self.answer_batch([image], [question], method, max_new_tokens=max_new_tokens, trace=trace,
+                                 options=[options] if options is not None else None)[0]
+
+    def prepare(self, images: list[Image.Image], questions: list[str], options=None, *, record_trace: bool = False,
+                share_with: Runner | None = None) -> Runner:
+        """Encode a batch for the engine. ``share_with``: accumulate cost and trace into that runner's."""
+        inputs = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v
+                  for k, v in self.adapter.encode(images, questions).items()}
+        runner = Runner(self.model, inputs, self.adapter.image_cols(inputs),
+                        drop_on_continue=self.adapter.drop_on_continue,
+                        prefill_position_ids=self.adapter.prefill_position_ids(inputs), record_trace=record_trace)
+        if share_with is not None:
+            runner.cost, runner.recorder = share_with.cost, share_with.recorder
+        runner.images, runner.questions = list(images), list(questions)
+        runner.options = list(options) if options is not None else [None] * len(images)
+        runner.adapter, runner.layouts = self.adapter, self.adapter.layouts(inputs, images)
+
+        def fork(images=None, questions=None, record_trace=record_trace) -> Runner:
+            return self.prepare(images or runner.images, questions or runner.questions, runner.options,
+                                record_trace=record_trace, share_with=runner)
+
+        runner.fork = fork
+        return runner
 
     def answer_batch(self, images: Sequence[ImageLike], questions: Sequence[str], method: Method | None = None, *,
-                     max_new_tokens: int = 16, trace: bool = False) -> list[Answer]:
+                     max_new_tokens: int = 16, trace: bool = False,
+                     options: Sequence[Sequence[str] | None] | None = None) -> list[Answer]:
         """Answer a batch (one image per question, left padded). Same answers as one at a time."""
         if isinstance(questions, str) or len(images) != len(questions):
             raise VisfocusError(f"answer_batch needs one image per question: got {len(images)} images and "
@@ -98,23 +122,25 @@ class VLM:
         pil = [load_image(im) for im in images]
         method = method or Baseline(Params())
 
+        if options is not None and len(options) != len(pil):
+            raise VisfocusError(f"options must give one entry per question: got {len(options)} for {len(pil)}")
+
         start = time.perf_counter()
-        inputs = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v
-                  for k, v in self.adapter.encode(pil, list(questions)).items()}
-        layouts = self.adapter.layouts(inputs, pil)
-        image_cols = self.adapter.image_cols(inputs)  # (B, S)
-        runner = Runner(self.model, inputs, image_cols, drop_on_continue=self.adapter.drop_on_continue,
-                        prefill_position_ids=self.adapter.prefill_position_ids(inputs), record_trace=trace)
+        runner = self.prepare(pil, list(questions), options, record_trace=trace)
         result = method.run(runner, max_new_tokens=max_new_tokens, num_layers=self.num_layers)
         runner.cost.seconds = time.perf_counter() - start
+        final = result.runner or runner  # the batch the answer came from
+        layouts = final.layouts
 
         gen = result.generation
         texts = self.processor.batch_decode(gen.new_tokens, skip_special_tokens=True)
         first = self.processor.batch_decode(gen.new_tokens[:, :1], skip_special_tokens=False)
         confidence = torch.softmax(gen.first_logits, dim=-1).max(-1).values  # (B,)
-        full_trace = runner.recorder.finish(image_cols, inputs["attention_mask"], layouts) if trace else None
+        full_trace = (runner.recorder.finish(final.image_cols, final.inputs["attention_mask"], layouts)
+                      if trace else None)
         cost = {**runner.cost.as_dict(), "batch_size": len(pil)}
         return [Answer(text=texts[b].strip(), first_token=first[b], first_token_logits=gen.first_logits[b].cpu(),
                        confidence=float(confidence[b]), alpha_used=result.alpha_used[b], cost=cost,
-                       layout=layouts[b], trace=full_trace.row(b) if full_trace is not None else None)
+                       layout=layouts[b], trace=full_trace.row(b) if full_trace is not None else None,
+                       extras=result.extras[b] if result.extras else {})
                 for b in range(len(pil))]

@@ -185,7 +185,8 @@ def _answer_rows(vlm, t: Task, batch: list[Record], method, config: RunConfig) -
     from visfocus.api import load_image
 
     images = [r.image if r.image is not None else load_image(r.image_path) for r in batch]
-    answers = vlm.answer_batch(images, [r.question for r in batch], method, max_new_tokens=config.max_new_tokens)
+    answers = vlm.answer_batch(images, [r.question for r in batch], method, max_new_tokens=config.max_new_tokens,
+                               options=[r.options or None for r in batch])
     rows = []
     for r, a in zip(batch, answers):
         parsed = t.parse(a.text, r)
@@ -194,7 +195,7 @@ def _answer_rows(vlm, t: Task, batch: list[Record], method, config: RunConfig) -
                "alpha_used": a.alpha_used, "relation": r.relation, "group": r.group, "pair": r.pair,
                "passes": a.cost["forward_passes"], "prefill_tokens": a.cost["prefill_tokens"],
                "decode_tokens": a.cost["decode_tokens"], "seconds": a.cost["seconds"] / len(batch),
-               "batch_size": len(batch)}
+               "batch_size": len(batch), **({"method_extras": a.extras} if a.extras else {})}
         if config.log_samples:
             row["prompt"] = vlm.adapter.build_prompt(r.question)
         rows.append(row)

@@ -27,6 +27,8 @@ class Params:
 class MethodResult:
     generation: Generation
     alpha_used: list[float | None]  # per batch row: the image-logit multiplier applied (None: none applied)
+    extras: list[dict[str, Any]] | None = None  # per batch row: what the method decided (confidence, branch, ...)
+    runner: Runner | None = None  # the batch the answer came from, when the method changed it (VEA)
 
 
 class Method:

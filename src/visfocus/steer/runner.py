@@ -36,6 +36,9 @@ class Runner:
     drop_on_continue: the vision inputs to leave out when decoding continues from a cache (else the vision tower
     re-runs on a prompt that no longer holds the image tokens).
     prefill_position_ids: positions for a manual prefill, the same ones ``generate`` uses (None: the model's own).
+    The API also attaches what methods may need beyond the tensors: ``images`` and ``questions`` (the batch as
+    given), ``options`` (per row, the answer words, or None), ``adapter``, ``layouts``, and ``fork(images=...,
+    questions=...)`` to prepare a changed batch that shares this runner's cost and trace.
     """
 
     def __init__(self, model, inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
@@ -47,23 +50,32 @@ class Runner:
         self.prefill_position_ids = prefill_position_ids
         self.cost = Cost()
         self.recorder = TraceRecorder() if record_trace else None
+        self.images: list = []
+        self.questions: list[str] = []
+        self.options: list[tuple[str, ...] | None] = []
+        self.adapter = None
+        self.layouts: list = []
+        self.fork = None  # set by the API: (images=None, questions=None) -> Runner
 
     def _state(self, edits: tuple[Edit, ...]) -> SteerState:
         return SteerState(image_cols=self.image_cols, edits=edits, recorder=self.recorder, cost=self.cost)
 
-    def _generation_config(self, max_new_tokens: int) -> GenerationConfig:
+    def _generation_config(self, max_new_tokens: int, **overrides) -> GenerationConfig:
         base = self.model.generation_config
         eos = base.eos_token_id
         pad = base.pad_token_id if base.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
-        return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                pad_token_id=pad, bos_token_id=base.bos_token_id,
-                                return_dict_in_generate=True, output_logits=True)
+        settings = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
+                        bos_token_id=base.bos_token_id, return_dict_in_generate=True, output_logits=True)
+        settings.update(overrides)
+        return GenerationConfig(**settings)
 
     @torch.inference_mode()
-    def generate(self, edits: tuple[Edit, ...] = (), max_new_tokens: int = 1, prefix: Prefix | None = None
-                 ) -> Generation:
-        """Greedy decoding under ``edits``. With ``prefix``, positions 0..S-2 come from its cache and only the last
-        prompt token (and the decoding steps) run here."""
+    def generate(self, edits: tuple[Edit, ...] = (), max_new_tokens: int = 1, prefix: Prefix | None = None,
+                 logits_processor=None, first_logits_from: str = "logits", **generation_settings) -> Generation:
+        """Decoding under ``edits`` (greedy unless ``generation_settings`` say ``do_sample=True``). With ``prefix``,
+        positions 0..S-2 come from its cache and only the last prompt token (and the decoding steps) run here.
+        ``logits_processor``: extra processors (a ``LogitsProcessorList``); ``first_logits_from="scores"`` reports
+        the processed first-token scores (what chose the token) instead of the raw logits."""
         kwargs = dict(self.inputs)
         if prefix is not None:
             cache = copy.deepcopy(prefix.cache)
@@ -72,9 +84,12 @@ class Runner:
             kwargs["past_key_values"] = cache
         prompt_len = self.image_cols.shape[1]
         with steering(self._state(tuple(edits))):
-            out = self.model.generate(**kwargs, generation_config=self._generation_config(max_new_tokens))
-        return Generation(new_tokens=out.sequences[:, prompt_len:], first_logits=out.logits[0].float(),
-                          step_logits=out.logits)
+            out = self.model.generate(**kwargs, logits_processor=logits_processor,
+                                      generation_config=self._generation_config(
+                                          max_new_tokens, output_scores=first_logits_from == "scores",
+                                          **generation_settings))
+        first = (out.scores if first_logits_from == "scores" else out.logits)[0].float()
+        return Generation(new_tokens=out.sequences[:, prompt_len:], first_logits=first, step_logits=out.logits)
 
     @torch.inference_mode()
     def prefill(self) -> Prefix:
