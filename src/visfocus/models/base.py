@@ -65,6 +65,13 @@ class Adapter:
         mask = inputs["attention_mask"]  # (B, S)
         return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (B, S)
 
+    def decode_position_ids(self, inputs: dict, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Positions of the newest token when decoding goes on by hand (the ones ``generate`` gives it).
+
+        attention_mask: (B, S + k) the prompt's mask extended by the k tokens fed so far, the newest last.
+        Returns (B, 1) here; M-RoPE families return (3, B, 1)."""
+        return attention_mask.long().cumsum(-1)[:, -1:] - 1  # (B, 1)
+
     # --- image tokens ------------------------------------------------------------------------------------------
     def image_cols(self, inputs: dict) -> torch.Tensor:
         """(B, S) bool: the key columns that hold image tokens (left padding shifts them per row)."""

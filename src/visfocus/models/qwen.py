@@ -18,6 +18,12 @@ class Qwen2VLAdapter(Adapter):
     def prefill_position_ids(self, inputs: dict) -> torch.Tensor | None:
         return None  # the model computes 3-D M-RoPE positions (and caches rope_deltas for decoding)
 
+    def decode_position_ids(self, inputs: dict, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text position of the newest token plus the per-row M-RoPE offset the last prefill cached."""
+        text = super().decode_position_ids(inputs, attention_mask)  # (B, 1)
+        deltas = self.model.model.rope_deltas  # (B, 1), set by the last forward that saw the image
+        return (text + deltas.to(text.device)).unsqueeze(0).expand(3, -1, -1)  # (3, B, 1)
+
     def views(self, inputs: dict, image_index: int, segment: np.ndarray, size: tuple[int, int]) -> list[ImageView]:
         merge = int(self.processor.image_processor.merge_size)
         t, gh, gw = (int(v) for v in inputs["image_grid_thw"][image_index])

@@ -27,6 +27,7 @@ class Prefix:
 
     cache: object  # transformers Cache
     first_logits: torch.Tensor  # (B, V) float32
+    trace: object = None  # a Trace of this pass when asked for (``prefill(trace=True)``)
 
 
 class Runner:
@@ -92,11 +93,16 @@ class Runner:
         return Generation(new_tokens=out.sequences[:, prompt_len:], first_logits=first, step_logits=out.logits)
 
     @torch.inference_mode()
-    def prefill(self) -> Prefix:
-        """Unedited forward over the whole prompt, keeping the cache (the trace, if any, records this pass)."""
+    def prefill(self, trace: bool = False) -> Prefix:
+        """Unedited forward over the whole prompt, keeping the cache. The runner's trace, if any, records this pass;
+        ``trace=True`` instead records it privately into ``Prefix.trace`` (e.g. to read attention for VEA)."""
         kwargs = dict(self.inputs)
         if self.prefill_position_ids is not None:
             kwargs["position_ids"] = self.prefill_position_ids
-        with steering(self._state(())):
+        state = self._state(())
+        if trace:
+            state.recorder = TraceRecorder()
+        with steering(state):
             out = self.model(**kwargs, use_cache=True, logits_to_keep=1)
-        return Prefix(cache=out.past_key_values, first_logits=out.logits[:, -1].float())
+        recorded = state.recorder.finish(self.image_cols, self.inputs["attention_mask"], self.layouts) if trace else None
+        return Prefix(cache=out.past_key_values, first_logits=out.logits[:, -1].float(), trace=recorded)
