@@ -104,5 +104,6 @@ class Runner:
             state.recorder = TraceRecorder()
         with steering(state):
             out = self.model(**kwargs, use_cache=True, logits_to_keep=1)
-        recorded = state.recorder.finish(self.image_cols, self.inputs["attention_mask"], self.layouts) if trace else None
+        mask = self.inputs["attention_mask"]
+        recorded = state.recorder.finish(self.image_cols, mask, self.layouts) if trace else None
         return Prefix(cache=out.past_key_values, first_logits=out.logits[:, -1].float(), trace=recorded)
