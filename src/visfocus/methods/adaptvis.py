@@ -1,0 +1,93 @@
+"""AdaptVis (Chen et al., ICML 2025, Eq. 3): ScalingVis with α chosen per sample from the model's confidence in an
+unedited pass — α_low (smooth, broaden the focus) when confidence < threshold, α_high (sharpen) otherwise.
+
+Paper names α1, α2, β; the official code ``--weight1 --weight2 --threshold``; the survey ``smoothen_weight``,
+``sharpen_weight``, ``confidence_threshold``. Cost: the unedited pass is one prefill; only the last prompt token is
+re-run under the chosen α from a cropped copy of its cache (the keys and values of positions 0..n−2 are the same
+with and without the edit), so an answer costs about one prefill, not two (METHODS §12.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from visfocus.errors import VisfocusError
+from visfocus.methods.base import Method, MethodResult, Params, check_layers, check_number, register_method
+from visfocus.steer.edits import ScaleLogits
+from visfocus.steer.runner import Runner
+
+# max_prob: max softmax over the whole vocabulary of the raw first-token logits (the paper's "generation probability",
+# the official WhatsUp path). option_prob: the largest full-vocabulary probability among the answer options' first
+# tokens. max_logit: the raw maximum logit, no softmax — the official VSR path, kept only to reproduce it.
+CONFIDENCES = ("max_prob", "option_prob", "max_logit")
+ANSWER_ALIASES = {"yes": ("true",), "no": ("false",)}  # a True/False prompt answers a yes/no task
+
+
+@dataclass(frozen=True)
+class AdaptVisParams(Params):
+    alpha_low: float = 0.5  # α1, used when confidence < threshold (paper Table 8: 0.5)
+    alpha_high: float = 1.2  # α2, used otherwise (paper Table 8: 1.2)
+    threshold: float = 0.3  # β (paper Table 8: 0.3); on the logit scale for confidence="max_logit"
+    confidence: str = "max_prob"
+    layers: tuple[int, ...] | None = None  # decoder layers to edit; None = all
+    decode: bool = False  # also edit every decoding step's row (the official code does not)
+
+    def validate(self, num_layers: int | None = None) -> None:
+        check_number("alpha_low", self.alpha_low, low=0.0)
+        check_number("alpha_high", self.alpha_high, low=0.0)
+        if self.confidence not in CONFIDENCES:
+            raise VisfocusError(f"confidence must be one of {', '.join(CONFIDENCES)}, got {self.confidence!r}")
+        bounds = {} if self.confidence == "max_logit" else {"low": 0.0, "high": 1.0}
+        check_number("threshold", self.threshold, **bounds)
+        check_layers(self.layers, num_layers)
+
+
+def option_token_ids(tokenizer, options: tuple[str, ...]) -> list[int]:
+    """First token ids of each option as the model may start it (bare, capitalised, after a space)."""
+    words = [w for o in options for w in (o, *ANSWER_ALIASES.get(o.lower(), ()))]
+    ids = set()
+    for word in words:
+        for variant in (word, word.capitalize(), " " + word, " " + word.capitalize()):
+            tokens = tokenizer.encode(variant, add_special_tokens=False)
+            if tokens:
+                ids.add(tokens[0])
+    return sorted(ids)
+
+
+def confidence(first_logits: torch.Tensor, mode: str, option_ids: list[list[int]] | None = None) -> torch.Tensor:
+    """(B,) confidence from raw first-token logits (B, V)."""
+    if mode == "max_logit":
+        return first_logits.max(-1).values
+    probs = torch.softmax(first_logits.float(), dim=-1)  # (B, V)
+    if mode == "max_prob":
+        return probs.max(-1).values
+    return torch.stack([probs[b, ids].max() for b, ids in enumerate(option_ids)])  # (B,)
+
+
+@register_method
+class AdaptVis(Method):
+    name = "adaptvis"
+    Params = AdaptVisParams
+    search_grid = {"alpha_low": (0.5, 0.8), "alpha_high": (1.2, 1.5, 2.0),
+                   "threshold": tuple(round(0.2 + 0.05 * i, 2) for i in range(10))}  # App. E.3: 0.2 … 0.65
+
+    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
+        p = self.params
+        p.validate(num_layers)
+        option_ids = None
+        if p.confidence == "option_prob":
+            if any(o is None for o in runner.options):
+                raise VisfocusError("confidence='option_prob' needs the answer options of every question "
+                                    "(answer(..., options=[...]) or a task with options)")
+            option_ids = [option_token_ids(runner.adapter.processor.tokenizer, o) for o in runner.options]
+        prefix = runner.prefill()  # unedited pass: α = 1
+        scores = confidence(prefix.first_logits, p.confidence, option_ids)  # (B,)
+        smooth = (scores < p.threshold).tolist()  # C == threshold sharpens, as in both reference codes
+        alphas = tuple(float(p.alpha_low if s else p.alpha_high) for s in smooth)
+        edit = ScaleLogits(alpha=alphas, layers=frozenset(p.layers) if p.layers else None,
+                           rows="last_prompt_and_decode" if p.decode else "last_prompt")
+        generation = runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix)
+        extras = [{"confidence_used": float(c), "confidence_mode": p.confidence,
+                   "branch": "smooth" if s else "sharpen"} for c, s in zip(scores.tolist(), smooth)]
+        return MethodResult(generation, alpha_used=list(alphas), extras=extras)
