@@ -49,6 +49,34 @@ class Adapter:
     def num_layers(self) -> int:
         return int(self.model.config.get_text_config().num_hidden_layers)
 
+    # --- the text decoder -------------------------------------------------------------------------------------
+    @property
+    def text_model(self):
+        """The language model inside the VLM (decoder layers, final norm, rotary embedding)."""
+        return self.model.model.language_model
+
+    def decoder_layers(self) -> list:
+        return list(self.text_model.layers)
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.text_model.norm(hidden)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(hidden)
+
+    def prompt_position_ids(self, inputs: dict) -> torch.Tensor:
+        """The RoPE positions of the prompt's tokens: (B, S); M-RoPE families (3, B, S)."""
+        return self.prefill_position_ids(inputs)
+
+    def rotate(self, x: torch.Tensor, position_shift: torch.Tensor) -> torch.Tensor:
+        """Move post-RoPE vectors x (B, H, K, D) by ``position_shift`` positions ((B, K), or (3, B, K) for M-RoPE):
+        RoPE rotations compose, so R(p + s)·v = R(s)·R(p)·v. Exact for the default (unscaled) RoPE."""
+        cos, sin = self.text_model.rotary_emb(x, position_shift)  # (B, K, D) each
+        cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (B, 1, K, D)
+        half = x.shape[-1] // 2
+        rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # (B, H, K, D)
+        return x * cos + rotated_half * sin
+
     # --- prompts -----------------------------------------------------------------------------------------------
     def build_prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]

@@ -18,6 +18,12 @@ class Qwen2VLAdapter(Adapter):
     def prefill_position_ids(self, inputs: dict) -> torch.Tensor | None:
         return None  # the model computes 3-D M-RoPE positions (and caches rope_deltas for decoding)
 
+    def prompt_position_ids(self, inputs: dict) -> torch.Tensor:
+        positions, _ = self.model.model.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"), attention_mask=inputs["attention_mask"])
+        return positions  # (3, B, S)
+
     def decode_position_ids(self, inputs: dict, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text position of the newest token plus the per-row M-RoPE offset the last prefill cached."""
         text = super().decode_position_ids(inputs, attention_mask)  # (B, 1)

@@ -9,6 +9,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from visfocus.steer.context import SteerState, active_state
+from visfocus.steer.edits import RowView
 
 ATTN_NAME = "visfocus"
 
@@ -75,11 +76,19 @@ def visfocus_attention(
 
     probs_pre = torch.softmax(scores + mask, dim=-1)  # (B, H, K)
     probs = probs_pre
-    if edits:
-        image_cols = state.image_cols_for(kv_len).to(query.device)  # (B, K)
+    image_cols = state.image_cols_for(kv_len).to(query.device)  # (B, K)
+    if any(e.changes_logits for e in edits):
         for edit in edits:
-            scores = edit.apply(scores, image_cols)  # (B, H, K)
+            if edit.changes_logits:
+                scores = edit.apply(scores, image_cols)  # (B, H, K)
         probs = torch.softmax(scores + mask, dim=-1)  # (B, H, K)
+    if any(e.changes_probs for e in edits):
+        view = RowView(layer=layer, row=row, abs_pos=kv_len - q_len + row, is_decode=is_decode,
+                       query=query[:, :, row, :].float(), key=key, scale=scale, mask=mask, image_cols=image_cols)
+        for edit in edits:
+            if edit.changes_probs:
+                probs = edit.edit_probs(probs, view)  # (B, H, K)
+    if probs is not probs_pre:
         row_out = torch.matmul(probs.reshape(B, H_kv, group, kv_len), value.float())  # (B, Hkv, g, D)
         out[:, row] = row_out.reshape(B, H, D).to(out.dtype)
     if record:

@@ -8,12 +8,27 @@ scores ``(batch, heads, keys)`` float32.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
 Rows = Literal["last_prompt", "last_prompt_and_decode"]
 Keys = Literal["image", "text"]
+
+
+@dataclass
+class RowView:
+    """What a probability edit may use about the row being recomputed (one query row per batch row)."""
+
+    layer: int
+    row: int  # index of the row among this forward's queries
+    abs_pos: int  # its absolute position in the sequence
+    is_decode: bool
+    query: torch.Tensor  # (B, H, D) float32, post-RoPE
+    key: torch.Tensor  # (B, Hkv, K, D), post-RoPE, post-cache
+    scale: float
+    mask: torch.Tensor  # (B|1, 1, K) additive
+    image_cols: torch.Tensor  # (B, K) bool
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,9 @@ class Edit:
     rows: Rows = "last_prompt"
     keys: Keys = "image"
 
+    changes_logits: ClassVar[bool] = True  # ``transform`` edits the pre-softmax logits
+    changes_probs: ClassVar[bool] = False  # ``edit_probs`` edits the probabilities after the softmax
+
     def applies_to(self, layer_idx: int, is_decode_row: bool) -> bool:
         if self.layers is not None and layer_idx not in self.layers:
             return False
@@ -40,6 +58,10 @@ class Edit:
     def transform(self, scores: torch.Tensor, key_cols: torch.Tensor) -> torch.Tensor:
         """scores: (B, H, K) scaled logits q·k/√d before the mask; key_cols: (B, 1, K) bool. Returns (B, H, K)."""
         raise NotImplementedError
+
+    def edit_probs(self, probs: torch.Tensor, row: RowView) -> torch.Tensor:
+        """probs: (B, H, K) the row's probabilities after the logit edits. Returns (B, H, K)."""
+        return probs
 
     def apply(self, scores: torch.Tensor, image_cols: torch.Tensor) -> torch.Tensor:
         """Apply to the selected heads and key columns. scores (B, H, K); image_cols (B, K) bool."""

@@ -1,0 +1,132 @@
+"""CLVS, Cross-Layer Vision Smoothing (Zhao et al., arXiv 2509.12897), as in the official code: a vision memory m
+over the image tokens, initialised from layer-0 attention recomputed with all image tokens at one position, is mixed
+into the last row's image attention of the later layers, β·A + (1−β)·m, and the row renormalised; m follows an EMA
+of the (pre-smoothing) attention, max over heads; after layer ⌊L/2⌋ smoothing stops for good once the normalised
+top-10 entropy of the last position's next-token distribution falls below δ.
+
+Names: paper/official β ``beta``, γ ``gamma``, δ ``delta``; the survey's ``smoothing``, ``window_memory_size`` (an
+EMA decay, not a window) and ``uncertainty_threshold``. β = 1 turns CLVS off entirely (the official additive branch
+would still replace layer 0's row). β > 1 is the official additive variant A + (β−1)·m."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from visfocus.methods.base import Method, MethodResult, Params, check_number, register_method
+from visfocus.steer.edits import Edit, RowView
+from visfocus.steer.runner import Runner
+
+
+@dataclass(frozen=True)
+class CLVSParams(Params):
+    smoothing: float = 0.8  # β (official scripts/all.sh: 0.8)
+    memory_decay: float = 0.8  # γ (0.8)
+    uncertainty_threshold: float = 0.5  # δ (0.5); 0 never stops
+    final_norm: bool = False  # apply the final norm before the LM head in the uncertainty (off = official)
+    decode: bool = False  # also smooth every decoding step's row (official: every forward; 1-token answers there)
+
+    def validate(self, num_layers: int | None = None) -> None:
+        check_number("smoothing", self.smoothing, low=0.0)
+        check_number("memory_decay", self.memory_decay, low=0.0, high=1.0)
+        check_number("uncertainty_threshold", self.uncertainty_threshold, low=0.0, high=1.0)
+
+
+def unified_positions(image_cols: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, S) positions where each image (a run of image tokens) takes one position and text counts on from it."""
+    valid = attention_mask.bool()  # (B, S)
+    previous_is_image = torch.nn.functional.pad(image_cols[:, :-1], (1, 0), value=False)  # (B, S)
+    starts_unit = valid & ~(image_cols & previous_is_image)  # a text token, or an image's first token
+    return (starts_unit.long().cumsum(-1) - 1).clamp(min=0).masked_fill(~valid, 0)  # (B, S)
+
+
+def normalized_top10_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(B, V) → (B,) entropy of the softmax over the 10 largest logits, divided by log 10 (in [0, 1])."""
+    top = torch.softmax(logits.float().topk(10, dim=-1).values, dim=-1)  # (B, 10)
+    return -(top * top.clamp_min(1e-12).log()).sum(-1) / math.log(10)
+
+
+@dataclass(frozen=True)
+class SmoothingEdit(Edit):
+    """The per-forward CLVS state machine. Attention (``edit_probs``) smooths, layer hooks (``after_layer``) update the
+    memory and test the stop rule; ``state`` is reset at layer 0 of every forward it acts in."""
+
+    changes_logits = False
+    changes_probs = True
+    params: CLVSParams = CLVSParams()
+    shift: torch.Tensor | None = None  # (B, S) or (3, B, S): unified minus real prompt positions
+    adapter: object = None
+    num_layers: int = 0
+    state: dict = field(default_factory=dict)
+
+    def _shift_for(self, kv_len: int) -> torch.Tensor:
+        shift = self.shift[..., :kv_len]  # generated tokens keep the last prompt token's shift
+        extra = kv_len - shift.shape[-1]
+        return torch.cat([shift, shift[..., -1:].expand(*shift.shape[:-1], extra)], -1) if extra > 0 else shift
+
+    def _unified_row(self, row: RowView) -> torch.Tensor:
+        """(B, H, K) layer-0 attention of the row with every image at one position."""
+        shift = self._shift_for(row.key.shape[2]).to(row.key.device)  # (.., B, K)
+        key = self.adapter.rotate(row.key.float(), shift)  # (B, Hkv, K, D)
+        query = self.adapter.rotate(row.query[:, :, None, :], shift[..., row.abs_pos:row.abs_pos + 1])  # (B,H,1,D)
+        B, H, _, D = query.shape
+        H_kv = key.shape[1]
+        scores = torch.matmul(query.reshape(B, H_kv, H // H_kv, D), key.transpose(-1, -2))  # (B, Hkv, g, K)
+        return torch.softmax(scores.reshape(B, H, -1) * row.scale + row.mask, dim=-1)  # (B, H, K)
+
+    def edit_probs(self, probs: torch.Tensor, row: RowView) -> torch.Tensor:
+        s, beta = self.state, self.params.smoothing
+        if row.layer == 0:
+            unified = self._unified_row(row)  # (B, H, K)
+            s.update(row=row.row, image_cols=row.image_cols, active=torch.ones_like(row.image_cols[:, 0]),
+                     memory=unified.amax(1) * row.image_cols)  # (B, K)
+            return unified
+        s["pre"] = probs  # (B, H, K) this layer's attention before smoothing, for the memory update
+        memory = s["memory"][:, None, :]  # (B, 1, K)
+        mixed = beta * probs + (1 - beta) * memory if beta < 1 else probs + (beta - 1) * memory  # (B, H, K)
+        mixed = torch.where(row.image_cols[:, None, :], mixed, probs)
+        mixed = mixed / mixed.sum(-1, keepdim=True)  # renormalise the whole row (text entries too)
+        return torch.where(s["active"][:, None, None], mixed, probs)
+
+    def after_layer(self, layer: int, hidden: torch.Tensor) -> None:
+        """hidden: (B, Q, hidden) the layer's output in a forward this edit acts in."""
+        s, p = self.state, self.params
+        if s.get("row") is None or layer == 0:
+            return
+        if layer > self.num_layers // 2 and p.uncertainty_threshold > 0:
+            h = hidden[:, s["row"]]  # (B, hidden) the last position only
+            logits = self.adapter.lm_head(self.adapter.final_norm(h) if p.final_norm else h)  # (B, V)
+            s["active"] = s["active"] & ~(normalized_top10_entropy(logits) < p.uncertainty_threshold)
+        updated = p.memory_decay * s["memory"] + (1 - p.memory_decay) * s["pre"].amax(1) * s["image_cols"]  # (B, K)
+        s["memory"] = torch.where(s["active"][:, None], updated, s["memory"])
+        if layer == self.num_layers - 1:
+            s["row"] = None  # the forward is over
+
+
+@register_method
+class CLVS(Method):
+    name = "clvs"
+    Params = CLVSParams
+    search_grid = {"smoothing": (0.6, 0.7, 0.8, 0.9), "memory_decay": (0.5, 0.8), "uncertainty_threshold": (0.3, 0.5)}
+
+    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
+        p = self.params
+        if p.smoothing == 1.0:  # nothing to mix in: the plain model
+            generation = runner.generate((), max_new_tokens=max_new_tokens)
+            return MethodResult(generation, alpha_used=[None] * len(runner.images))
+        adapter, inputs = runner.adapter, runner.inputs
+        real = adapter.prompt_position_ids(inputs)  # (B, S) or (3, B, S)
+        shift = unified_positions(runner.image_cols, inputs["attention_mask"]).to(real.device) - real
+        edit = SmoothingEdit(rows="last_prompt_and_decode" if p.decode else "last_prompt", params=p, shift=shift,
+                             adapter=adapter, num_layers=num_layers)
+        hooks = [layer.register_forward_hook(
+            lambda module, args, out, i=i: edit.after_layer(i, out[0] if isinstance(out, tuple) else out))
+            for i, layer in enumerate(adapter.decoder_layers())]
+        try:
+            generation = runner.generate((edit,), max_new_tokens=max_new_tokens)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return MethodResult(generation, alpha_used=[None] * len(runner.images))
