@@ -1,4 +1,4 @@
-"""Command line: ``visfocus eval | compare | list | bench``. Argument handling only; the work lives in the library."""
+"""Command line: ``visfocus eval | sweep | compare | list | bench | profile-layers``. Argument handling only."""
 
 from __future__ import annotations
 
@@ -70,6 +70,28 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from visfocus.evaluate import RunConfig
+    from visfocus.sweep import parse_grid, sweep
+
+    base = RunConfig(model=args.model, model_args=_key_values(args.model_args, "model argument"),
+                     data_root=args.data_root, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
+                     max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style, scorer=args.scorer,
+                     output_path=args.output_path, skip_missing=args.skip_missing)
+    grid = parse_grid(args.method, args.grid) if args.grid else None
+    out = sweep(base, args.task, args.eval_task, args.method, grid)
+    metric = out["metric"]
+    print(f"\n{len(out['trials'])} trials on {args.task} ({metric}; baseline {out['dev_baseline'][metric]:.4f}):")
+    for trial in sorted(out["trials"], key=lambda t: -(t["metrics"][metric] or 0))[:10]:
+        print(f"  {trial['metrics'][metric]:.4f}  {trial['args']}")
+    print(f"chosen: {out['chosen']}")
+    if "test" in out:
+        print(f"{args.eval_task}: baseline {out['test']['baseline'].get(metric, float('nan')):.4f} → "
+              f"chosen {out['test']['chosen'].get(metric, float('nan')):.4f}")
+    print(f"written: {out['path']}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from visfocus.compare import compare_runs, format_table
 
@@ -128,6 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate the rest when images are missing (counted in results)")
     ev.add_argument("--config", help="YAML file with the same keys as these flags (flags override it)")
     ev.set_defaults(func=_eval)
+
+    sw = sub.add_parser("sweep", help="grid search on a dev task, then the chosen point on a test task")
+    sw.add_argument("--model")
+    sw.add_argument("--model_args")
+    sw.add_argument("--task", required=True, help="the dev task the grid is searched on")
+    sw.add_argument("--eval_task", help="the test task the chosen point is reported on")
+    sw.add_argument("--method", required=True)
+    sw.add_argument("--grid", help="KEY=V1|V2|...,KEY2=... (default: the method's search grid)")
+    sw.add_argument("--data_root")
+    sw.add_argument("--limit", type=int)
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--batch_size", type=int, default=1)
+    sw.add_argument("--max_new_tokens", type=int, default=8)
+    sw.add_argument("--prompt_style")
+    sw.add_argument("--scorer", choices=["exact", "adaptvis"], default="exact")
+    sw.add_argument("--output_path", default="runs")
+    sw.add_argument("--skip_missing", action="store_true")
+    sw.set_defaults(func=_sweep)
 
     cmp = sub.add_parser("compare", help="paired comparison of two runs on their shared samples")
     cmp.add_argument("run_a")

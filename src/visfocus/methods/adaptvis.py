@@ -69,6 +69,7 @@ def confidence(first_logits: torch.Tensor, mode: str, option_ids: list[list[int]
 class AdaptVis(Method):
     name = "adaptvis"
     Params = AdaptVisParams
+    identity = {"alpha_low": 1.0, "alpha_high": 1.0}
     search_grid = {"alpha_low": (0.5, 0.8), "alpha_high": (1.2, 1.5, 2.0),
                    "threshold": tuple(round(0.2 + 0.05 * i, 2) for i in range(10))}  # App. E.3: 0.2 … 0.65
 

@@ -35,10 +35,16 @@ class Method:
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
     search_grid: ClassVar[dict[str, tuple]] = {}
+    identity: ClassVar[dict[str, float]] = {}  # parameter values at which the method changes nothing
 
     def __init__(self, params: Params) -> None:
         params.validate()
         self.params = params
+
+    def distance_from_identity(self) -> float:
+        """How far the parameters are from doing nothing (a sweep breaks ties towards the smallest)."""
+        values = dataclasses.asdict(self.params)
+        return sum(abs(float(values[k]) - v) for k, v in self.identity.items())
 
     def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
         raise NotImplementedError

@@ -109,6 +109,7 @@ class SmoothingEdit(Edit):
 class CLVS(Method):
     name = "clvs"
     Params = CLVSParams
+    identity = {"smoothing": 1.0}
     search_grid = {"smoothing": (0.6, 0.7, 0.8, 0.9), "memory_decay": (0.5, 0.8), "uncertainty_threshold": (0.3, 0.5)}
 
     def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:

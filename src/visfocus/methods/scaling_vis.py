@@ -27,6 +27,7 @@ class ScalingVisParams(Params):
 class ScalingVis(Method):
     name = "scaling_vis"
     Params = ScalingVisParams
+    identity = {"alpha": 1.0}
     search_grid = {"alpha": (0.5, 0.8, 1.2, 1.5, 2.0)}
 
     def edit(self) -> ScaleLogits:

@@ -46,6 +46,7 @@ class Task:
 
     answer_type: ClassVar[AnswerType] = "option"
     prompt_styles: ClassVar[tuple[str, ...]] = ("default",)
+    main_metric: ClassVar[str] = "accuracy"  # what a sweep maximises
 
     def __init__(self, name: str, data_root: str | Path | None = None, prompt_style: str | None = None,
                  scorer: str = "exact") -> None:

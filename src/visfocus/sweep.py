@@ -1,0 +1,94 @@
+"""Hyper-parameter search done right (``visfocus sweep``): every grid point on a dev task, the best by the task's main
+metric (ties → the point closest to the identity), then only the chosen point on the test task. Every trial is an
+ordinary resumable run; ``sweep.json`` holds the search space, each trial's metrics, the choice and the test result."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visfocus import results as res
+from visfocus.errors import VisfocusError
+from visfocus.evaluate import RunConfig, evaluate, run_dir
+from visfocus.methods import METHODS, method
+from visfocus.methods.base import parse_method_args
+from visfocus.tasks import task
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def parse_grid(method_name: str, text: str | None) -> dict[str, list]:
+    """``"alpha=0.5|0.8|1.2,layers=10;11|12;13"`` → {param: [values]}; '|' separates candidates."""
+    grid: dict[str, list] = {}
+    for item in filter(None, (s.strip() for s in (text or "").split(","))):
+        key, sep, values = item.partition("=")
+        if not sep:
+            raise VisfocusError(f"cannot read grid entry '{item}'; expected KEY=V1|V2|...")
+        grid[key.strip()] = [parse_method_args(method_name, f"{key.strip()}={v}")[key.strip()]
+                             for v in values.split("|")]
+    return grid
+
+
+def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
+    keys = sorted(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def choose(trials: list[dict], metric: str) -> dict:
+    """The best trial by ``metric``; ties go to the smallest distance from the identity, then to the earlier."""
+    scored = [t for t in trials if t["metrics"].get(metric) is not None and not np.isnan(t["metrics"][metric])]
+    if not scored:
+        raise VisfocusError(f"no trial produced the metric '{metric}'")
+    return max(scored, key=lambda t: (round(t["metrics"][metric], 12), -t["distance_from_identity"]))
+
+
+def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: str,
+          grid: dict[str, list] | None = None) -> dict[str, Any]:
+    if method_name not in METHODS:
+        raise VisfocusError(f"unknown method '{method_name}'; registered methods: {', '.join(sorted(METHODS))}")
+    user_thresholds = grid is not None and "threshold" in grid
+    grid = dict(grid or METHODS[method_name].search_grid)
+    if not grid:
+        raise VisfocusError(f"method '{method_name}' has no default search grid; pass --grid")
+    for point in grid_points(grid):
+        method(method_name, **point)  # validate every point before any forward pass
+    metric = task(dev_task, base.data_root, base.prompt_style, base.scorer).main_metric
+
+    def run(task_name: str, name: str | None, args: dict) -> dict:
+        config = dataclasses.replace(base, tasks=[task_name], method=name, method_args=args)
+        return evaluate(config)["tasks"][task_name]
+
+    baseline = run(dev_task, None, {})
+    if method_name == "adaptvis" and not user_thresholds and grid.get("confidence", ["max_prob"]) == ["max_prob"]:
+        # the paper's grid plus quantiles of the dev set's own confidences (the baseline run just recorded them)
+        grid["threshold"] = sorted(set(grid.get("threshold", ())) | set(_confidence_quantiles(base, dev_task)))
+    trials = []
+    for point in grid_points(grid):
+        result = run(dev_task, method_name, point)
+        trials.append({"args": point, "metrics": {metric: result["metrics"].get(metric)},
+                       "n_effective": result["n_samples"]["effective"],
+                       "distance_from_identity": method(method_name, **point).distance_from_identity()})
+    best = choose(trials, metric)
+    out: dict[str, Any] = {"schema_version": 1, "method": method_name, "dev_task": dev_task, "eval_task": eval_task,
+                           "metric": metric, "search_space": grid, "trials": trials, "chosen": best["args"],
+                           "dev_baseline": {metric: baseline["metrics"].get(metric)}}
+    if eval_task:
+        out["test"] = {"baseline": run(eval_task, None, {})["metrics"],
+                       "chosen": run(eval_task, method_name, best["args"])["metrics"]}
+    folder = run_dir(base, {}).parent / f"sweep_{method_name}_{dev_task}"
+    folder.mkdir(parents=True, exist_ok=True)
+    res.write_json(folder / "sweep.json", out)
+    out["path"] = str(folder / "sweep.json")
+    return out
+
+
+def _confidence_quantiles(base: RunConfig, dev_task: str) -> list[float]:
+    """AdaptVis thresholds from the dev set's own (unedited, max-probability) confidences."""
+    folder = run_dir(dataclasses.replace(base, method=None, method_args={}), {})
+    log = res.SampleLog(Path(folder) / f"samples_{dev_task}.jsonl")
+    confidences = [row["confidence"] for row in log.rows.values()]
+    return [round(float(q), 4) for q in np.quantile(confidences, QUANTILES)] if confidences else []
