@@ -1,7 +1,8 @@
-"""Overhead benchmark: the real Qwen3-VL-2B-Instruct architecture (public config values, random weights), one image
-of 196 image tokens plus ~40 text tokens, timed in one process with interleaved repetitions. Prints median seconds
-per answer and peak extra memory for plain SDPA, the visfocus function without an edit, ScalingVis, trace capture
-and eager attention, each as a ratio to plain SDPA; then a long-sequence memory comparison, eager vs visfocus.
+"""Overhead benchmark: the real Qwen3-VL-2B-Instruct architecture (public config values, random weights), one 448×448
+image (196 image tokens) and a ~40-token question, answered through ``VLM.answer`` in one process with interleaved
+repetitions. Prints median seconds per answer and peak extra memory for plain SDPA, the visfocus function without an
+edit, trace capture, every method, and eager attention, each as a ratio to plain SDPA; then a long-sequence memory
+comparison, eager vs visfocus.
 Run: ``python benchmarks/overhead.py`` or ``visfocus bench`` (``--layers 4`` for a quick run)."""
 
 from __future__ import annotations
@@ -22,38 +23,37 @@ TEXT_2B = dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, n
 VISION_2B = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, patch_size=16,
                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=2048,
                  deepstack_visual_indexes=[5, 11, 17], num_position_embeddings=2304)
-VISION_START, VISION_END, IMAGE_PAD = 151652, 151653, 151655
+QUESTION = "Where is the red square in relation to the blue circle? Answer with left, right, above or below."
+OPTIONS = ("left", "right", "above", "below")
 
 
-def build_model(layers: int, dtype: torch.dtype):
+def build_vlm(layers: int, dtype: torch.dtype):
+    """A ``visfocus.VLM`` with the 2B architecture (random weights) and the tiny Qwen3-VL fixture's processor (its
+    token ids are wired into the config; the image processor is allowed the 196-token grid of a 448×448 image)."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
+    from visfocus.api import VLM
+    from visfocus.models.processor import load_processor
+    from visfocus.models.qwen import Qwen3VLAdapter
     from visfocus.steer import register
+    from visfocus.testing import tiny_model_dir
 
     register()
+    processor = load_processor(str(tiny_model_dir("qwen3_vl")))
+    processor.image_processor.size = {"shortest_edge": 64 * 32 * 32, "longest_edge": 256 * 32 * 32}
+    tok = processor.tokenizer
+    ids = {key: tok.convert_tokens_to_ids(t) for key, t in (("image_token_id", "<|image_pad|>"),
+           ("video_token_id", "<|video_pad|>"), ("vision_start_token_id", "<|vision_start|>"),
+           ("vision_end_token_id", "<|vision_end|>"))}
     config = Qwen3VLConfig(text_config={**TEXT_2B, "num_hidden_layers": layers}, vision_config=VISION_2B,
-                           image_token_id=IMAGE_PAD, vision_start_token_id=VISION_START,
-                           vision_end_token_id=VISION_END, tie_word_embeddings=True)
+                           tie_word_embeddings=True, **ids)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     model = Qwen3VLForConditionalGeneration(config).to(dtype).eval()
+    model.set_attn_implementation({"": "sdpa", "text_config": "visfocus", "vision_config": "sdpa"})
     model.generation_config.eos_token_id = None  # random weights: never stop early, every run decodes the same
-    model.generation_config.pad_token_id = 0
-    return model
-
-
-def build_inputs(grid: int = 28, text_before: int = 14, text_after: int = 26, seed: int = 0) -> dict:
-    """One image of (grid/2)² tokens between ~text_before and ~text_after random text tokens."""
-    g = torch.Generator().manual_seed(seed)
-    n_image = (grid // 2) ** 2
-    ids = torch.cat([torch.randint(1000, 100000, (text_before,), generator=g), torch.tensor([VISION_START]),
-                     torch.full((n_image,), IMAGE_PAD), torch.tensor([VISION_END]),
-                     torch.randint(1000, 100000, (text_after,), generator=g)])[None]  # (1, S)
-    patch_dim = 3 * 2 * 16 * 16
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "mm_token_type_ids": (ids == IMAGE_PAD).int(),
-            "pixel_values": torch.randn(grid * grid, patch_dim, generator=g),
-            "image_grid_thw": torch.tensor([[1, grid, grid]])}
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return VLM(model, processor, Qwen3VLAdapter(model, processor))
 
 
 class PeakMemory:
@@ -101,33 +101,40 @@ def _cpu_allocator_hint() -> None:
         print("note: set MALLOC_MMAP_THRESHOLD_=65536 for exact CPU peak memory (benchmarks/overhead.py does)")
 
 
-def run_config(model, inputs: dict, name: str, new_tokens: int) -> None:
-    from visfocus.steer import Runner, ScaleLogits
-
-    impl = "eager" if name == "eager" else ("sdpa" if name == "plain_sdpa" else "visfocus")
-    model.set_attn_implementation({"": "sdpa", "text_config": impl, "vision_config": "sdpa"})
-    image_cols = inputs["input_ids"] == IMAGE_PAD  # (1, S)
-    runner = Runner(model, inputs, image_cols, drop_on_continue=("pixel_values", "image_grid_thw"),
-                    prefill_position_ids=None, record_trace=(name == "trace"))
-    edits = (ScaleLogits(alpha=0.5),) if name == "scaling_vis" else ()
-    runner.generate(edits, max_new_tokens=new_tokens)
-    if name == "trace":
-        runner.recorder.finish(image_cols, inputs["attention_mask"], [])
-
-
-CONFIGS = ("plain_sdpa", "visfocus_no_edit", "scaling_vis", "trace", "eager")
+# name → (text attention implementation, method name and arguments or None, record a trace)
+CONFIGS: dict[str, tuple[str, tuple[str, dict] | None, bool]] = {
+    "plain_sdpa": ("sdpa", None, False),
+    "visfocus_no_edit": ("visfocus", None, False),
+    "scaling_vis": ("visfocus", ("scaling_vis", {"alpha": 0.5}), False),
+    "trace": ("visfocus", None, True),
+    "adaptvis": ("visfocus", ("adaptvis", {}), False),
+    "clvs": ("visfocus", ("clvs", {}), False),
+    "vea": ("visfocus", ("vea", {}), False),
+    "vcd": ("visfocus", ("vcd", {}), False),
+    "dola": ("visfocus", ("dola", {}), False),
+    "eager": ("eager", None, False),
+}
 
 
-def measure(model, inputs: dict, configs, reps: int, new_tokens: int, device: str) -> dict[str, dict]:
+def run_config(vlm, image, question: str, name: str, new_tokens: int) -> None:
+    import visfocus as vf
+
+    impl, method, trace = CONFIGS[name]
+    vlm.model.set_attn_implementation({"": "sdpa", "text_config": impl, "vision_config": "sdpa"})
+    m = vf.method(method[0], **method[1]) if method else None
+    vlm.answer(image, question, method=m, max_new_tokens=new_tokens, trace=trace, options=OPTIONS)
+
+
+def measure(vlm, image, question: str, configs, reps: int, new_tokens: int, device: str) -> dict[str, dict]:
     times = {c: [] for c in configs}
     peaks = {c: 0 for c in configs}
     for c in configs:  # warm-up, not timed
-        run_config(model, inputs, c, new_tokens)
+        run_config(vlm, image, question, c, new_tokens)
     for rep in range(reps):
         for c in (configs if rep % 2 == 0 else configs[::-1]):  # interleave, alternating order
             with PeakMemory(device) as mem:
                 start = time.perf_counter()
-                run_config(model, inputs, c, new_tokens)
+                run_config(vlm, image, question, c, new_tokens)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times[c].append(time.perf_counter() - start)
@@ -147,35 +154,52 @@ def report(title: str, results: dict[str, dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import visfocus as vf
+    from visfocus.testing import make_image
+
     parser = argparse.ArgumentParser(prog="visfocus bench", description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=28, help="decoder layers (28 = the real 2B model)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="which of: " + ", ".join(CONFIGS))
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--new_tokens", type=int, default=1, help="tokens generated per answer")
     parser.add_argument("--long_tokens", type=int, default=4096, help="prompt length of the memory test (0: skip)")
     parser.add_argument("--long_layers", type=int, default=2, help="decoder layers for the long-sequence comparison")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if args.layers < 1 or args.reps < 1:
-        parser.error("--layers and --reps must be ≥ 1")
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if args.layers < 1 or args.reps < 1 or unknown:
+        parser.error(f"--layers and --reps must be ≥ 1; unknown configs: {unknown}")
+    configs = ["plain_sdpa", *[c for c in configs if c != "plain_sdpa"]]
+    missing = sorted({CONFIGS[c][1][0] for c in configs if CONFIGS[c][1]} - set(vf.METHODS))
+    if missing:
+        parser.error(f"methods not available in this build: {missing}")
     _cpu_allocator_hint()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
-    inputs = {k: v.to(args.device) for k, v in build_inputs().items()}
-    print(f"prompt: {inputs['input_ids'].shape[1]} tokens, {int((inputs['input_ids'] == IMAGE_PAD).sum())} image")
+    image = make_image(448, 448, seed=0)
     for name in args.dtypes.split(","):
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-        model = build_model(args.layers, dtype).to(args.device)
-        feed = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
-        print(f"\n[{name}] Qwen3-VL-2B architecture, {args.layers} decoder layers, "
-              f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters; {args.reps} interleaved reps")
+        vlm = build_vlm(args.layers, dtype)
+        vlm.model.to(args.device)
+        prompt = vlm.adapter.encode([image], [QUESTION])["input_ids"]
+        print(f"\n[{name}] Qwen3-VL-2B architecture, {args.layers} decoder layers"
+              f"{' (reduced: --layers)' if args.layers != 28 else ''}, "
+              f"{sum(p.numel() for p in vlm.model.parameters()) / 1e9:.2f} B parameters; prompt {prompt.shape[1]} "
+              f"tokens ({int((prompt == vlm.adapter.image_token_id).sum())} image); {args.reps} interleaved reps")
         report(f"{name}: seconds per answer ({args.new_tokens} new token(s)) and peak extra memory",
-               measure(model, feed, CONFIGS, args.reps, args.new_tokens, args.device))
-        del model
+               measure(vlm, image, QUESTION, configs, args.reps, args.new_tokens, args.device))
+        del vlm
     if args.long_tokens:
-        model = build_model(args.long_layers, torch.float32).to(args.device)
-        text_after = max(26, args.long_tokens - 15 - 196 - 2)
-        long_inputs = {k: v.to(args.device) for k, v in build_inputs(text_after=text_after).items()}
-        print(f"\n[long] {long_inputs['input_ids'].shape[1]} tokens, {args.long_layers} decoder layers, float32")
+        vlm = build_vlm(args.long_layers, torch.float32)
+        vlm.model.to(args.device)
+        words = ("left right above below cup table dog cat " * (args.long_tokens // 8)).split()
+        question = QUESTION
+        while vlm.adapter.encode([image], [question])["input_ids"].shape[1] < args.long_tokens:
+            question = " ".join(words[: len(question.split()) + 256]) + " " + QUESTION
+        n = vlm.adapter.encode([image], [question])["input_ids"].shape[1]
+        print(f"\n[long] {n} tokens, {args.long_layers} decoder layers, float32")
+        long_configs = [c for c in ("plain_sdpa", "scaling_vis", "trace", "adaptvis", "clvs", "eager") if c in configs]
         report("long sequence: peak extra memory (attention memory is per layer, so fewer layers suffice)",
-               measure(model, long_inputs, ("plain_sdpa", "scaling_vis", "trace", "eager"), 1, 1, args.device))
+               measure(vlm, image, question, long_configs, 1, 1, args.device))
     return 0

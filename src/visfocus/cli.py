@@ -120,6 +120,12 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_layers(args: argparse.Namespace) -> int:
+    from visfocus.profile_layers import run
+
+    return run(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from visfocus.bench import main as bench_main
 
@@ -180,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="registered methods, tasks and model families")
     ls.add_argument("what", nargs="?", default="all", choices=["all", "methods", "tasks", "models"])
     ls.set_defaults(func=_list)
+
+    from visfocus.profile_layers import add_arguments as profile_arguments
+
+    prof = sub.add_parser("profile-layers", help="VEA layer profiling: attention-vs-box AUROC per layer")
+    profile_arguments(prof)
+    prof.set_defaults(func=_profile_layers)
 
     bench = sub.add_parser("bench", help="overhead benchmark (see benchmarks/overhead.py --help)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)

@@ -116,13 +116,8 @@ def load_profile(path: str | Path) -> dict[str, Any]:
     return profile
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``visfocus profile-layers --model M --task T [--data_root D] [--n 100] --out profile.json``."""
-    from visfocus.models.loading import load
-    from visfocus.tasks import task
-
-    parser = argparse.ArgumentParser(prog="visfocus profile-layers",
-                                     description="rank decoder layers by attention AUROC on evidence boxes (VEA)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``visfocus profile-layers``."""
     parser.add_argument("--model", required=True, help="Hub id or local path")
     parser.add_argument("--task", required=True, help="a task whose records have evidence boxes")
     parser.add_argument("--data_root", help="folder with the benchmark files (or set VISFOCUS_DATA_ROOT)")
@@ -132,7 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="profile.json", help="JSON file to write (default profile.json)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``visfocus profile-layers --model M --task T [--data_root D] [--n 100] --out profile.json``."""
+    from visfocus.models.loading import load
+    from visfocus.tasks import task
+
     vlm = load(args.model, dtype=args.dtype, device=args.device)
     profile = profile_layers(vlm, task(args.task, data_root=args.data_root, prompt_style=args.prompt_style),
                              n=args.n, top_fraction=args.top_fraction)
@@ -141,3 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"layers {profile['layers']}: top {args.top_fraction:g} of {vlm.num_layers} by mean AUROC over "
           f"{profile['n_samples']} samples; written to {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="visfocus profile-layers",
+                                     description="rank decoder layers by attention AUROC on evidence boxes (VEA)")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

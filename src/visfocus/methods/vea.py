@@ -37,12 +37,11 @@ class VEAParams(Params):
     keep_original: bool = False  # VEA*: also show the original image (needs two images per prompt)
 
     def validate(self, num_layers: int | None = None) -> None:
-        check_number("smooth_sigma", self.smooth_sigma, low=0.0)
+        for name, value, low in (("smooth_sigma", self.smooth_sigma, 0), ("denoise_lambda", self.denoise_lambda, 1)):
+            check_number(name, value)
+            if value <= low:
+                raise VisfocusError(f"{name} must be > {low}, got {value}")
         check_number("highlight_floor", self.highlight_floor, low=0.0, high=1.0)
-        check_number("denoise_lambda", self.denoise_lambda, low=1.0)
-        if self.smooth_sigma == 0 or self.denoise_lambda == 1:
-            name, value = ("smooth_sigma", 0) if self.smooth_sigma == 0 else ("denoise_lambda", 1)
-            raise VisfocusError(f"{name} must be > {value}, got {value}")
         check_layers(self.layers, num_layers)
         if self.keep_original:
             raise VisfocusError("keep_original (VEA*: original and highlighted image in one prompt) is not supported "
@@ -130,7 +129,8 @@ def highlight(image: Image.Image, pixel_map: np.ndarray, floor: float) -> Image.
 class VEA(Method):
     name = "vea"
     Params = VEAParams
-    search_grid = {"smooth_sigma": (0.25, 0.5, 0.8), "highlight_floor": (0.2, 0.5, 0.8)}
+    identity = {"highlight_floor": 1.0}  # no dimming (the hint, if on, still changes the prompt)
+    search_grid = {"smooth_sigma": (0.05, 0.1, 0.25, 0.5), "highlight_floor": (0.2, 0.5, 0.8)}
 
     def __init__(self, params: VEAParams) -> None:
         super().__init__(params)
