@@ -102,7 +102,12 @@ def _coerce(raw: str, hint: Any, key: str) -> Any:
                 raise ValueError(raw)
             return raw.lower() in ("true", "1")
         if any(typing.get_origin(k) is tuple for k in kinds):
-            return tuple(int(v) for v in raw.split(";") if v)
+            try:
+                return tuple(int(v) for v in raw.split(";") if v)
+            except ValueError:
+                if str not in kinds:  # e.g. DoLa's layers: "high" or indices
+                    raise
+                return raw
         if int in kinds and float not in kinds:
             return int(raw)
         if float in kinds:

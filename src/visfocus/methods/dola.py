@@ -1,0 +1,154 @@
+"""DoLa, Decoding by Contrasting Layers (Chuang et al., ICLR 2024). Each step scores a token by how much the final
+layer's log-probability exceeds a premature layer's, F = log p_N − log p_M, on the head set V_head = {x : p_N(x) ≥
+relative_top · max p_N}, −inf elsewhere. M is picked per token and per batch row from the candidate layers J as the
+one furthest from the final distribution, argmax_j JSD(p_N ‖ p_j) (the true JSD in nats; the DoLa and transformers
+code average KL(m ‖ ·) over the vocabulary and pick one layer per batch). Then a repetition penalty (transformers'
+processor, 1.2 as the paper recommends) that replaces the model's own and skips left padding. Decoding is greedy.
+
+Layers are hidden-state indices, as in transformers' ``dola_layers``: j is the input to decoder layer j (the output of
+the first j layers), 0 the embedding output; the final layer N = L gives the model's logits. For an L-layer decoder
+"low" = range(s, L//2, 2) and "high" = range(L//2, L, 2) when L ≤ 40, range(s, 20, 2) / range(L−20, L, 2) beyond;
+s = 0, or, with tied input/output embeddings, 2 (1 when L = 2) to skip the embedding output; "low" is [s] when
+s = L//2. Explicit indices must lie in 0..L−1. Premature logits are lm_head(h_j) without the final norm
+(``final_norm=False``: the DoLa / early-exit convention); ``final_norm=True`` applies it first (the logit lens).
+
+transformers ≥ 4.53 moved DoLa to the Hub (``transformers-community/dola``), which cannot load offline, so this is
+native: forward pre-hooks keep each candidate's last-position hidden state and a logits processor scores the tokens.
+The answer's first-token logits are the DoLa scores that chose the token."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+from visfocus.errors import VisfocusError
+from visfocus.methods.base import Method, MethodResult, Params, check_number, register_method
+from visfocus.steer.runner import Runner
+
+
+def candidate_layers(spec: str | tuple[int, ...], num_layers: int, tied_embeddings: bool) -> tuple[int, ...]:
+    """The candidate premature layers (hidden-state indices) for "low", "high" or explicit indices."""
+    if not isinstance(spec, str):
+        if any(not 0 <= j < num_layers for j in spec):
+            raise VisfocusError(f"layers {list(spec)} out of range: premature layers are hidden-state indices "
+                                f"0..{num_layers - 1} (0 = embedding output) of a {num_layers}-layer decoder")
+        return tuple(spec)
+    L = num_layers
+    start = 0 if not tied_embeddings else (2 if L > 2 else (1 if L == 2 else 0))
+    if spec == "low":
+        return (start,) if start == L // 2 else tuple(range(start, L // 2 if L <= 40 else 20, 2))
+    return tuple(range(L // 2 if L <= 40 else L - 20, L, 2))
+
+
+def jsd(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """(...,) Jensen–Shannon divergence in nats between softmax(p_logits) and softmax(q_logits), over the last dim."""
+    log_p, log_q = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)  # (..., V)
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2)  # (..., V) log of the mixture (p + q) / 2
+
+    def kl_to_m(log_a: torch.Tensor) -> torch.Tensor:
+        return torch.where(log_a > -math.inf, log_a.exp() * (log_a - log_m), 0.0).sum(-1)  # (...,)
+
+    return 0.5 * kl_to_m(log_p) + 0.5 * kl_to_m(log_q)
+
+
+def dola_scores(final_logits: torch.Tensor, premature_logits_by_layer: dict[int, torch.Tensor],
+                relative_top: float) -> tuple[torch.Tensor, list[int]]:
+    """(B, V) F = log p_N − log p_M on V_head (−inf elsewhere), and M per row: the candidate furthest by JSD."""
+    layers = list(premature_logits_by_layer)
+    premature = torch.stack([premature_logits_by_layer[j].float() for j in layers])  # (J, B, V)
+    pick = jsd(final_logits[None], premature).argmax(0)  # (B,) index into layers
+    chosen = premature[pick, torch.arange(final_logits.shape[0])]  # (B, V)
+    log_p_final, log_p_chosen = final_logits.float().log_softmax(-1), chosen.log_softmax(-1)  # (B, V)
+    head = log_p_final >= log_p_final.max(-1, keepdim=True).values + math.log(relative_top)  # (B, V)
+    return (log_p_final - log_p_chosen).masked_fill(~head, -math.inf), [layers[i] for i in pick.tolist()]
+
+
+def text_decoder(model) -> tuple[torch.nn.ModuleList, torch.nn.Module, torch.nn.Module]:
+    """The text decoder's layers, its final norm and the LM head (the same names in all five families)."""
+    language_model = getattr(getattr(model, "model", None), "language_model", None)
+    if language_model is None or not hasattr(language_model, "layers") or not hasattr(language_model, "norm"):
+        raise VisfocusError(f"DoLa cannot find the text decoder layers of {type(model).__name__}")
+    return language_model.layers, language_model.norm, model.get_output_embeddings()
+
+
+class LayerContrast(LogitsProcessor):
+    """Scores every step with ``dola_scores``; ``hooked()`` keeps the candidates' last-position hidden states."""
+
+    def __init__(self, model, layers: tuple[int, ...], relative_top: float, final_norm: bool) -> None:
+        self.decoder_layers, self.norm, self.lm_head = text_decoder(model)
+        self.layers, self.relative_top, self.final_norm = layers, relative_top, final_norm
+        self.hidden: dict[int, torch.Tensor] = {}
+        self.chosen: list[list[int]] = []  # per step, the premature layer of each row
+
+    @contextlib.contextmanager
+    def hooked(self):
+        handles = [self.decoder_layers[j].register_forward_pre_hook(self._keeper(j), with_kwargs=True)
+                   for j in self.layers]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _keeper(self, j: int):
+        def keep(module, args, kwargs) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]  # (B, Q, D) input of decoder layer j
+            self.hidden[j] = hidden[:, -1]  # (B, D)
+        return keep
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        premature = {j: self.lm_head(self.norm(self.hidden[j]) if self.final_norm else self.hidden[j])
+                     for j in self.layers}  # {j: (B, V)}
+        out, chosen = dola_scores(scores, {j: z.to(scores.device) for j, z in premature.items()}, self.relative_top)
+        self.chosen.append(chosen)
+        return out
+
+
+@dataclass(frozen=True)
+class DoLaParams(Params):
+    layers: str | tuple[int, ...] = "high"  # "low", "high" or hidden-state indices (``dola_layers``)
+    repetition_penalty: float = 1.2  # ≥ 1, on the DoLa scores; replaces the model's own penalty
+    relative_top: float = 0.1  # head set: keep tokens with p_N ≥ relative_top · max p_N
+    final_norm: bool = False  # apply the final norm to premature hidden states (False: DoLa's convention)
+
+    def validate(self, num_layers: int | None = None) -> None:
+        if isinstance(self.layers, str):
+            if self.layers not in ("low", "high"):
+                raise VisfocusError(f"layers must be 'low', 'high' or layer indices, got {self.layers!r}")
+        elif not isinstance(self.layers, (tuple, list)) or not self.layers \
+                or any(not isinstance(j, int) or isinstance(j, bool) for j in self.layers):
+            raise VisfocusError(f"layers must be 'low', 'high' or a non-empty tuple of layer indices, "
+                                f"got {self.layers!r}")
+        elif num_layers is not None:
+            candidate_layers(self.layers, num_layers, tied_embeddings=False)
+        check_number("repetition_penalty", self.repetition_penalty, low=1.0)
+        check_number("relative_top", self.relative_top)
+        if not 0 < self.relative_top <= 1:
+            raise VisfocusError(f"relative_top must be in (0, 1], got {self.relative_top}")
+        if not isinstance(self.final_norm, bool):
+            raise VisfocusError(f"final_norm must be true or false, got {self.final_norm!r}")
+
+
+@register_method
+class DoLa(Method):
+    name = "dola"
+    Params = DoLaParams
+
+    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
+        p, model = self.params, runner.model
+        p.validate(num_layers)
+        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        contrast = LayerContrast(model, candidate_layers(p.layers, num_layers, tied), p.relative_top, p.final_norm)
+        processors = LogitsProcessorList([contrast])
+        if p.repetition_penalty != 1.0:  # after the contrast; left padding is not penalised, as in generate
+            padding = (runner.inputs["attention_mask"] == 0).sum(-1)  # (B,)
+            processors.append(RepetitionPenaltyLogitsProcessor(p.repetition_penalty, prompt_ignore_length=padding))
+        with contrast.hooked():
+            generation = runner.generate((), max_new_tokens, logits_processor=processors, first_logits_from="scores",
+                                         repetition_penalty=1.0)  # generate's own penalty would come first
+        extras = [{"premature_layer": j, "candidate_layers": list(contrast.layers)} for j in contrast.chosen[0]]
+        return MethodResult(generation, alpha_used=[None] * len(extras), extras=extras)
