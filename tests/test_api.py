@@ -29,6 +29,15 @@ def test_every_registered_method_runs_with_defaults(name, tiny_vlms, image):
     assert name in vf.methods()
 
 
+@pytest.mark.parametrize("name", sorted(set(vf.METHODS) - {"baseline"}))
+def test_every_method_has_a_valid_search_grid(name):
+    grid = vf.METHODS[name].search_grid
+    assert grid, f"{name} has no search grid"
+    for key, values in grid.items():
+        for value in values:
+            vf.method(name, **{key: value})  # every candidate is a valid parameter value
+
+
 def test_methods_lists_parameters_with_defaults():
     listed = vf.methods()
     assert set(listed) == set(vf.METHODS)

@@ -88,7 +88,7 @@ class AdaptVis(Method):
         alphas = tuple(float(p.alpha_low if s else p.alpha_high) for s in smooth)
         edit = ScaleLogits(alpha=alphas, layers=frozenset(p.layers) if p.layers else None,
                            rows="last_prompt_and_decode" if p.decode else "last_prompt")
-        generation = runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix)
+        generation = runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix, keep_prefix=False)
         extras = [{"confidence_used": float(c), "confidence_mode": p.confidence,
                    "branch": "smooth" if s else "sharpen"} for c, s in zip(scores.tolist(), smooth)]
         return MethodResult(generation, alpha_used=list(alphas), extras=extras)

@@ -95,7 +95,7 @@ class SmoothingEdit(Edit):
         s, p = self.state, self.params
         if s.get("row") is None or layer == 0:
             return
-        if layer > self.num_layers // 2 and p.uncertainty_threshold > 0:
+        if layer > self.num_layers // 2 and p.uncertainty_threshold > 0 and bool(s["active"].any()):
             h = hidden[:, s["row"]]  # (B, hidden) the last position only
             logits = self.adapter.lm_head(self.adapter.final_norm(h) if p.final_norm else h)  # (B, V)
             s["active"] = s["active"] & ~(normalized_top10_entropy(logits) < p.uncertainty_threshold)

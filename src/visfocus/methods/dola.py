@@ -46,7 +46,10 @@ def candidate_layers(spec: str | tuple[int, ...], num_layers: int, tied_embeddin
 
 def jsd(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """(...,) Jensen–Shannon divergence in nats between softmax(p_logits) and softmax(q_logits), over the last dim."""
-    log_p, log_q = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)  # (..., V)
+    return _jsd_of_log_probs(p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1))
+
+
+def _jsd_of_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     log_m = torch.logaddexp(log_p, log_q) - math.log(2)  # (..., V) log of the mixture (p + q) / 2
 
     def kl_to_m(log_a: torch.Tensor) -> torch.Tensor:
@@ -57,14 +60,21 @@ def jsd(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
 
 def dola_scores(final_logits: torch.Tensor, premature_logits_by_layer: dict[int, torch.Tensor],
                 relative_top: float) -> tuple[torch.Tensor, list[int]]:
-    """(B, V) F = log p_N − log p_M on V_head (−inf elsewhere), and M per row: the candidate furthest by JSD."""
-    layers = list(premature_logits_by_layer)
-    premature = torch.stack([premature_logits_by_layer[j].float() for j in layers])  # (J, B, V)
-    pick = jsd(final_logits[None], premature).argmax(0)  # (B,) index into layers
-    chosen = premature[pick, torch.arange(final_logits.shape[0])]  # (B, V)
-    log_p_final, log_p_chosen = final_logits.float().log_softmax(-1), chosen.log_softmax(-1)  # (B, V)
+    """(B, V) F = log p_N − log p_M on V_head (−inf elsewhere), and M per row: the candidate furthest by JSD.
+    One candidate at a time, so the extra memory is a few (B, V) tensors whatever the number of candidates."""
+    log_p_final = final_logits.float().log_softmax(-1)  # (B, V)
+    best_div = torch.full(final_logits.shape[:1], -math.inf, device=final_logits.device)  # (B,)
+    best_layer = torch.zeros(final_logits.shape[:1], dtype=torch.long)  # (B,)
+    best_log_q = log_p_final
+    for j, logits in premature_logits_by_layer.items():
+        log_q = logits.float().log_softmax(-1)  # (B, V)
+        divergence = _jsd_of_log_probs(log_p_final, log_q)  # (B,)
+        better = divergence > best_div  # (B,) ties keep the earlier candidate
+        best_div = torch.where(better, divergence, best_div)
+        best_layer = torch.where(better.cpu(), torch.tensor(j), best_layer)
+        best_log_q = torch.where(better[:, None], log_q, best_log_q)  # (B, V)
     head = log_p_final >= log_p_final.max(-1, keepdim=True).values + math.log(relative_top)  # (B, V)
-    return (log_p_final - log_p_chosen).masked_fill(~head, -math.inf), [layers[i] for i in pick.tolist()]
+    return (log_p_final - best_log_q).masked_fill(~head, -math.inf), best_layer.tolist()
 
 
 def text_decoder(model) -> tuple[torch.nn.ModuleList, torch.nn.Module, torch.nn.Module]:
@@ -101,9 +111,9 @@ class LayerContrast(LogitsProcessor):
         return keep
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        premature = {j: self.lm_head(self.norm(self.hidden[j]) if self.final_norm else self.hidden[j])
-                     for j in self.layers}  # {j: (B, V)}
-        out, chosen = dola_scores(scores, {j: z.to(scores.device) for j, z in premature.items()}, self.relative_top)
+        premature = {j: self.lm_head(self.norm(self.hidden[j]) if self.final_norm else self.hidden[j]).to(scores.device)
+                     for j in self.layers}  # {j: (B, V)} in the model's dtype
+        out, chosen = dola_scores(scores, premature, self.relative_top)
         self.chosen.append(chosen)
         return out
 
@@ -136,6 +146,7 @@ class DoLaParams(Params):
 @register_method
 class DoLa(Method):
     name = "dola"
+    search_grid = {"layers": ("low", "high"), "repetition_penalty": (1.0, 1.2)}
     Params = DoLaParams
 
     def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:

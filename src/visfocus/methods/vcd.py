@@ -134,6 +134,8 @@ class VCDParams(Params):
 class VCD(Method):
     name = "vcd"
     Params = VCDParams
+    identity = {"alpha": 0.0}
+    search_grid = {"alpha": (0.5, 1.0), "beta": (0.1, 0.2), "noise_step": (500, 999)}
 
     def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
         p = self.params

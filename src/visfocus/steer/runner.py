@@ -72,14 +72,18 @@ class Runner:
 
     @torch.inference_mode()
     def generate(self, edits: tuple[Edit, ...] = (), max_new_tokens: int = 1, prefix: Prefix | None = None,
-                 logits_processor=None, first_logits_from: str = "logits", **generation_settings) -> Generation:
+                 logits_processor=None, first_logits_from: str = "logits", keep_prefix: bool = True,
+                 **generation_settings) -> Generation:
         """Decoding under ``edits`` (greedy unless ``generation_settings`` say ``do_sample=True``). With ``prefix``,
         positions 0..S-2 come from its cache and only the last prompt token (and the decoding steps) run here.
+        ``keep_prefix=False`` crops the prefix's own cache instead of a copy (the prefix is used up; saves a copy).
         ``logits_processor``: extra processors (a ``LogitsProcessorList``); ``first_logits_from="scores"`` reports
         the processed first-token scores (what chose the token) instead of the raw logits."""
         kwargs = dict(self.inputs)
         if prefix is not None:
-            cache = copy.deepcopy(prefix.cache)
+            cache = copy.deepcopy(prefix.cache) if keep_prefix else prefix.cache
+            if not keep_prefix:
+                prefix.cache = None  # used up
             cache.crop(-1)  # drop the last prompt position; generate re-runs it under the edits
             kwargs = {k: v for k, v in kwargs.items() if k not in self.drop_on_continue}
             kwargs["past_key_values"] = cache
