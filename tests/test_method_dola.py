@@ -13,7 +13,7 @@ import torch
 
 import visfocus as vf
 from visfocus.methods.base import parse_method_args
-from visfocus.methods.dola import candidate_layers, dola_scores, jsd, text_decoder
+from visfocus.methods.dola import candidate_layers, dola_scores, jsd
 
 QUESTIONS = ["Is the cup on the table? Answer with yes or no.", "Where is the dog?"]
 INF = float("inf")
@@ -90,7 +90,7 @@ def _first_step_by_hand(vlm, runner, layers, final_norm):
         kwargs["position_ids"] = runner.prefill_position_ids
     with torch.no_grad():
         out = vlm.model(**kwargs, output_hidden_states=True)
-        _, norm, lm_head = text_decoder(vlm.model)
+        norm, lm_head = vlm.adapter.final_norm, vlm.adapter.lm_head
         premature = {j: lm_head(norm(out.hidden_states[j][:, -1]) if final_norm else out.hidden_states[j][:, -1])
                      for j in layers}
     return dola_scores(out.logits[:, -1], premature, relative_top=0.1)
@@ -164,5 +164,3 @@ def test_layers_beyond_the_decoder_raise_one_clear_error(tiny_vlms, image):
     with pytest.raises(vf.VisfocusError, match=r"out of range.*0\.\.1") as err:
         tiny_vlms["llava"].answer(image, QUESTIONS[0], method=vf.method("dola", layers=(2,)))
     assert "\n" not in str(err.value)
-    with pytest.raises(vf.VisfocusError, match="cannot find the text decoder"):
-        text_decoder(torch.nn.Linear(2, 2))

@@ -77,19 +77,11 @@ def dola_scores(final_logits: torch.Tensor, premature_logits_by_layer: dict[int,
     return (log_p_final - best_log_q).masked_fill(~head, -math.inf), best_layer.tolist()
 
 
-def text_decoder(model) -> tuple[torch.nn.ModuleList, torch.nn.Module, torch.nn.Module]:
-    """The text decoder's layers, its final norm and the LM head (the same names in all five families)."""
-    language_model = getattr(getattr(model, "model", None), "language_model", None)
-    if language_model is None or not hasattr(language_model, "layers") or not hasattr(language_model, "norm"):
-        raise VisfocusError(f"DoLa cannot find the text decoder layers of {type(model).__name__}")
-    return language_model.layers, language_model.norm, model.get_output_embeddings()
-
-
 class LayerContrast(LogitsProcessor):
     """Scores every step with ``dola_scores``; ``hooked()`` keeps the candidates' last-position hidden states."""
 
-    def __init__(self, model, layers: tuple[int, ...], relative_top: float, final_norm: bool) -> None:
-        self.decoder_layers, self.norm, self.lm_head = text_decoder(model)
+    def __init__(self, adapter, layers: tuple[int, ...], relative_top: float, final_norm: bool) -> None:
+        self.decoder_layers, self.norm, self.lm_head = adapter.decoder_layers(), adapter.final_norm, adapter.lm_head
         self.layers, self.relative_top, self.final_norm = layers, relative_top, final_norm
         self.hidden: dict[int, torch.Tensor] = {}
         self.chosen: list[list[int]] = []  # per step, the premature layer of each row
@@ -153,7 +145,8 @@ class DoLa(Method):
         p, model = self.params, runner.model
         p.validate(num_layers)
         tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-        contrast = LayerContrast(model, candidate_layers(p.layers, num_layers, tied), p.relative_top, p.final_norm)
+        candidates = candidate_layers(p.layers, num_layers, tied)
+        contrast = LayerContrast(runner.adapter, candidates, p.relative_top, p.final_norm)
         processors = LogitsProcessorList([contrast])
         if p.repetition_penalty != 1.0:  # after the contrast; left padding is not penalised, as in generate
             padding = (runner.inputs["attention_mask"] == 0).sum(-1)  # (B,)
