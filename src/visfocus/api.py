@@ -136,8 +136,12 @@ class VLM:
         texts = self.processor.batch_decode(gen.new_tokens, skip_special_tokens=True)
         first = self.processor.batch_decode(gen.new_tokens[:, :1], skip_special_tokens=False)
         confidence = torch.softmax(gen.first_logits, dim=-1).max(-1).values  # (B,)
-        full_trace = (runner.recorder.finish(final.image_cols, final.inputs["attention_mask"], layouts)
-                      if trace else None)
+        full_trace = None
+        if trace:
+            ids = final.inputs["input_ids"]
+            special = torch.isin(ids, torch.tensor(self.processor.tokenizer.all_special_ids, device=ids.device))
+            full_trace = runner.recorder.finish(final.image_cols, final.inputs["attention_mask"], layouts,
+                                                special_cols=special & ~final.image_cols)
         cost = {**runner.cost.as_dict(), "batch_size": len(pil)}
         return [Answer(text=texts[b].strip(), first_token=first[b], first_token_logits=gen.first_logits[b].cpu(),
                        confidence=float(confidence[b]), alpha_used=result.alpha_used[b], cost=cost,

@@ -11,7 +11,8 @@ from typing import Any
 from visfocus.errors import VisfocusError
 
 EVAL_FLAGS = ("model", "model_args", "tasks", "method", "method_args", "data_root", "limit", "offset", "seed",
-              "batch_size", "max_new_tokens", "prompt_style", "scorer", "output_path", "log_samples", "skip_missing")
+              "batch_size", "max_new_tokens", "prompt_style", "scorer", "output_path", "log_samples", "skip_missing",
+              "trace")
 
 
 def _key_values(text: str | dict | None, what: str) -> dict[str, Any]:
@@ -154,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--log_samples", action="store_true", default=None, help="also store each full chat prompt")
     ev.add_argument("--skip_missing", action="store_true", default=None,
                     help="evaluate the rest when images are missing (counted in results)")
+    ev.add_argument("--trace", nargs="?", const="heads", choices=["heads", "mean"],
+                    help="write per-sample last-row attention (traces_<task>/; default per head)")
     ev.add_argument("--config", help="YAML file with the same keys as these flags (flags override it)")
     ev.set_defaults(func=_eval)
 

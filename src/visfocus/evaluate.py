@@ -40,8 +40,11 @@ class RunConfig:
     output_path: str = "runs"
     log_samples: bool = False  # also store the full chat prompt of every sample
     skip_missing: bool = False
+    trace: str | None = None  # "heads" or "mean": write traces_<task>/ (see visfocus.tracefile)
 
     def validate(self) -> None:
+        if self.trace is not None and self.trace not in ("heads", "mean"):
+            raise VisfocusError(f"--trace must be heads or mean, got {self.trace!r}")
         if not self.tasks:
             raise VisfocusError("no task given; `visfocus list tasks` shows them")
         for name, value, low in (("--limit", self.limit, 1), ("--offset", self.offset, 0),
@@ -153,7 +156,7 @@ def evaluate(config: RunConfig, after_batch: Callable[[str, int], None] | None =
                    dynamic_ncols=True)
         for b, start in enumerate(range(0, len(todo[name]), config.batch_size)):
             batch = todo[name][start:start + config.batch_size]
-            log.append(_answer_rows(vlm, t, batch, method, config))
+            log.append(_answer_rows(vlm, t, batch, method, config, folder / f"traces_{name}"))
             bar.update(len(batch))
             if after_batch:
                 after_batch(name, b)
@@ -181,12 +184,16 @@ def _load_model(config: RunConfig):
                    trust_remote_code=bool(args.pop("trust_remote_code", False)))
 
 
-def _answer_rows(vlm, t: Task, batch: list[Record], method, config: RunConfig) -> list[dict]:
+def _answer_rows(vlm, t: Task, batch: list[Record], method, config: RunConfig, trace_folder: Path) -> list[dict]:
     from visfocus.api import load_image
+    from visfocus.tracefile import sample_arrays, write_shard
 
     images = [r.image if r.image is not None else load_image(r.image_path) for r in batch]
     answers = vlm.answer_batch(images, [r.question for r in batch], method, max_new_tokens=config.max_new_tokens,
-                               options=[r.options or None for r in batch])
+                               options=[r.options or None for r in batch], trace=config.trace is not None)
+    if config.trace:  # written before the samples are logged: a logged sample always has its trace
+        write_shard(trace_folder, _slug(f"batch_{batch[0].id}"),
+                    {r.id: sample_arrays(a.trace, a.extras, config.trace) for r, a in zip(batch, answers)})
     rows = []
     for r, a in zip(batch, answers):
         parsed = t.parse(a.text, r)

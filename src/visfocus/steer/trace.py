@@ -28,7 +28,8 @@ class TraceRecorder:
         same = probs_post is probs_pre  # no edit in this layer: keep one copy
         self.post[layer_idx] = self.pre[layer_idx] if same else probs_post.detach().float().cpu()  # (B, H, S)
 
-    def finish(self, image_cols: torch.Tensor, attention_mask: torch.Tensor, layouts: list[Any]) -> Trace:
+    def finish(self, image_cols: torch.Tensor, attention_mask: torch.Tensor, layouts: list[Any],
+               special_cols: torch.Tensor | None = None) -> Trace:
         if not self.post:
             raise RuntimeError("no attention was recorded: is the model loaded with the visfocus attention function?")
         layers = sorted(self.post)
@@ -38,6 +39,7 @@ class TraceRecorder:
             image_cols=image_cols.detach().cpu(),
             attention_mask=attention_mask.detach().cpu().bool(),
             layouts=layouts,
+            special_cols=special_cols.detach().cpu().bool() if special_cols is not None else None,
         )
 
 
@@ -50,6 +52,7 @@ class Trace:
     image_cols: torch.Tensor  # (B, S) bool
     attention_mask: torch.Tensor  # (B, S) bool, False on left padding
     layouts: list[Any] = field(default_factory=list)
+    special_cols: torch.Tensor | None = None  # (B, S) bool: chat-template and vision-boundary special tokens
 
     @property
     def num_layers(self) -> int:
@@ -60,6 +63,15 @@ class Trace:
         probs = self.last_row_pre if pre else self.last_row  # (L, B, H, S)
         return (probs * self.image_cols[None, :, None, :]).sum(-1).mean(-1)
 
+    def shares(self, pre: bool = False) -> torch.Tensor:
+        """(L, B, 3): head-mean probability mass of the last prompt row on image, text and special-token keys
+        (``text.layer[i].attn.image_share`` is ``[..., 0]``); the three sum to 1."""
+        probs = (self.last_row_pre if pre else self.last_row).mean(2)  # (L, B, S)
+        special = self.special_cols if self.special_cols is not None else torch.zeros_like(self.image_cols)
+        special = special & ~self.image_cols
+        text = self.attention_mask & ~self.image_cols & ~special
+        return torch.stack([(probs * m[None]).sum(-1) for m in (self.image_cols, text, special)], dim=-1)
+
     def row(self, b: int) -> Trace:
         """Batch row ``b`` alone, left padding removed."""
         keep = self.attention_mask[b]  # (S,)
@@ -69,6 +81,7 @@ class Trace:
             image_cols=self.image_cols[b : b + 1, keep],
             attention_mask=self.attention_mask[b : b + 1, keep],
             layouts=[self.layouts[b]] if self.layouts else [],
+            special_cols=self.special_cols[b : b + 1, keep] if self.special_cols is not None else None,
         )
 
     def image_map(self, layer: int, b: int = 0, image: int = 0, view: int = 0, pre: bool = False) -> np.ndarray:
