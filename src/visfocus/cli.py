@@ -1,4 +1,4 @@
-"""Command line: ``visfocus eval | sweep | compare | list | bench | profile-layers``. Argument handling only."""
+"""Command line: ``visfocus eval | sweep | compare | report | heatmap | list | bench | profile-layers``."""
 
 from __future__ import annotations
 
@@ -121,6 +121,18 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _heatmap(args: argparse.Namespace) -> int:
+    from visfocus.heatmap import run
+
+    return run(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from visfocus.report import run
+
+    return run(args)
+
+
 def _profile_layers(args: argparse.Namespace) -> int:
     from visfocus.profile_layers import run
 
@@ -190,7 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", nargs="?", default="all", choices=["all", "methods", "tasks", "models"])
     ls.set_defaults(func=_list)
 
+    from visfocus.heatmap import add_arguments as heatmap_arguments
     from visfocus.profile_layers import add_arguments as profile_arguments
+    from visfocus.report import add_arguments as report_arguments
+
+    rep = sub.add_parser("report", help="one self-contained HTML report of a run (with --vs: against a baseline)")
+    report_arguments(rep)
+    rep.set_defaults(func=_report)
+
+    heat = sub.add_parser("heatmap", help="one example's attention heatmaps on the image, chosen layers")
+    heatmap_arguments(heat)
+    heat.set_defaults(func=_heatmap)
 
     prof = sub.add_parser("profile-layers", help="VEA layer profiling: attention-vs-box AUROC per layer")
     profile_arguments(prof)
