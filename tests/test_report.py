@@ -53,7 +53,8 @@ def test_report_gallery_shows_the_flips_against_the_baseline(runs, tmp_path):
     page = build_report(runs["edit"], vs=baseline)
     assert len(re.findall(r"<b>(fixed|broken)</b>", page)) == 1
     card = page[page.index("<div class='card'>"):]
-    assert card.count("data:image/png;base64,") == 2  # run and baseline heatmaps side by side
+    assert card.count("data:image/png;base64,") == 3  # run and baseline heatmaps side by side, the run's depth strip
+    assert "this run − baseline" in page  # per-layer shift of share and entropy
 
 
 def test_report_cli_writes_the_file(runs, tmp_path, capsys):

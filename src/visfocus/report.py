@@ -105,6 +105,12 @@ def task_section(name: str, run_dir: Path, results: dict, samples: dict[str, dic
             out.append(_img(figures.line_figure(groups, "layer", "image share: correct vs incorrect answers")))
         entropy = np.mean([attention.entropy_by_layer(t["attention"]) for t in traces.values()], axis=0)
         out.append(_img(figures.line_figure({"entropy (nats)": entropy}, "layer", "image-attention entropy")))
+        base_traces = _traces(baseline[2], name) if baseline is not None else None
+        if base_traces:
+            shift = attention.compare_runs(base_traces, traces)
+            out.append(f"<p>this run − baseline, per layer, over {shift['n']} shared samples:</p>")
+            out.append(_img(figures.line_figure({"image share": shift["image_share"], "entropy": shift["entropy"]},
+                                                "layer", "shift against the baseline")))
     else:
         out.append("<p>No traces: run <code>visfocus eval ... --trace</code>.</p>")
     out.append("<h3>Box overlap by layer</h3>")
@@ -155,6 +161,8 @@ def _gallery(name: str, samples: dict, traces: dict | None, records: dict, basel
             grid = attention.grid_map(attention.head_mean(entry["attention"])[layer], view)
             title = f"{label}: {rows[sid]['output']!r} (conf {rows[sid]['confidence']:.2f}), layer {layer}"
             panels.append(_img(figures.heatmap_figure(image, grid, view, boxes=list(record.boxes), title=title)))
+            if label == "run":
+                panels.append(_img(figures.depth_strip_figure(entry["attention"], title="attention over depth")))
         cards.append(f"<div class='card'><p><b>{kind}</b> #{html.escape(sid)}: {html.escape(row['question'])} — gold "
                      f"<b>{html.escape(str(row['gold']))}</b></p>{''.join(panels) or '<p>(no image or trace)</p>'}"
                      "</div>")
