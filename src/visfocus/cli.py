@@ -1,4 +1,4 @@
-"""Command line: ``visfocus eval | sweep | compare | report | heatmap | list | bench | profile-layers``."""
+"""Command line: ``visfocus eval | sweep | compare | report | heatmap | finetune | list | bench | profile-layers``."""
 
 from __future__ import annotations
 
@@ -121,6 +121,12 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from visfocus.train.finetune import run
+
+    return run(args)
+
+
 def _heatmap(args: argparse.Namespace) -> int:
     from visfocus.heatmap import run
 
@@ -205,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     from visfocus.heatmap import add_arguments as heatmap_arguments
     from visfocus.profile_layers import add_arguments as profile_arguments
     from visfocus.report import add_arguments as report_arguments
+    from visfocus.train.config import add_arguments as finetune_arguments
 
     rep = sub.add_parser("report", help="one self-contained HTML report of a run (with --vs: against a baseline)")
     report_arguments(rep)
@@ -213,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     heat = sub.add_parser("heatmap", help="one example's attention heatmaps on the image, chosen layers")
     heatmap_arguments(heat)
     heat.set_defaults(func=_heatmap)
+
+    ft = sub.add_parser("finetune", help="fine-tune (full or LoRA, vision optionally frozen) on a task")
+    finetune_arguments(ft)
+    ft.set_defaults(func=_finetune)
 
     prof = sub.add_parser("profile-layers", help="VEA layer profiling: attention-vs-box AUROC per layer")
     profile_arguments(prof)

@@ -1,0 +1,367 @@
+"""The fine-tuning loop behind ``visfocus finetune``: full or LoRA, optionally with the vision tower frozen, fp32
+master weights, linear warmup/decay, gradient accumulation, clipping 1.0, seeded order, resumable checkpoints and
+periodic evaluation with the eval task's own parsing and metrics (the best model is kept, merged, in ``best/``).
+
+Layout of ``output_dir``: ``train_log.jsonl`` (one line per step, plus eval lines), ``checkpoint/`` (trainable
+weights, optimizer, scheduler, step, RNG states, best metric; written every ``save_every`` steps — default: at each
+evaluation — and at the end), ``best/`` (a ``visfocus.load``-able model + processor), ``tensorboard/`` on request.
+
+Steps are optimizer steps (``grad_accum`` micro-batches of ``batch_size`` each). The sample order of epoch e is a
+permutation seeded by ``seed + e``, so a resumed run sees exactly the batches the uninterrupted one would."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import random
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from visfocus.errors import VisfocusError
+from visfocus.train.config import IDENTITY_KEYS, LORA_TARGETS, SDPA, FinetuneConfig, add_arguments, config_from_args
+from visfocus.train.labels import build_example, collate
+
+
+# --- the model --------------------------------------------------------------------------------------------------
+def vision_modules(model) -> list[torch.nn.Module]:
+    """The vision tower with its merger/projector: Qwen ``model.model.visual`` (ViT, merger, DeepStack mergers);
+    LLaVA / LLaVA-NeXT ``vision_tower`` and ``multi_modal_projector`` (and NeXT's ``image_newline`` stays with them)."""
+    inner = model.model
+    if hasattr(inner, "visual"):
+        return [inner.visual]
+    if hasattr(inner, "vision_tower"):
+        return [inner.vision_tower, inner.multi_modal_projector]
+    raise VisfocusError(f"cannot find the vision tower of {type(model).__name__}")
+
+
+def _freeze_vision(model) -> None:
+    for module in vision_modules(model):
+        module.requires_grad_(False)
+    if isinstance(getattr(model.model, "image_newline", None), torch.nn.Parameter):
+        model.model.image_newline.requires_grad_(False)
+
+
+def _prepare(config: FinetuneConfig):
+    """(vlm, trainable model): the loaded VLM (LoRA layers injected in place, so ``vlm`` answers with them) and the
+    module to train — the peft wrapper for LoRA, else the model itself."""
+    import visfocus as vf
+
+    vlm = vf.load(config.model, dtype="float32", device=config.device)  # fp32 master weights
+    model = vlm.model
+    if config.freeze_vision:
+        _freeze_vision(model)
+    trainable = model
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=LORA_TARGETS)
+        trainable = get_peft_model(model, lora)  # freezes all but the adapters, injects them into `model` in place
+    return vlm, trainable
+
+
+def _use_attention(model, name: str | dict) -> None:
+    model.set_attn_implementation(name)
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+def _records(name: str, config: FinetuneConfig, limit: int | None) -> tuple[Any, list]:
+    from visfocus.evaluate import check_images
+    from visfocus.tasks import task
+
+    t = task(name, config.data_root)
+    records = t.records[:limit] if limit else list(t.records)
+    if not records:
+        raise VisfocusError(f"task '{name}' has no records to use")
+    check_images({name: records}, skip_missing=False)
+    return t, records
+
+
+def _image(record):
+    from visfocus.api import load_image
+
+    return load_image(record.image if record.image is not None else record.image_path)
+
+
+def _micro_batches(step: int, n_records: int, config: FinetuneConfig) -> list[list[int]]:
+    """The record indices of the ``grad_accum`` micro-batches of optimizer step ``step`` (0-based)."""
+    per_epoch = math.ceil(n_records / config.batch_size)
+    steps_per_epoch = math.ceil(per_epoch / config.grad_accum)
+    epoch, within = divmod(step, steps_per_epoch)
+    order = torch.randperm(n_records, generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
+    first = within * config.grad_accum
+    return [order[m * config.batch_size:(m + 1) * config.batch_size]
+            for m in range(first, min(first + config.grad_accum, per_epoch))]
+
+
+def total_steps(n_records: int, config: FinetuneConfig) -> int:
+    if config.max_steps is not None:
+        return config.max_steps
+    return config.epochs * math.ceil(math.ceil(n_records / config.batch_size) / config.grad_accum)
+
+
+def batch_loss(model, adapter, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """Mean cross-entropy over the batch's supervised tokens (the model shifts the labels itself)."""
+    positions = adapter.prefill_position_ids(batch)  # left padding: positions as generate gives them (None: M-RoPE)
+    extra = {} if positions is None else {"position_ids": positions}
+    device_type = batch["input_ids"].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        return model(**batch, **extra, use_cache=False).loss
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------------
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict[str, Any]) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    torch.save(_trainable_state(model), tmp / "trainable.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
+               tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    if folder.exists():  # replace atomically enough: the old one stays until the new one is complete
+        old = folder.with_name(folder.name + ".old")
+        folder.rename(old)
+        tmp.rename(folder)
+        for path in old.iterdir():
+            path.unlink()
+        old.rmdir()
+    else:
+        tmp.rename(folder)
+
+
+def _load_checkpoint(folder: Path, model, optimizer, scheduler, config: FinetuneConfig) -> dict[str, Any]:
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    old, new = state["config"], dataclasses.asdict(config)
+    changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
+    if changed:
+        raise VisfocusError(f"{folder} holds a checkpoint of another configuration ({'; '.join(changed)}); use "
+                            "another --output_dir or remove that folder")
+    weights = torch.load(folder / "trainable.pt", map_location="cpu")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    rest = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(rest["optimizer"])
+    scheduler.load_state_dict(rest["scheduler"])
+    torch.set_rng_state(rest["rng"]["torch"])
+    random.setstate(rest["rng"]["python"])
+    if rest["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rest["rng"]["cuda"])
+    return state
+
+
+def save_model(folder: Path, vlm, trainable, lora: bool) -> None:
+    """A ``visfocus.load``-able copy of the current weights (LoRA merged into a copy; training goes on unmerged)."""
+    model = copy.deepcopy(trainable).merge_and_unload() if lora else vlm.model
+    model.save_pretrained(folder)
+    vlm.processor.save_pretrained(folder)
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------------
+def evaluate_in_process(vlm, t, records: list, attention: str, batch_size: int, max_new_tokens: int) -> dict:
+    """The eval task's metrics for the current weights, answered by the visfocus engine as ``visfocus eval`` does."""
+    model = vlm.model
+    was_training = model.training
+    _use_attention(model, {"": "sdpa", "text_config": attention, "vision_config": "sdpa"})
+    model.eval()
+    rows = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(records), batch_size):
+                batch = records[start:start + batch_size]
+                answers = vlm.answer_batch([_image(r) for r in batch], [r.question for r in batch],
+                                           max_new_tokens=max_new_tokens, options=[r.options or None for r in batch])
+                for r, a in zip(batch, answers):
+                    parsed = t.parse(a.text, r)
+                    rows.append({"id": r.id, "gold": r.gold, "output": a.text, "parsed": parsed,
+                                 "correct": t.is_correct(a.text, parsed, r), "confidence": a.confidence,
+                                 "relation": r.relation, "group": r.group, "pair": r.pair})
+    finally:
+        _use_attention(model, SDPA)
+        model.train(was_training)
+    return t.score(rows)
+
+
+# --- logging ----------------------------------------------------------------------------------------------------
+class Loggers:
+    """JSONL always; TensorBoard / MLflow when asked for (one clear error if the package is missing)."""
+
+    def __init__(self, output_dir: Path, log_to: tuple[str, ...], config: FinetuneConfig) -> None:
+        self.jsonl = (output_dir / "train_log.jsonl").open("a", encoding="utf-8")
+        self.tensorboard = self.mlflow = None
+        if "tensorboard" in log_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise VisfocusError("--log_to tensorboard needs the tensorboard package (pip install "
+                                    "tensorboard)") from err
+            self.tensorboard = SummaryWriter(str(output_dir / "tensorboard"))
+        if "mlflow" in log_to:
+            try:
+                import mlflow
+            except ImportError as err:
+                raise VisfocusError("--log_to mlflow needs the mlflow package (pip install mlflow)") from err
+            self.mlflow = mlflow
+            mlflow.start_run(run_name=output_dir.name)
+            mlflow.log_params({k: str(v) for k, v in dataclasses.asdict(config).items()})
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+        numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.tensorboard:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(key, value, step)
+        if self.mlflow:
+            self.mlflow.log_metrics(numbers, step=step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tensorboard:
+            self.tensorboard.close()
+        if self.mlflow:
+            self.mlflow.end_run()
+
+
+# --- the loop -----------------------------------------------------------------------------------------------------
+def finetune(config: FinetuneConfig, stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train (or resume) as ``config`` says; returns steps, final train loss, best metric and the output paths.
+
+    stop_after_steps: simulate a kill — after that optimizer step, write the checkpoint and raise KeyboardInterrupt."""
+    from visfocus.steer.attention import register
+
+    config.validate()
+    output_dir = Path(config.output_dir)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    train_task, records = _records(config.task, config, config.limit)
+    eval_task, eval_records = (_records(config.eval_task, config, config.eval_limit) if config.eval_task
+                               else (None, []))
+    autocast_dtype = None
+    if config.dtype not in ("float32", "fp32"):
+        if str(config.device).startswith("cuda"):
+            from visfocus.models.loading import _dtype
+
+            autocast_dtype = _dtype(config.dtype)
+        else:
+            warnings.warn(f"dtype {config.dtype} on {config.device}: training in float32 (autocast only on CUDA)",
+                          stacklevel=2)
+
+    vlm, model = _prepare(config)
+    _use_attention(vlm.model, SDPA)  # training: plain SDPA on the text decoder, no steering
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise VisfocusError("nothing to train: every parameter is frozen")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps = total_steps(len(records), config)
+
+    def schedule(step: int) -> float:  # linear warmup to lr, then linear decay to 0 at the last step
+        if step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        return max(0.0, (steps - step) / max(1, steps - config.warmup_steps))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    checkpoint, best_dir = output_dir / "checkpoint", output_dir / "best"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {"step": 0, "best_metric": None, "best_step": None, "evaluated_step": None,
+                             "last_loss": None,
+                             "config": dataclasses.asdict(config)}
+    if (checkpoint / "state.json").exists():
+        state = _load_checkpoint(checkpoint, model, optimizer, scheduler, config)
+        state["config"] = dataclasses.asdict(config)
+    metric_name = eval_task.main_metric if eval_task else None
+    attention = register()
+    loggers = Loggers(output_dir, tuple(config.log_to), config)
+    pad_id = vlm.processor.tokenizer.pad_token_id
+    pad_id = vlm.processor.tokenizer.eos_token_id if pad_id is None else pad_id
+    save_every = config.save_every or config.eval_every
+
+    def evaluate_and_keep_best(step: int) -> None:
+        if eval_task is None:
+            return
+        state["evaluated_step"] = step
+        metrics = evaluate_in_process(vlm, eval_task, eval_records, attention, config.batch_size,
+                                      config.max_new_tokens)
+        value = metrics.get(metric_name)
+        loggers.log(step, {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        if value is not None and (state["best_metric"] is None or value > state["best_metric"]):
+            state["best_metric"], state["best_step"] = value, step
+            save_model(best_dir, vlm, model, config.lora)
+
+    model.train()
+    bar = tqdm(total=steps, initial=state["step"], desc="finetune", unit="step", file=sys.stderr, dynamic_ncols=True)
+    try:
+        while state["step"] < steps:
+            step = state["step"]
+            micro = _micro_batches(step, len(records), config)
+            n_tokens = 0
+            loss_sum = 0.0
+            for indices in micro:
+                examples = [build_example(vlm.adapter, _image(records[i]), records[i].question, records[i].gold)
+                            for i in indices]
+                batch = {k: v.to(config.device) for k, v in collate(examples, pad_id).items()}
+                loss = batch_loss(model, vlm.adapter, batch, autocast_dtype)
+                (loss / len(micro)).backward()
+                loss_sum += float(loss.detach())
+                n_tokens += int((batch["labels"] != -100).sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] = step + 1
+            state["last_loss"] = loss_sum / len(micro)
+            loggers.log(state["step"], {"loss": state["last_loss"], "lr": lr, "grad_norm": float(grad_norm),
+                                        "tokens": n_tokens})
+            bar.update(1)
+            bar.set_postfix(loss=f"{state['last_loss']:.4f}")
+            done = state["step"]
+            if config.eval_every and done % config.eval_every == 0 and done < steps:
+                evaluate_and_keep_best(done)
+            if (save_every and done % save_every == 0) or done == stop_after_steps:
+                _save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+            if done == stop_after_steps and done < steps:
+                raise KeyboardInterrupt(f"stopped after step {done} (stop_after_steps)")
+        if eval_task is not None and state["evaluated_step"] != state["step"]:
+            evaluate_and_keep_best(state["step"])
+        if eval_task is None:
+            save_model(best_dir, vlm, model, config.lora)
+        _save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+    finally:
+        bar.close()
+        loggers.close()
+    return {"steps": state["step"], "final_loss": state["last_loss"], "best_metric": state["best_metric"],
+            "metric": metric_name, "best_step": state["best_step"], "output_dir": str(output_dir),
+            "best_dir": str(best_dir), "checkpoint_dir": str(checkpoint),
+            "log": str(output_dir / "train_log.jsonl"), "trainable_parameters": sum(p.numel() for p in params)}
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = finetune(config_from_args(args))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="visfocus finetune", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except VisfocusError as err:
+        print(f"visfocus: error: {err}", file=sys.stderr)
+        return 2
