@@ -152,3 +152,12 @@ def test_find_coco_image_candidates(tmp_path):
     flat.write_bytes(b"")
     assert find_coco_image(tmp_path, "000000000003.jpg", "val2017") == flat
     assert find_coco_image(tmp_path, "000000000003.jpg", None) == tmp_path / "images" / "000000000003.jpg"
+
+
+def test_vsr_training_targets_follow_the_prompt_style():
+    if not DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    for style, expected in (("truefalse", {"True", "False"}), ("yesno", {"yes", "no"})):
+        t = vsr.VSRTask("vsr_zeroshot_dev", variant="zeroshot", part="dev", data_root=DATA, prompt_style=style)
+        assert {t.target_text(r) for r in t.records[:20]} == expected
+        assert all(t.parse(t.target_text(r), r) == r.gold for r in t.records[:20])

@@ -86,6 +86,10 @@ class Task:
         """The canonical answer found in a generation, or None."""
         raise NotImplementedError
 
+    def target_text(self, record: Record) -> str:
+        """The answer text a fine-tuned model should produce for ``record`` (its canonical gold by default)."""
+        return record.gold
+
     def is_correct(self, text: str, parsed: str | None, record: Record) -> bool:
         """Exact: the parsed answer equals the gold one. Subclasses add the official lenient scorer."""
         return parsed is not None and parsed == record.gold

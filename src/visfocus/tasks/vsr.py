@@ -61,6 +61,12 @@ class VSRTask(BinaryTask):
         super().__init__(name, **kwargs)
         self.variant, self.part = variant, part
 
+    def target_text(self, record: Record) -> str:
+        """The survey's True/False prompt wants "True"/"False"; the yes/no prompt "yes"/"no"."""
+        if self.prompt_style == "truefalse":
+            return "True" if record.gold == "yes" else "False"
+        return record.gold
+
     def load_records(self) -> list[Record]:
         if self.data_root is None:
             return self._records_from_rows(_hub_rows(self.variant, self.part), image_roots=[Path.cwd()])

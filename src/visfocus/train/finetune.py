@@ -311,7 +311,8 @@ def finetune(config: FinetuneConfig, stop_after_steps: int | None = None) -> dic
             n_tokens = 0
             loss_sum = 0.0
             for indices in micro:
-                examples = [build_example(vlm.adapter, _image(records[i]), records[i].question, records[i].gold)
+                examples = [build_example(vlm.adapter, _image(records[i]), records[i].question,
+                                          train_task.target_text(records[i]))
                             for i in indices]
                 batch = {k: v.to(config.device) for k, v in collate(examples, pad_id).items()}
                 loss = batch_loss(model, vlm.adapter, batch, autocast_dtype)
