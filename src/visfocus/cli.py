@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -121,28 +122,17 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune(args: argparse.Namespace) -> int:
-    from visfocus.train.finetune import run
-
-    return run(args)
-
-
-def _heatmap(args: argparse.Namespace) -> int:
-    from visfocus.heatmap import run
-
-    return run(args)
-
-
-def _report(args: argparse.Namespace) -> int:
-    from visfocus.report import run
-
-    return run(args)
-
-
-def _profile_layers(args: argparse.Namespace) -> int:
-    from visfocus.profile_layers import run
-
-    return run(args)
+# Sub-commands whose flags and work live in one module each: name → (module with run(args), module with
+# add_arguments(parser) — kept free of heavy imports where it matters —, help).
+MODULE_COMMANDS = {
+    "report": ("visfocus.report", "visfocus.report",
+               "one self-contained HTML report of a run (with --vs: against a baseline)"),
+    "heatmap": ("visfocus.heatmap", "visfocus.heatmap", "one example's attention heatmaps on the image, chosen layers"),
+    "finetune": ("visfocus.train.finetune", "visfocus.train.config",
+                 "fine-tune (full or LoRA, vision optionally frozen) on a task"),
+    "profile-layers": ("visfocus.profile_layers", "visfocus.profile_layers",
+                       "VEA layer profiling: attention-vs-box AUROC per layer"),
+}
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -208,26 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", nargs="?", default="all", choices=["all", "methods", "tasks", "models"])
     ls.set_defaults(func=_list)
 
-    from visfocus.heatmap import add_arguments as heatmap_arguments
-    from visfocus.profile_layers import add_arguments as profile_arguments
-    from visfocus.report import add_arguments as report_arguments
-    from visfocus.train.config import add_arguments as finetune_arguments
-
-    rep = sub.add_parser("report", help="one self-contained HTML report of a run (with --vs: against a baseline)")
-    report_arguments(rep)
-    rep.set_defaults(func=_report)
-
-    heat = sub.add_parser("heatmap", help="one example's attention heatmaps on the image, chosen layers")
-    heatmap_arguments(heat)
-    heat.set_defaults(func=_heatmap)
-
-    ft = sub.add_parser("finetune", help="fine-tune (full or LoRA, vision optionally frozen) on a task")
-    finetune_arguments(ft)
-    ft.set_defaults(func=_finetune)
-
-    prof = sub.add_parser("profile-layers", help="VEA layer profiling: attention-vs-box AUROC per layer")
-    profile_arguments(prof)
-    prof.set_defaults(func=_profile_layers)
+    for name, (module, flags_module, help_text) in MODULE_COMMANDS.items():
+        command = sub.add_parser(name, help=help_text)
+        importlib.import_module(flags_module).add_arguments(command)
+        command.set_defaults(func=lambda args, module=module: importlib.import_module(module).run(args))
 
     bench = sub.add_parser("bench", help="overhead benchmark (see benchmarks/overhead.py --help)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
