@@ -88,15 +88,17 @@ def _corpus() -> list[str]:
     return lines + ["user", "assistant", "system", "USER: ASSISTANT:", "Answer with yes or no."] * 4
 
 
-def _tokenizer(family: str) -> transformers.PreTrainedTokenizerFast:
-    """A ~400-token byte-level BPE with the family's special tokens and chat template."""
+def make_tokenizer(family: str, corpus: list[str] | None = None, vocab_size: int = 400,
+               max_length: int = TEXT["max_position_embeddings"]) -> transformers.PreTrainedTokenizerFast:
+    """A ``vocab_size``-token byte-level BPE trained on ``corpus`` (default: short English sentences about objects and
+    relations), with the family's special tokens and chat template."""
     qwen = family.startswith("qwen")
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[] if qwen else LLAVA_SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[] if qwen else LLAVA_SPECIALS,
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     bpe.add_special_tokens(QWEN_SPECIALS if qwen else ["<image>", "<pad>"])  # after the BPE, in the real order
     if qwen:
         template = _QWEN_TEMPLATE.replace(
@@ -111,7 +113,7 @@ def _tokenizer(family: str) -> transformers.PreTrainedTokenizerFast:
             tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
             extra_special_tokens=["<image>"], padding_side="left", add_bos_token=True,
             chat_template=_LLAVA_TEMPLATE, image_token="<image>")
-    tok.model_max_length = TEXT["max_position_embeddings"]
+    tok.model_max_length = max_length
     return tok
 
 
@@ -208,7 +210,7 @@ def build_tiny(family: str, out_dir: str | Path, *, seed: int = 0, weight_std: f
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
     out = Path(out_dir)
-    tok = _tokenizer(family)
+    tok = make_tokenizer(family)
     config, proc = (_qwen if family.startswith("qwen") else _llava)(family, tok)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

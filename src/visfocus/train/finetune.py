@@ -18,6 +18,7 @@ import json
 import math
 import random
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,7 @@ def finetune(config: FinetuneConfig, stop_after_steps: int | None = None) -> dic
             save_model(best_dir, vlm, model, config.lora)
 
     model.train()
+    started, seconds_before = time.perf_counter(), state.get("seconds", 0.0)  # wall time summed over resumptions
     bar = tqdm(total=steps, initial=state["step"], desc="finetune", unit="step", file=sys.stderr, dynamic_ncols=True)
     try:
         while state["step"] < steps:
@@ -326,6 +328,7 @@ def finetune(config: FinetuneConfig, stop_after_steps: int | None = None) -> dic
             optimizer.zero_grad(set_to_none=True)
             state["step"] = step + 1
             state["last_loss"] = loss_sum / len(micro)
+            state["seconds"] = seconds_before + time.perf_counter() - started
             loggers.log(state["step"], {"loss": state["last_loss"], "lr": lr, "grad_norm": float(grad_norm),
                                         "tokens": n_tokens})
             bar.update(1)
@@ -348,7 +351,8 @@ def finetune(config: FinetuneConfig, stop_after_steps: int | None = None) -> dic
     return {"steps": state["step"], "final_loss": state["last_loss"], "best_metric": state["best_metric"],
             "metric": metric_name, "best_step": state["best_step"], "output_dir": str(output_dir),
             "best_dir": str(best_dir), "checkpoint_dir": str(checkpoint),
-            "log": str(output_dir / "train_log.jsonl"), "trainable_parameters": sum(p.numel() for p in params)}
+            "log": str(output_dir / "train_log.jsonl"), "trainable_parameters": sum(p.numel() for p in params),
+            "train_seconds": state.get("seconds", 0.0)}
 
 
 def run(args: argparse.Namespace) -> int:
