@@ -128,15 +128,16 @@ def test_out_of_range_layers_are_rejected_at_run_time(tiny_vlms, image):
 
 # --- CLI -----------------------------------------------------------------------------------------------------------
 
-def test_cli_eval_smoke_default_says_so_and_answers(capsys, tmp_path):
+def test_cli_eval_default_is_the_organism_and_says_so(capsys, tmp_path):
     assert cli_main(["eval", "--limit", "3", "--output_path", str(tmp_path), "--method", "scaling_vis",
                      "--method_args", "alpha=2.0,layers=0;1"]) == 0
     captured = capsys.readouterr()
-    assert "smoke default" in captured.err
-    (samples,) = tmp_path.rglob("samples_synthetic_spatial.jsonl")
+    assert "model organism" in captured.err and "not a real VLM's" in captured.err
+    (samples,) = tmp_path.rglob("samples_scenes_test.jsonl")
+    assert samples.parent.parent.name == "organism"
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(rows) == 3 and all(r["alpha_used"] == 2.0 for r in rows)
-    assert "synthetic_spatial: accuracy" in captured.out
+    assert "scenes_test: accuracy" in captured.out
 
 
 def test_cli_eval_reads_a_yaml_config(capsys, tmp_path):

@@ -69,7 +69,21 @@ def _eval(args: argparse.Namespace) -> int:
         n = result["n_samples"]
         print(f"  {name}: accuracy {m.get('accuracy', float('nan')):.4f} on {n['effective']} samples"
               + (f" ({n['missing_images']} missing images skipped)" if n["missing_images"] else ""))
+        for line in _relation_lines(m):
+            print("    " + line)
     return 0
+
+
+def _relation_lines(metrics: dict[str, Any]) -> list[str]:
+    """Per relation: n, accuracy, mean confidence (when the task has relations)."""
+    per = metrics.get("per_relation") or {}
+    if not per:
+        return []
+    lines = [f"{'relation':<12}{'n':>6}{'accuracy':>10}{'confidence':>12}"]
+    for relation, v in per.items():
+        conf = "-" if v.get("mean_confidence") is None else f"{v['mean_confidence']:.4f}"
+        lines.append(f"{relation:<12}{v['n']:>6}{v['accuracy']:>10.4f}{conf:>12}")
+    return lines
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -130,6 +144,8 @@ MODULE_COMMANDS = {
     "heatmap": ("visfocus.heatmap", "visfocus.heatmap", "one example's attention heatmaps on the image, chosen layers"),
     "finetune": ("visfocus.train.finetune", "visfocus.train.config",
                  "fine-tune (full or LoRA, vision optionally frozen) on a task"),
+    "organism": ("visfocus.organism.train", "visfocus.organism.train",
+                 "the built-in model organism: train it from scratch, or print its model card"),
     "profile-layers": ("visfocus.profile_layers", "visfocus.profile_layers",
                        "VEA layer profiling: attention-vs-box AUROC per layer"),
 }
@@ -146,9 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("eval", help="evaluate a model (optionally under a method) on tasks; resumable")
-    ev.add_argument("--model", help="Hub id or local path (default: the built-in smoke model)")
+    ev.add_argument("--model", help="Hub id or local path (default: the built-in model organism)")
     ev.add_argument("--model_args", help="KEY=VALUE,... e.g. dtype=bfloat16,device=cuda")
-    ev.add_argument("--tasks", help="comma-separated task names (default: synthetic_spatial)")
+    ev.add_argument("--tasks", help="comma-separated task names (default: scenes_test)")
     ev.add_argument("--method", help="a registered method (visfocus list methods)")
     ev.add_argument("--method_args", help="KEY=VALUE,... for the method, e.g. alpha=0.5 (tuples: 1;2;3)")
     ev.add_argument("--data_root", help="folder with the benchmark files (or set VISFOCUS_DATA_ROOT)")

@@ -24,9 +24,9 @@ IDENTITY_KEYS = ("model", "model_args", "method", "method_args", "prompt_style",
 
 @dataclass
 class RunConfig:
-    model: str | None = None  # Hub id or local path; None = the built-in smoke model
+    model: str | None = None  # Hub id or local path; None = the built-in model organism
     model_args: dict[str, Any] = field(default_factory=dict)  # dtype, device, trust_remote_code
-    tasks: list[str] = field(default_factory=lambda: ["synthetic_spatial"])
+    tasks: list[str] = field(default_factory=lambda: ["scenes_test"])
     method: str | None = None
     method_args: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
@@ -58,7 +58,7 @@ def _slug(text: str) -> str:
 
 
 def run_dir(config: RunConfig, method_params: dict[str, Any]) -> Path:
-    model = "smoke-tiny-qwen3_vl" if config.model is None else _slug(config.model.rstrip("/").replace("/", "__"))
+    model = "organism" if config.model is None else _slug(config.model.rstrip("/").replace("/", "__"))
     method = config.method or "baseline"
     label = "_".join([method, *(f"{k}-{v}" for k, v in sorted(method_params.items()))])
     return Path(config.output_path) / model / _slug(label)
@@ -174,11 +174,11 @@ def evaluate(config: RunConfig, after_batch: Callable[[str, int], None] | None =
 
 def _load_model(config: RunConfig):
     import visfocus as vf
-    from visfocus.smoke import SMOKE_NOTE, smoke_model_path
+    from visfocus.organism import NOTE, organism_path
 
     if config.model is None:
-        print(f"[visfocus] {SMOKE_NOTE}", file=sys.stderr)
-    path = smoke_model_path() if config.model is None else config.model
+        print(f"[visfocus] {NOTE}", file=sys.stderr)
+    path = str(organism_path()) if config.model is None else config.model
     args = dict(config.model_args)
     return vf.load(path, dtype=args.pop("dtype", "float32"), device=args.pop("device", "cpu"),
                    trust_remote_code=bool(args.pop("trust_remote_code", False)))

@@ -1,0 +1,109 @@
+"""The built-in model organism: a deterministic untrained build, a tokenizer that speaks the scenes' language in
+Qwen3-VL's chat format, the shipped weights' model card equal to what `visfocus eval` computes, every method running
+on it, and `visfocus organism train` end to end (a two-step run) with resumption."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+import visfocus as vf
+from visfocus.cli import main as cli_main
+from visfocus.organism import WEIGHTS_DIR, organism_path
+from visfocus.organism.model import build_untrained, tokenizer
+from visfocus.tasks.scenes import COLOURS, REFERENCE_COLOURS, REFERENCE_SHAPES, RELATIONS, SHAPES
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_untrained_build_is_deterministic_per_seed(tmp_path):
+    a, b, c = (build_untrained(tmp_path / name, seed=seed) for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    assert _digest(a / "model.safetensors") == _digest(b / "model.safetensors")
+    assert _digest(a / "model.safetensors") != _digest(c / "model.safetensors")
+    assert (a / "tokenizer.json").read_text() == (c / "tokenizer.json").read_text()
+
+
+def test_tokenizer_has_one_token_per_word_and_qwen3_vl_chat_format():
+    tok = tokenizer()
+    for word in [*RELATIONS, *COLOURS, *SHAPES, *REFERENCE_COLOURS, *REFERENCE_SHAPES]:
+        assert len(tok.tokenize(word)) == 1 and len(tok.tokenize(" " + word)) == 1, word
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where?"}]}]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Where?<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+    for special in ("<|im_start|>", "<|im_end|>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"):
+        assert tok.convert_tokens_to_ids(special) != tok.unk_token_id
+
+
+@pytest.fixture(scope="module")
+def card():
+    return json.loads((organism_path() / "card.json").read_text(encoding="utf-8"))
+
+
+def test_shipped_organism_is_a_small_qwen3_vl_with_its_card(card):
+    files = {p.name for p in WEIGHTS_DIR.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "MODEL_CARD.md", "card.json"} <= files
+    assert (WEIGHTS_DIR / "model.safetensors").stat().st_size < 10 * 2**20
+    config = json.loads((WEIGHTS_DIR / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3VLForConditionalGeneration"] and config["model_type"] == "qwen3_vl"
+    text = (WEIGHTS_DIR / "MODEL_CARD.md").read_text()
+    test = card["metrics"]["scenes_test"]
+    assert f"| **all** | {test['n']} | {test['accuracy']:.4f} |" in text
+    assert "not** a stand-in" in text
+
+
+def test_default_eval_runs_the_organism_and_equals_its_model_card(card, capsys, tmp_path):
+    assert cli_main(["eval", "--output_path", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "model organism" in captured.err
+    (results,) = tmp_path.rglob("results.json")
+    got = json.loads(results.read_text())["tasks"]["scenes_test"]["metrics"]
+    want = card["metrics"]["scenes_test"]
+    assert got["n"] == want["n"] == 800
+    assert got["accuracy"] == want["accuracy"]
+    for relation, values in want["per_relation"].items():
+        assert got["per_relation"][relation]["accuracy"] == values["accuracy"]
+        assert got["per_relation"][relation]["mean_confidence"] == pytest.approx(values["mean_confidence"], abs=1e-4)
+    assert f"scenes_test: accuracy {want['accuracy']:.4f} on 800 samples" in captured.out
+    assert "under" in captured.out  # the per-relation table
+
+
+@pytest.mark.parametrize("method", sorted(vf.METHODS))
+def test_every_method_runs_on_the_organism(method):
+    vlm = vf.load(str(organism_path()))
+    record = vf.task("scenes_dev").records[0]
+    answer = vlm.answer(record.image, record.question, method=None if method == "baseline" else vf.method(method),
+                        options=record.options, max_new_tokens=2)
+    assert answer.text.strip().rstrip(".") in RELATIONS
+
+
+def test_organism_train_runs_end_to_end_and_resumes(tmp_path, capsys):
+    out = tmp_path / "org"
+    assert cli_main(["organism", "train", "--out", str(out), "--max_steps", "2"]) == 0
+    card = json.loads((out / "model" / "card.json").read_text())
+    assert card["recipe"]["max_steps"] == 2 and card["seed"] == 0 and card["threads"] == 2
+    assert set(card["metrics"]) == {"scenes_dev", "scenes_test"}
+    assert card["metrics"]["scenes_test"]["n"] == 800
+    assert "--max_steps 2" in card["command"]
+    assert "| relation | n | accuracy | mean confidence |" in (out / "model" / "MODEL_CARD.md").read_text()
+    vf.load(str(out / "model"))  # loadable
+    log = (out / "training" / "train_log.jsonl").read_text().splitlines()
+    assert sum('"loss"' in line for line in log) == 2
+    capsys.readouterr()
+    assert cli_main(["organism", "train", "--out", str(out), "--max_steps", "2"]) == 0  # complete: nothing retrained
+    log_again = (out / "training" / "train_log.jsonl").read_text().splitlines()
+    assert sum('"loss"' in line for line in log_again) == 2
+
+
+def test_organism_card_command_prints_the_card(capsys):
+    assert cli_main(["organism", "card"]) == 0
+    assert "# The visfocus model organism" in capsys.readouterr().out
+
+
+def test_organism_bad_input_is_one_error_line(capsys, tmp_path):
+    assert cli_main(["organism", "train", "--out", str(tmp_path / "x"), "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip().startswith("visfocus: error:")
