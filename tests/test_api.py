@@ -181,17 +181,20 @@ def test_cli_list_shows_methods_and_families(capsys):
 SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+GENERATED = ("synthetic_spatial", "scenes_train", "scenes_dev", "scenes_test")  # need no data
+
+
 def test_task_registry_names():
     names = vf.tasks()
-    assert len(names) == 6 + 18 + 9 + 1
-    assert {"vsr_zeroshot_dev", "whatsup_controlled_a_test", "pope_gqa_adversarial", "synthetic_spatial"} <= set(names)
+    assert len(names) == 6 + 18 + 9 + len(GENERATED)
+    assert {"vsr_zeroshot_dev", "whatsup_controlled_a_test", "pope_gqa_adversarial", *GENERATED} <= set(names)
 
 
 @pytest.mark.parametrize("name", vf.tasks())
 def test_every_registered_task_loads_and_parses_its_gold(name):
-    if name != "synthetic_spatial" and not SHARED_DATA.is_dir():
+    if name not in GENERATED and not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
-    t = vf.task(name, data_root=SHARED_DATA if name != "synthetic_spatial" else None)
+    t = vf.task(name, data_root=SHARED_DATA if name not in GENERATED else None)
     assert len(t) > 0
     for record in (t[0], t[len(t) - 1]):
         assert record.gold in record.options

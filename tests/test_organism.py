@@ -29,8 +29,10 @@ def test_untrained_build_is_deterministic_per_seed(tmp_path):
 
 def test_tokenizer_has_one_token_per_word_and_qwen3_vl_chat_format():
     tok = tokenizer()
-    for word in [*RELATIONS, *COLOURS, *SHAPES, *REFERENCE_COLOURS, *REFERENCE_SHAPES]:
+    for word in RELATIONS:  # answers: alone after "assistant\n", and inside the question after a space
         assert len(tok.tokenize(word)) == 1 and len(tok.tokenize(" " + word)) == 1, word
+    for word in [*COLOURS, *SHAPES, *REFERENCE_COLOURS, *REFERENCE_SHAPES]:  # inside the question
+        assert len(tok.tokenize(" " + word)) == 1, word
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where?"}]}]
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert prompt == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Where?<|im_end|>\n"
