@@ -171,17 +171,7 @@ def render_card(card: dict[str, Any]) -> str:
         "",
     ]
     for name, metrics in card["metrics"].items():
-        lines += [f"## {name} (greedy, `visfocus eval --model visfocus/organism/weights --tasks {name}`)", "",
+        lines += [f"## {name} (greedy; `visfocus eval --tasks {name}` reproduces it)", "",
                   *relation_table(metrics), ""]
     return "\n".join(lines).rstrip()
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="visfocus organism", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except VisfocusError as err:
-        print(f"visfocus: error: {err}", file=sys.stderr)
-        return 2
