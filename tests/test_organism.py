@@ -106,6 +106,11 @@ def test_organism_card_command_prints_the_card(capsys):
     assert "# The visfocus model organism" in capsys.readouterr().out
 
 
+def test_missing_weights_give_one_clear_error(tmp_path):
+    with pytest.raises(vf.VisfocusError, match="weights are missing.*visfocus organism train --out DIR"):
+        organism_path(tmp_path)
+
+
 def test_organism_bad_input_is_one_error_line(capsys, tmp_path):
     assert cli_main(["organism", "train", "--out", str(tmp_path / "x"), "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip().startswith("visfocus: error:")

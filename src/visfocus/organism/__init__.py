@@ -17,9 +17,10 @@ NOTE = ("built-in default: the visfocus model organism, a 1.6M-parameter Qwen3-V
         "--model to evaluate a real checkpoint.")
 
 
-def organism_path() -> Path:
+def organism_path(folder: Path | None = None) -> Path:
     """The folder of the shipped organism (a ``visfocus.load``-able model + processor, MODEL_CARD.md, card.json)."""
-    if not (WEIGHTS_DIR / "model.safetensors").is_file():
-        raise VisfocusError(f"the model organism's weights are missing from {WEIGHTS_DIR}; rebuild them with "
-                            f"`visfocus organism train --out {WEIGHTS_DIR}`")
-    return WEIGHTS_DIR
+    folder = WEIGHTS_DIR if folder is None else folder
+    if not (folder / "model.safetensors").is_file():
+        raise VisfocusError(f"the model organism's weights are missing from {folder}; rebuild them with "
+                            f"`visfocus organism train --out DIR` and copy DIR/model/* there")
+    return folder
