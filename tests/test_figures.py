@@ -238,3 +238,15 @@ def test_heatmap_command_stops_with_one_clear_error(tiny_qwen, tmp_path):
     for err in (missing, beyond, unreadable):
         assert "\n" not in str(err.value)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_long_heatmap_title_is_wrapped_to_the_figure_width_and_kept_whole():
+    image = make_image(64, 48, seed=3)
+    view = _view(3, 4, (0.0, 0.0, 64.0, 48.0), (64, 48))
+    question = "Where is the orange square in relation to the brown box? Answer with left, right, on or under."
+    fig = figures.layer_heatmaps_figure(image, np.random.default_rng(0).random((4, 12)), view,
+                                        title=question + "\n→ 'right' (confidence 1.00)")
+    lines = fig._suptitle.get_text().split("\n")
+    width_chars = int(fig.get_figwidth() * 11)
+    assert len(lines) >= 3 and all(len(line) <= width_chars for line in lines)
+    assert " ".join(lines[:-1]) == question  # nothing cut, only wrapped

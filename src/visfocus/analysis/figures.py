@@ -12,6 +12,7 @@ dicts {"label", "xyxy", "normalized"} (normalized: fractions of width and height
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,15 @@ def layer_heatmaps_figure(image, attention: np.ndarray, view: Any, layers: Seque
         raise VisfocusError(f"layers {bad or '[]'} out of range: the attention has {att.shape[0]} layers "
                             f"(0–{att.shape[0] - 1})")
     pw, ph = _panel_size(image)
-    fig = _new_figure((pw + 1.0) * len(layers), ph + (0.9 if title else 0.4))
+    width = (pw + 1.0) * len(layers)  # inches
+    # The title wrapped to the figure's width (about 11 characters per inch at font size 10), never cut off.
+    lines = [part for line in title.splitlines() for part in (textwrap.wrap(line, max(20, int(width * 11))) or [""])]
+    fig = _new_figure(width, ph + 0.4 + 0.22 * len(lines))
     for ax, layer in zip(fig.subplots(1, len(layers), squeeze=False)[0], layers, strict=True):
         _draw_heat(fig, ax, image, heat_to_pixels(_view_grid(att[layer], view), view, smooth), boxes,
                    f"layer {layer}", alpha)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=10)
     return fig
 
 
