@@ -36,13 +36,29 @@ def test_scaling_vis_matches_eager_reference(family, alpha, tiny_vlms, reference
     assert (expected - plain).abs().max().item() > 1e-3  # the edit really moves the logits
 
 
+# Every method with an identity point, and how close to the plain model it must land there (CLVS's β = 1 skips the
+# recomputation entirely, so it is exact; VEA's hint is off, since a hint changes the prompt by design).
+IDENTITY_TOLERANCE = {"scaling_vis": 1e-5, "clvs": 0.0, "adaptvis": 1e-4, "vcd": 1e-4, "vea": 1e-5}
+IDENTITY_EXTRA = {"vea": {"hint": False}}
+
+
+def test_identity_table_covers_every_method_with_an_identity():
+    assert set(IDENTITY_TOLERANCE) == {name for name, cls in vf.METHODS.items() if getattr(cls, "identity", None)}
+
+
+@pytest.mark.parametrize("name", sorted(IDENTITY_TOLERANCE))
 @pytest.mark.parametrize("family", FAMILIES)
-def test_alpha_one_equals_unedited_model(family, tiny_vlms, image):
+def test_every_method_at_its_identity_point_equals_the_unedited_model(name, family, tiny_vlms, image):
     vlm = tiny_vlms[family]
     plain = vlm.answer(image, QUESTION, max_new_tokens=3)
-    same = vlm.answer(image, QUESTION, method=vf.method("scaling_vis", alpha=1.0), max_new_tokens=3)
+    cls = vf.METHODS[name]
+    same = vlm.answer(image, QUESTION, method=vf.method(name, **cls.identity, **IDENTITY_EXTRA.get(name, {})),
+                      max_new_tokens=3)
     assert same.text == plain.text
-    assert (same.first_token_logits - plain.first_token_logits).abs().max().item() <= 1e-5
+    kept = same.first_token_logits.isfinite()  # VCD reports its scores after the plausibility cut (-inf elsewhere)
+    assert kept[plain.first_token_logits.argmax()] and (kept.all() or name == "vcd")
+    gap = (same.first_token_logits[kept] - plain.first_token_logits[kept]).abs().max().item()
+    assert gap <= IDENTITY_TOLERANCE[name]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
