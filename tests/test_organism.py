@@ -74,9 +74,14 @@ def test_default_eval_runs_the_organism_and_equals_its_model_card(card, capsys, 
     assert "under" in captured.out  # the per-relation table
 
 
+@pytest.fixture(scope="module")
+def organism():
+    return vf.load(str(organism_path()))
+
+
 @pytest.mark.parametrize("method", sorted(vf.METHODS))
-def test_every_method_runs_on_the_organism(method):
-    vlm = vf.load(str(organism_path()))
+def test_every_method_runs_on_the_organism(method, organism):
+    vlm = organism
     record = vf.task("scenes_dev").records[0]
     answer = vlm.answer(record.image, record.question, method=None if method == "baseline" else vf.method(method),
                         options=record.options, max_new_tokens=2)

@@ -4,13 +4,13 @@ special tokens and Qwen3-VL's chat template, and the real Qwen2-VL image process
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import transformers
 
 from visfocus.tasks.scenes import COLOURS, IMAGE_SIZE, QUESTION, REFERENCE_COLOURS, REFERENCE_SHAPES, RELATIONS, SHAPES
+from visfocus.testing.fixtures import add_video_entry, make_tokenizer
 
 # Text decoder: hidden 128 = 4 heads x head_dim 32, 2 KV heads (GQA as in the real 2B), 4 layers.
 TEXT = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -37,8 +37,6 @@ def corpus() -> list[str]:
 
 
 def tokenizer() -> transformers.PreTrainedTokenizerFast:
-    from visfocus.testing.fixtures import make_tokenizer
-
     return make_tokenizer("qwen3_vl", corpus=corpus(), vocab_size=VOCAB_SIZE,
                           max_length=TEXT["max_position_embeddings"])
 
@@ -81,10 +79,5 @@ def build_untrained(out_dir: str | Path, seed: int = 0, init_std: float = INIT_S
         do_sample=False)
     model.save_pretrained(out)
     proc.save_pretrained(out)
-    path = out / "processor_config.json"  # the video processor entry a torchvision machine needs (as the fixtures)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    d = proc.image_processor.to_dict()
-    keys = ("patch_size", "temporal_patch_size", "merge_size", "size", "image_mean", "image_std")
-    data["video_processor"] = {"video_processor_type": "Qwen3VLVideoProcessor", **{k: d[k] for k in keys}}
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    add_video_entry(out, "qwen3_vl", proc.image_processor)
     return out

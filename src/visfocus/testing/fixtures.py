@@ -194,11 +194,15 @@ def _redraw(model: torch.nn.Module, std: float, gen: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
 
 
-def _video_entry(family: str, image_processor: Any) -> dict[str, Any]:
-    """The video processor config a torchvision machine needs to build the real Qwen processor."""
+def add_video_entry(out: Path, family: str, image_processor: Any) -> None:
+    """Add to ``out/processor_config.json`` the video processor config a torchvision machine needs to build the
+    real Qwen processor (the saved processor is image-only)."""
     d = image_processor.to_dict()
     keys = ("patch_size", "temporal_patch_size", "merge_size", "size", "image_mean", "image_std")
-    return {"video_processor_type": _VIDEO_PROCESSORS[family], **{k: d[k] for k in keys}}
+    path = out / "processor_config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["video_processor"] = {"video_processor_type": _VIDEO_PROCESSORS[family], **{k: d[k] for k in keys}}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def build_tiny(family: str, out_dir: str | Path, *, seed: int = 0, weight_std: float = 0.15) -> Path:
@@ -224,10 +228,7 @@ def build_tiny(family: str, out_dir: str | Path, *, seed: int = 0, weight_std: f
     model.save_pretrained(out)
     proc.save_pretrained(out)
     if family in _VIDEO_PROCESSORS:
-        path = out / "processor_config.json"
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data["video_processor"] = _video_entry(family, proc.image_processor)
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        add_video_entry(out, family, proc.image_processor)
     return out
 
 
