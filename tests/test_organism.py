@@ -119,3 +119,7 @@ def test_missing_weights_give_one_clear_error(tmp_path):
 def test_organism_bad_input_is_one_error_line(capsys, tmp_path):
     assert cli_main(["organism", "train", "--out", str(tmp_path / "x"), "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip().startswith("visfocus: error:")
+    (tmp_path / "file").write_text("keep me")
+    assert cli_main(["organism", "train", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "keep me"

@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.threads < 1 or args.max_steps < 1:
         raise VisfocusError("--threads and --max_steps must be ≥ 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise VisfocusError(f"--out {args.out} is a file, not a folder")
     card = train_organism(Path(args.out), seed=args.seed, threads=args.threads, max_steps=args.max_steps)
     print(render_card(card))
     print(f"\nwritten: {Path(args.out) / 'model'}")
