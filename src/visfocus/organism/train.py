@@ -4,9 +4,10 @@ card``: print the shipped one's model card.
 Training is ``visfocus finetune``'s loop (full fine-tuning, answer-only labels) from the random initialisation of
 ``visfocus.organism.model``, on ``scenes_train``, evaluated on ``scenes_dev`` as it goes (the best dev checkpoint is
 kept). The result is evaluated on dev and test with ``visfocus eval``'s own runner, so the model card's numbers are
-exactly what ``visfocus eval`` prints for it. ``DIR`` receives ``init/`` (the untrained model), ``training/`` (log,
-checkpoint, best), ``eval/`` (the run folders) and ``model/`` (the organism: weights, processor, MODEL_CARD.md,
-card.json — what ships in ``visfocus/organism/weights``). Re-running the same command resumes an interrupted run.
+exactly what ``visfocus eval`` prints for it. ``DIR`` receives ``init-seed<N>/`` (the untrained model),
+``training/`` (log, checkpoint, best), ``eval/`` (the run folders) and ``model/`` (the organism: weights, processor,
+MODEL_CARD.md, card.json — what ships in ``visfocus/organism/weights``). Re-running the same command resumes an
+interrupted run.
 
 Deterministic for a given seed and thread count (default 2 threads, as the shipped organism was trained); other
 thread counts change the floating-point summation order and so the weights slightly."""
@@ -85,7 +86,7 @@ def train_organism(out: Path, seed: int = 0, threads: int = 2, max_steps: int | 
               file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     recipe = dict(RECIPE, max_steps=max_steps or RECIPE["max_steps"])
-    init = out / "init"
+    init = out / f"init-seed{seed}"  # a run with another seed never starts from this one's initialisation
     if not (init / "model.safetensors").is_file():
         build_untrained(init, seed=seed)
     config = FinetuneConfig(model=str(init), task=TRAIN_TASK, eval_task=DEV_TASK, output_dir=str(out / "training"),
