@@ -1,4 +1,4 @@
-"""Overhead of visfocus' attention edits and traces against plain SDPA and eager attention (see visfocus.bench).
+"""Overhead of visfocus' attention edits and traces against plain SDPA and eager attention (see visfocus.overhead).
 
     python benchmarks/overhead.py            # full 2B architecture, fp32 and bf16, plus the 4k-token memory test
     python benchmarks/overhead.py --layers 4 --reps 3 --long_tokens 1024
@@ -12,6 +12,6 @@ if __name__ == "__main__":
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
         os.execv(sys.executable, [sys.executable, *sys.argv])
-    from visfocus.bench import main
+    from visfocus.overhead import main
 
     sys.exit(main())

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from visfocus.benchmarks import TASKS, Record
+from visfocus.benchmarks.scoring import OptionTask
 from visfocus.compare import compare_runs
 from visfocus.errors import VisfocusError
 from visfocus.evaluate import RunConfig, evaluate
-from visfocus.tasks import TASKS, Record
-from visfocus.tasks.scoring import OptionTask
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import visfocus as vf
-from visfocus.methods.adaptvis import option_token_ids
+from visfocus.interventions.adaptvis import option_token_ids
 from visfocus.testing import FAMILIES
 
 QUESTION = "Where is the cup in relation to the table? Answer with left, right, on or under."

@@ -8,7 +8,7 @@ import torch
 from eager_reference import SETTINGS, load_reference, reference_last_logits
 
 import visfocus as vf
-from visfocus.methods.clvs import normalized_top10_entropy, unified_positions
+from visfocus.interventions.clvs import normalized_top10_entropy, unified_positions
 from visfocus.testing import FAMILIES, build_tiny, fixtures
 
 QUESTION = "Where is the cup in relation to the table?"

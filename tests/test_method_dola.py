@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import visfocus as vf
-from visfocus.methods.base import parse_method_args
-from visfocus.methods.dola import candidate_layers, dola_scores, jsd
+from visfocus.interventions.base import parse_method_args
+from visfocus.interventions.dola import candidate_layers, dola_scores, jsd
 
 QUESTIONS = ["Is the cup on the table? Answer with yes or no.", "Where is the dog?"]
 INF = float("inf")
@@ -100,10 +100,10 @@ def _first_step_by_hand(vlm, runner, layers, final_norm):
 @pytest.mark.parametrize("final_norm", [False, True])
 def test_run_scores_match_a_forward_with_all_hidden_states(family, final_norm, tiny_vlms, image, other_image):
     vlm = tiny_vlms[family]
-    runner = vlm.prepare([image, other_image], QUESTIONS)  # left padded
+    batch = vlm.prepare([image, other_image], QUESTIONS)  # left padded
     method = vf.method("dola", layers=(0, 1), repetition_penalty=1.0, final_norm=final_norm)
-    result = method.run(runner, max_new_tokens=3, num_layers=vlm.num_layers)
-    expected, chosen = _first_step_by_hand(vlm, runner, (0, 1), final_norm)
+    result = method.run(batch, max_new_tokens=3)
+    expected, chosen = _first_step_by_hand(vlm, batch.runner, (0, 1), final_norm)
     torch.testing.assert_close(result.generation.first_logits, expected, atol=1e-5, rtol=0)
     assert torch.equal(result.generation.new_tokens[:, 0], expected.argmax(-1))
     assert [e["premature_layer"] for e in result.extras] == chosen
@@ -116,7 +116,7 @@ def test_defaults_use_the_high_bucket_and_one_forward_per_token(tiny_vlms, image
     out = vlm.answer(image, QUESTIONS[0], method=vf.method("dola"), max_new_tokens=3)
     assert out.extras == {"premature_layer": 1, "candidate_layers": [1]}
     assert out.cost["forward_passes"] == plain.cost["forward_passes"] == 3
-    result = vf.method("dola").run(vlm.prepare([image], QUESTIONS[:1]), max_new_tokens=1, num_layers=2)
+    result = vf.method("dola").run(vlm.prepare([image], QUESTIONS[:1]), max_new_tokens=1)
     assert int(result.generation.first_logits.argmax()) == int(result.generation.new_tokens[0, 0])  # what chose it
 
 
@@ -125,10 +125,10 @@ def test_repetition_penalty_acts_on_the_dola_scores_of_prompt_tokens(family, tin
     vlm = tiny_vlms[family]
     first = {}
     for penalty in (1.0, 1.2):
-        runner = vlm.prepare([image, other_image], QUESTIONS)
+        batch = vlm.prepare([image, other_image], QUESTIONS)
         method = vf.method("dola", layers=(0,), repetition_penalty=penalty, relative_top=1e-4)  # a wide head set
-        first[penalty] = method.run(runner, max_new_tokens=1, num_layers=vlm.num_layers).generation.first_logits
-    ids, mask = runner.inputs["input_ids"], runner.inputs["attention_mask"]
+        first[penalty] = method.run(batch, max_new_tokens=1).generation.first_logits
+    ids, mask = batch.runner.inputs["input_ids"], batch.runner.inputs["attention_mask"]
     expected = first[1.0].clone()
     for b in range(2):
         seen = ids[b][mask[b] == 1].unique()  # the prompt's tokens, left padding aside

@@ -10,8 +10,8 @@ from transformers import GenerationConfig, LogitsProcessorList, RepetitionPenalt
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 import visfocus as vf
-from visfocus.methods.base import parse_method_args
-from visfocus.methods.vcd import (
+from visfocus.interventions.base import parse_method_args
+from visfocus.interventions.vcd import (
     NoisedImageStream,
     add_diffusion_noise,
     after_contrast,
@@ -79,8 +79,8 @@ def test_diffusion_noise_mixes_the_pixels_with_seeded_gaussian_noise():
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
 def test_each_image_gets_the_same_noise_alone_or_in_a_batch(family, tiny_vlms, image, other_image):
     vlm = tiny_vlms[family]
-    batch = noised_pixels(vlm.prepare([image, other_image], [QUESTION, "Where is the dog?"]).inputs, 500, seed=3)
-    alone = [noised_pixels(vlm.prepare([im], [QUESTION]).inputs, 500, seed=3) for im in (image, other_image)]
+    batch = noised_pixels(vlm.prepare([image, other_image], [QUESTION, "Where is the dog?"]).runner.inputs, 500, seed=3)
+    alone = [noised_pixels(vlm.prepare([im], [QUESTION]).runner.inputs, 500, seed=3) for im in (image, other_image)]
     torch.testing.assert_close(batch, torch.cat(alone), atol=0, rtol=0)
 
 
@@ -111,9 +111,10 @@ class RecordingStream(NoisedImageStream):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_contrast_stream_on_the_original_pixels_follows_the_main_stream(family, tiny_vlms, image, other_image):
-    runner = tiny_vlms[family].prepare([image, other_image], [QUESTION, "Where is the dog?"])
+    batch = tiny_vlms[family].prepare([image, other_image], [QUESTION, "Where is the dog?"])
+    runner = batch.runner
     assert (runner.inputs["attention_mask"] == 0).any()  # a left-padded batch: positions must be right per row
-    stream = RecordingStream(runner, runner.inputs["pixel_values"], alpha=1.0, beta=0.1)
+    stream = RecordingStream(batch, runner.inputs["pixel_values"], alpha=1.0, beta=0.1)
     generation = runner.generate((), 5, logits_processor=LogitsProcessorList([stream]), min_new_tokens=5)
     assert len(stream.seen) == len(generation.step_logits) == 5
     for seen, main in zip(stream.seen, generation.step_logits):  # prefill, then one token at a time from its cache
@@ -161,8 +162,8 @@ def test_contrast_changes_the_answer_logits_and_batches_match_single_answers(tin
 def test_seeded_sampling_repeats_and_draws_only_plausible_tokens(tiny_vlms, image, other_image):
     vlm = tiny_vlms["llava"]
     method = vf.method("vcd", sample=True, seed=3)
-    runs = [method.run(vlm.prepare([image, other_image], [QUESTION, QUESTION]), max_new_tokens=4,
-                       num_layers=vlm.num_layers).generation for _ in range(2)]
+    runs = [method.run(vlm.prepare([image, other_image], [QUESTION, QUESTION]), max_new_tokens=4).generation
+            for _ in range(2)]
     assert torch.equal(runs[0].new_tokens, runs[1].new_tokens)
     first = runs[0].new_tokens[:, 0]  # (B,)
     assert torch.isfinite(runs[0].first_logits[torch.arange(2), first]).all()

@@ -11,7 +11,7 @@ import torch
 
 import visfocus as vf
 from visfocus import profile_layers as profiling
-from visfocus.methods import vea  # registers "vea"
+from visfocus.interventions import vea  # registers "vea"
 from visfocus.models.layout import ImageView
 from visfocus.testing import make_image
 
@@ -19,7 +19,7 @@ QUESTION = "Where is the cup in relation to the plate? Answer with left, right, 
 
 
 def prompt_length(vlm, image, question: str) -> int:
-    return vlm.prepare([image], [question]).inputs["input_ids"].shape[1]
+    return vlm.prepare([image], [question]).runner.inputs["input_ids"].shape[1]
 
 
 # --- the map math --------------------------------------------------------------------------------------------------
@@ -108,19 +108,18 @@ def test_floor_one_keeps_every_pixel_and_without_hint_answers_as_the_plain_model
     vlm = tiny_vlms["qwen3_vl"]
     method = vf.method("vea", highlight_floor=1.0, hint=False)
     assert method.distance_from_identity() == 0.0
-    result = method.run(vlm.prepare([image], [QUESTION]), max_new_tokens=1, num_layers=vlm.num_layers)
-    np.testing.assert_array_equal(np.asarray(result.runner.images[0]), np.asarray(image))
-    assert result.runner.questions == [QUESTION]
+    result = method.run(vlm.prepare([image], [QUESTION]), max_new_tokens=1)
+    np.testing.assert_array_equal(np.asarray(result.batch.images[0]), np.asarray(image))
+    assert result.batch.questions == [QUESTION]
     out, plain = vlm.answer(image, QUESTION, method=method, max_new_tokens=1), vlm.answer(image, QUESTION)
     assert torch.allclose(out.first_token_logits, plain.first_token_logits, atol=1e-5, rtol=0)
 
 
 def test_second_pass_sees_the_highlighted_image_and_the_hint(tiny_vlms, image):
     vlm = tiny_vlms["qwen3_vl"]
-    result = vf.method("vea", highlight_floor=0.2).run(vlm.prepare([image], [QUESTION]), max_new_tokens=1,
-                                                       num_layers=vlm.num_layers)
-    assert result.runner.questions == [QUESTION + vea.HINT]
-    before, after = np.asarray(image, dtype=int), np.asarray(result.runner.images[0], dtype=int)
+    result = vf.method("vea", highlight_floor=0.2).run(vlm.prepare([image], [QUESTION]), max_new_tokens=1)
+    assert result.batch.questions == [QUESTION + vea.HINT]
+    before, after = np.asarray(image, dtype=int), np.asarray(result.batch.images[0], dtype=int)
     assert (after <= before).all() and (after < before).any()
     assert after.min() >= 0 and (after >= np.floor(0.2 * before) - 1).all()
 
@@ -189,10 +188,10 @@ def test_layer_auroc_ranks_layers_and_the_profile_keeps_the_best():
 
 def test_profile_round_trips_through_json(tmp_path):
     profile = {"layers": [17, 20, 24], "auroc_per_layer": [0.5] * 28, "n_samples": 100, "model": "m", "task": "t"}
-    assert profiling.load_profile(profiling.save_profile(profile, tmp_path / "sub" / "profile.json")) == profile
+    assert vea.load_profile(vea.save_profile(profile, tmp_path / "sub" / "profile.json")) == profile
     (tmp_path / "bad.json").write_text(json.dumps({"layers": "17"}))
     with pytest.raises(vf.VisfocusError, match="has no 'layers'"):
-        profiling.load_profile(tmp_path / "bad.json")
+        vea.load_profile(tmp_path / "bad.json")
 
 
 def test_profile_layers_on_a_task_with_boxes_feeds_vea(tiny_vlms, tmp_path, image):
@@ -202,7 +201,7 @@ def test_profile_layers_on_a_task_with_boxes_feeds_vea(tiny_vlms, tmp_path, imag
     assert len(profile["auroc_per_layer"]) == vlm.num_layers
     assert all(0.0 <= a <= 1.0 for a in profile["auroc_per_layer"])
     assert profile["layers"] == [int(np.argmax(profile["auroc_per_layer"]))]
-    path = profiling.save_profile(profile, tmp_path / "profile.json")
+    path = vea.save_profile(profile, tmp_path / "profile.json")
     out = vlm.answer(image, QUESTION, method=vf.method("vea", profile=str(path)), max_new_tokens=1)
     assert out.extras["evidence_layers"] == profile["layers"]
     assert vlm.answer(image, QUESTION, method=vf.method("vea", profile=str(path), layers=(1,)),
@@ -210,7 +209,7 @@ def test_profile_layers_on_a_task_with_boxes_feeds_vea(tiny_vlms, tmp_path, imag
 
 
 def test_profile_from_another_model_is_refused(tiny_vlms, tmp_path, image):
-    path = profiling.save_profile({"layers": [1], "auroc_per_layer": [0.5, 0.6, 0.4]}, tmp_path / "p.json")
+    path = vea.save_profile({"layers": [1], "auroc_per_layer": [0.5, 0.6, 0.4]}, tmp_path / "p.json")
     with pytest.raises(vf.VisfocusError, match="made for a model with 3 layers; this one has 2"):
         tiny_vlms["qwen3_vl"].answer(image, QUESTION, method=vf.method("vea", profile=str(path)))
 
@@ -227,6 +226,6 @@ def test_profile_layers_command_writes_the_profile(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "profile.json"
     assert profiling.main(["--model", str(tiny_dirs["llava"]), "--task", "synthetic_spatial", "--n", "2",
                  "--out", str(out)]) == 0
-    profile = profiling.load_profile(out)
+    profile = vea.load_profile(out)
     assert profile["model"] == str(tiny_dirs["llava"]) and profile["n_samples"] == 2
     assert f"layers {profile['layers']}" in capsys.readouterr().out

@@ -10,10 +10,10 @@ import json
 import pytest
 
 import visfocus as vf
+from visfocus.benchmarks.scenes import COLOURS, REFERENCE_COLOURS, REFERENCE_SHAPES, RELATIONS, SHAPES
 from visfocus.cli import main as cli_main
 from visfocus.organism import WEIGHTS_DIR, organism_path
 from visfocus.organism.model import build_untrained, tokenizer
-from visfocus.tasks.scenes import COLOURS, REFERENCE_COLOURS, REFERENCE_SHAPES, RELATIONS, SHAPES
 
 
 def _digest(path):

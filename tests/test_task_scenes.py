@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 import visfocus as vf
-from visfocus.tasks.scenes import IMAGE_SIZE, RELATIONS, ScenesTask, place, split_scenes
+from visfocus.benchmarks.scenes import IMAGE_SIZE, RELATIONS, ScenesTask, place, split_scenes
 
 
 def _boxes(record):
@@ -68,7 +68,7 @@ def test_objects_are_named_by_distinct_colours_and_distractors_stay_apart():
 def test_the_subject_colour_is_drawn_inside_its_box():
     record = vf.task("scenes_test").records[0]
     subject, _ = _boxes(record)
-    from visfocus.tasks.scenes import COLOURS
+    from visfocus.benchmarks.scenes import COLOURS
 
     colour = COLOURS[record.meta["subject"].split()[0]]
     cx, cy = (subject[0] + subject[2]) // 2, (subject[1] + subject[3]) * 3 // 4 // 1  # low centre: inside triangles too

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from visfocus.tasks import synthetic
-from visfocus.tasks.base import task
-from visfocus.tasks.synthetic import RELATIONS, SyntheticSpatialTask, relation_holds
+from visfocus.benchmarks import synthetic
+from visfocus.benchmarks.base import task
+from visfocus.benchmarks.synthetic import RELATIONS, SyntheticSpatialTask, relation_holds
 
 
 def _centre(box):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from visfocus.benchmarks.base import TASKS, task
+from visfocus.benchmarks.whatsup import SUBSETS, clean_question, dev_indices
 from visfocus.errors import VisfocusError
-from visfocus.tasks.base import TASKS, task
-from visfocus.tasks.whatsup import SUBSETS, clean_question, dev_indices
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not (DATA / "adaptvis_prompts").is_dir(), reason=f"no benchmark data at {DATA}")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from visfocus.benchmarks import pope, vsr
+from visfocus.benchmarks.base import task, tasks
+from visfocus.benchmarks.images import find_coco_image
 from visfocus.errors import VisfocusError
-from visfocus.tasks import pope, vsr
-from visfocus.tasks.base import task, tasks
-from visfocus.tasks.images import find_coco_image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if not DATA.is_dir():

@@ -14,12 +14,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from visfocus.errors import VisfocusError
-from visfocus.methods import Method
-from visfocus.methods.base import Params
-from visfocus.methods.baseline import Baseline
+from visfocus.interventions import Batch, Method
+from visfocus.interventions.base import Params
+from visfocus.interventions.baseline import Baseline
 from visfocus.models.base import Adapter
 from visfocus.models.layout import RowLayout
-from visfocus.steer.runner import Runner
+from visfocus.models.loading import load_adapter
 from visfocus.steer.trace import Trace
 
 ImageLike = Image.Image | str | Path | np.ndarray
@@ -82,26 +82,12 @@ class VLM:
         return self.answer_batch([image], [question], method, max_new_tokens=max_new_tokens, trace=trace,
                                  options=[options] if options is not None else None)[0]
 
-    def prepare(self, images: list[Image.Image], questions: list[str], options=None, *, record_trace: bool = False,
-                share_with: Runner | None = None) -> Runner:
-        """Encode a batch for the engine. ``share_with``: accumulate cost and trace into that runner's."""
-        inputs = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v
-                  for k, v in self.adapter.encode(images, questions).items()}
-        runner = Runner(self.model, inputs, self.adapter.image_cols(inputs),
-                        drop_on_continue=self.adapter.drop_on_continue,
-                        prefill_position_ids=self.adapter.prefill_position_ids(inputs), record_trace=record_trace)
-        if share_with is not None:
-            runner.cost, runner.recorder = share_with.cost, share_with.recorder
-        runner.images, runner.questions = list(images), list(questions)
-        runner.options = list(options) if options is not None else [None] * len(images)
-        runner.adapter, runner.layouts = self.adapter, self.adapter.layouts(inputs, images)
-
-        def fork(images=None, questions=None, record_trace=record_trace) -> Runner:
-            return self.prepare(images or runner.images, questions or runner.questions, runner.options,
-                                record_trace=record_trace, share_with=runner)
-
-        runner.fork = fork
-        return runner
+    def prepare(self, images: Sequence[ImageLike], questions: Sequence[str],
+                options: Sequence[Sequence[str] | None] | None = None, *, record_trace: bool = False) -> Batch:
+        """Encode a batch for a method (``Method.run``): the images, questions and options as given, the adapter,
+        each row's image-token layout, and the engine's runner over the encoded tensors."""
+        return Batch.build(self.adapter, [load_image(im) for im in images], questions, options,
+                           record_trace=record_trace)
 
     def answer_batch(self, images: Sequence[ImageLike], questions: Sequence[str], method: Method | None = None, *,
                      max_new_tokens: int = 16, trace: bool = False,
@@ -126,10 +112,11 @@ class VLM:
             raise VisfocusError(f"options must give one entry per question: got {len(options)} for {len(pil)}")
 
         start = time.perf_counter()
-        runner = self.prepare(pil, list(questions), options, record_trace=trace)
-        result = method.run(runner, max_new_tokens=max_new_tokens, num_layers=self.num_layers)
+        batch = Batch.build(self.adapter, pil, questions, options, record_trace=trace)
+        result = method.run(batch, max_new_tokens=max_new_tokens)
+        runner = batch.runner  # holds the cost and trace of every pass, also of a forked batch's
         runner.cost.seconds = time.perf_counter() - start
-        final = result.runner or runner  # the batch the answer came from
+        final = (result.batch or batch).runner  # the batch the answer came from
         layouts = final.layouts
 
         gen = result.generation
@@ -148,3 +135,11 @@ class VLM:
                        layout=layouts[b], trace=full_trace.row(b) if full_trace is not None else None,
                        extras=result.extras[b] if result.extras else {})
                 for b in range(len(pil))]
+
+
+def load(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
+         trust_remote_code: bool = False) -> VLM:
+    """Load a VLM by Hub id or local path, with the visfocus attention function on its text decoder and SDPA on its
+    vision tower. ``dtype="auto"`` keeps the checkpoint's; ``trust_remote_code`` is off unless asked for."""
+    adapter = load_adapter(id_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return VLM(adapter.model, adapter.processor, adapter)

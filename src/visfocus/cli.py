@@ -47,7 +47,7 @@ def _read_config(path: str) -> dict[str, Any]:
 
 def _eval(args: argparse.Namespace) -> int:
     from visfocus.evaluate import RunConfig, evaluate
-    from visfocus.methods import parse_method_args
+    from visfocus.interventions import parse_method_args
 
     values = _read_config(args.config) if args.config else {}
     values.update({k: getattr(args, k) for k in EVAL_FLAGS if getattr(args, k) is not None})
@@ -152,7 +152,7 @@ MODULE_COMMANDS = {
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from visfocus.bench import main as bench_main
+    from visfocus.overhead import main as bench_main
 
     return bench_main(args.bench_args)
 

@@ -15,8 +15,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from visfocus import results as res
+from visfocus.benchmarks import Record, Task, task
 from visfocus.errors import VisfocusError
-from visfocus.tasks import Record, Task, task
 
 # Changing any of these changes the answers, so a run folder holding another value is refused, never mixed.
 IDENTITY_KEYS = ("model", "model_args", "method", "method_args", "prompt_style", "scorer", "max_new_tokens", "seed")

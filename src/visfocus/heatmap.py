@@ -56,9 +56,8 @@ def run(args: argparse.Namespace) -> int:
     """``visfocus heatmap --model M --image IMG --question Q [--method NAME --method_args k=v] [--layers 8,14]
     --out fig.png``: writes the figure and prints its path."""
     from visfocus.analysis.figures import layer_heatmaps_figure, save
-    from visfocus.api import load_image
-    from visfocus.methods import method, parse_method_args
-    from visfocus.models.loading import load
+    from visfocus.api import load, load_image
+    from visfocus.interventions import method, parse_method_args
     from visfocus.tracefile import sample_arrays
 
     image = load_image(args.image)  # checked before the model loads

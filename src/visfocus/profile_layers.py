@@ -12,14 +12,15 @@ one class are skipped and do not count towards ``n``. The mean over samples rank
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from visfocus.api import load_image
 from visfocus.errors import VisfocusError
+from visfocus.interventions.vea import save_profile
 from visfocus.metrics import auroc
 
 
@@ -60,9 +61,7 @@ def evidence_boxes(record, image_size: tuple[int, int]) -> np.ndarray:
 def profile_layers(vlm, records, n: int = 100, top_fraction: float = 0.1) -> dict[str, Any]:
     """Rank ``vlm``'s decoder layers by how well their attention finds the evidence boxes of the first ``n`` usable
     ``records`` (a task or a list of ``Record``; records without boxes or without an image are passed over).
-    One unedited prefill per sample, read exactly as VEA reads it (``Runner.prefill(trace=True)``)."""
-    from visfocus.api import load_image  # here: the API imports the methods, and VEA imports this module
-
+    One unedited prefill per sample, read exactly as VEA reads it (``batch.runner.prefill(trace=True)``)."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise VisfocusError(f"n must be an integer ≥ 1, got {n!r}")
     if not isinstance(top_fraction, (int, float)) or not 0 < top_fraction <= 1:
@@ -75,13 +74,13 @@ def profile_layers(vlm, records, n: int = 100, top_fraction: float = 0.1) -> dic
         if not record.boxes or not has_image:
             continue
         image = load_image(record.image if record.image is not None else record.image_path)
-        runner = vlm.prepare([image], [record.question])
-        view = runner.layouts[0].images[0][0]  # the first image's first view (LLaVA-NeXT: the base view)
+        batch = vlm.prepare([image], [record.question])
+        view = batch.layouts[0].images[0][0]  # the first image's first view (LLaVA-NeXT: the base view)
         labels = patch_labels(view.boxes(), evidence_boxes(record, image.size))  # (rows*cols,)
         if labels.all() or not labels.any():
             skipped += 1
             continue
-        trace = runner.prefill(trace=True).trace
+        trace = batch.runner.prefill(trace=True).trace
         per_sample.append(layer_auroc([trace.image_map(layer, 0) for layer in range(vlm.num_layers)], labels))
     if not per_sample:
         raise VisfocusError(f"no usable sample to profile: none of the records has an image and evidence boxes that "
@@ -90,30 +89,6 @@ def profile_layers(vlm, records, n: int = 100, top_fraction: float = 0.1) -> dic
     return {"layers": top_layers(mean_auroc, top_fraction), "auroc_per_layer": mean_auroc,
             "n_samples": len(per_sample), "n_skipped_one_class": skipped, "top_fraction": top_fraction,
             "model": getattr(vlm.model, "name_or_path", None), "task": getattr(records, "name", None)}
-
-
-def save_profile(profile: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def load_profile(path: str | Path) -> dict[str, Any]:
-    """A profile written by ``save_profile``; one clear error when the file is missing or is not a profile."""
-    path = Path(path)
-    if not path.is_file():
-        raise VisfocusError(f"layer profile not found: {path}; write one with `visfocus profile-layers`")
-    try:
-        profile = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise VisfocusError(f"layer profile {path} is not valid JSON ({err})") from err
-    layers = profile.get("layers") if isinstance(profile, dict) else None
-    if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers) \
-            or not isinstance(profile.get("auroc_per_layer"), list):
-        raise VisfocusError(f"layer profile {path} has no 'layers' (integer list) and 'auroc_per_layer'; "
-                            f"write one with `visfocus profile-layers`")
-    return profile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,8 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``visfocus profile-layers --model M --task T [--data_root D] [--n 100] --out profile.json``."""
-    from visfocus.models.loading import load
-    from visfocus.tasks import task
+    from visfocus.api import load
+    from visfocus.benchmarks import task
 
     vlm = load(args.model, dtype=args.dtype, device=args.device)
     profile = profile_layers(vlm, task(args.task, data_root=args.data_root, prompt_style=args.prompt_style),

@@ -60,7 +60,7 @@ def _traces(run_dir: Path, name: str) -> dict | None:
 
 def _records(results: dict, name: str) -> dict[str, Any]:
     """The task's records by id (for boxes and images); empty when the task cannot be rebuilt here."""
-    from visfocus.tasks import task
+    from visfocus.benchmarks import task
 
     config = results.get("config", {})
     try:

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from visfocus import results as res
+from visfocus.benchmarks import task
 from visfocus.errors import VisfocusError
 from visfocus.evaluate import RunConfig, evaluate, run_dir
-from visfocus.methods import METHODS, method
-from visfocus.methods.base import parse_method_args
-from visfocus.tasks import task
+from visfocus.interventions import METHODS, method
+from visfocus.interventions.base import parse_method_args
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 

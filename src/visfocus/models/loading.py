@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 
 from visfocus.errors import VisfocusError
 from visfocus.models import llava, qwen  # noqa: F401  (registers the family adapters)
-from visfocus.models.base import adapter_for
+from visfocus.models.base import Adapter, adapter_for
 from visfocus.models.processor import load_processor
 from visfocus.steer.attention import register
 
@@ -24,11 +24,10 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     return DTYPES[dtype]
 
 
-def load(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
-         trust_remote_code: bool = False):
-    """Load model + processor + family adapter as a ``visfocus.VLM``. ``dtype="auto"`` keeps the checkpoint's."""
-    from visfocus.api import VLM
-
+def load_adapter(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
+                 trust_remote_code: bool = False) -> Adapter:
+    """Load model + processor, wrapped in the family's adapter (``visfocus.load`` makes a ``VLM`` of it).
+    ``dtype="auto"`` keeps the checkpoint's."""
     try:
         config = AutoConfig.from_pretrained(id_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -42,4 +41,4 @@ def load(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str =
         attn_implementation={"": "sdpa", "text_config": name, "vision_config": "sdpa"})
     model.to(device).eval()
     processor = load_processor(id_or_path, trust_remote_code=trust_remote_code)
-    return VLM(model, processor, adapter_cls(model, processor))
+    return adapter_cls(model, processor)

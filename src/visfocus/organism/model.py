@@ -9,7 +9,15 @@ from pathlib import Path
 import torch
 import transformers
 
-from visfocus.tasks.scenes import COLOURS, IMAGE_SIZE, QUESTION, REFERENCE_COLOURS, REFERENCE_SHAPES, RELATIONS, SHAPES
+from visfocus.benchmarks.scenes import (
+    COLOURS,
+    IMAGE_SIZE,
+    QUESTION,
+    REFERENCE_COLOURS,
+    REFERENCE_SHAPES,
+    RELATIONS,
+    SHAPES,
+)
 from visfocus.testing.fixtures import add_video_entry, make_tokenizer
 
 # Text decoder: hidden 128 = 4 heads x head_dim 32, 2 KV heads (GQA as in the real 2B), 4 layers.

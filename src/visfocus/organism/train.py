@@ -75,8 +75,8 @@ def train_organism(out: Path, seed: int = 0, threads: int = 2, max_steps: int | 
     import torch
     import transformers
 
+    from visfocus.benchmarks.scenes import SPLITS
     from visfocus.organism.model import TEXT, VISION, build_untrained
-    from visfocus.tasks.scenes import SPLITS
     from visfocus.train.config import FinetuneConfig
     from visfocus.train.finetune import finetune
 

@@ -31,32 +31,27 @@ class Prefix:
 
 
 class Runner:
-    """One prepared batch. ``cost`` and the trace recorder accumulate over every call made through it.
+    """The engine over one encoded batch. ``cost`` and the trace recorder accumulate over every call made through it.
 
     inputs: the processor's BatchFeature (left padded). image_cols: (B, S) bool image-token columns.
     drop_on_continue: the vision inputs to leave out when decoding continues from a cache (else the vision tower
     re-runs on a prompt that no longer holds the image tokens).
     prefill_position_ids: positions for a manual prefill, the same ones ``generate`` uses (None: the model's own).
-    The API also attaches what methods may need beyond the tensors: ``images`` and ``questions`` (the batch as
-    given), ``options`` (per row, the answer words, or None), ``adapter``, ``layouts``, and ``fork(images=...,
-    questions=...)`` to prepare a changed batch that shares this runner's cost and trace.
+    layouts: per row, the image-token geometry a finished trace carries (opaque to the engine).
+    Methods receive a runner inside a ``visfocus.interventions.Batch``, which holds the rest of the batch.
     """
 
     def __init__(self, model, inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
-                 prefill_position_ids: torch.Tensor | None, record_trace: bool = False) -> None:
+                 prefill_position_ids: torch.Tensor | None, layouts: list | None = None,
+                 record_trace: bool = False) -> None:
         self.model = model
         self.inputs = dict(inputs)
         self.image_cols = image_cols
         self.drop_on_continue = drop_on_continue
         self.prefill_position_ids = prefill_position_ids
+        self.layouts = list(layouts) if layouts is not None else []
         self.cost = Cost()
         self.recorder = TraceRecorder() if record_trace else None
-        self.images: list = []
-        self.questions: list[str] = []
-        self.options: list[tuple[str, ...] | None] = []
-        self.adapter = None
-        self.layouts: list = []
-        self.fork = None  # set by the API: (images=None, questions=None) -> Runner
 
     def _state(self, edits: tuple[Edit, ...]) -> SteerState:
         return SteerState(image_cols=self.image_cols, edits=edits, recorder=self.recorder, cost=self.cost)

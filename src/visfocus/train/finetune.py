@@ -75,8 +75,8 @@ def _use_attention(model, name: str | dict) -> None:
 
 # --- data ---------------------------------------------------------------------------------------------------------
 def _records(name: str, config: FinetuneConfig, limit: int | None) -> tuple[Any, list]:
+    from visfocus.benchmarks import task
     from visfocus.evaluate import check_images
-    from visfocus.tasks import task
 
     t = task(name, config.data_root)
     records = t.records[:limit] if limit else list(t.records)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from visfocus.methods.base import Method, MethodResult, Params, check_layers, check_number, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, register_method
+from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
-from visfocus.steer.runner import Runner
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ScalingVis(Method):
         return ScaleLogits(alpha=float(p.alpha), layers=frozenset(p.layers) if p.layers else None,
                            rows="last_prompt_and_decode" if p.decode else "last_prompt")
 
-    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
-        self.params.validate(num_layers)
-        generation = runner.generate((self.edit(),), max_new_tokens=max_new_tokens)
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
+        self.params.validate(batch.num_layers)
+        generation = batch.runner.generate((self.edit(),), max_new_tokens=max_new_tokens)
         return MethodResult(generation, alpha_used=[float(self.params.alpha)] * generation.new_tokens.shape[0])

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from visfocus.tasks.base import Record, register_task
-from visfocus.tasks.scoring import OptionTask
+from visfocus.benchmarks.base import Record, register_task
+from visfocus.benchmarks.scoring import OptionTask
 
 RELATIONS = ("left", "right", "above", "below")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),

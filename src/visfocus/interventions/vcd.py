@@ -24,9 +24,9 @@ from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenalty
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from visfocus.errors import VisfocusError
-from visfocus.methods.base import Method, MethodResult, Params, check_number, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_number, register_method
+from visfocus.interventions.batch import Batch
 from visfocus.steer.context import SteerState, steering
-from visfocus.steer.runner import Runner
 
 NUM_STEPS = 1000
 # Given to generate so that it applies no penalty or warper of its own before the contrast (they come after it).
@@ -66,9 +66,9 @@ class NoisedImageStream(LogitsProcessor):
     """The contrast stream: the runner's prompt on other pixels, with its own cache. At the first call it runs the
     prompt's prefill; later it feeds the newest token of ``input_ids``. Returns the contrasted scores."""
 
-    def __init__(self, runner: Runner, pixel_values: torch.Tensor, alpha: float, beta: float) -> None:
-        self.runner, self.alpha, self.beta = runner, alpha, beta
-        self.inputs = {**runner.inputs, "pixel_values": pixel_values}
+    def __init__(self, batch: Batch, pixel_values: torch.Tensor, alpha: float, beta: float) -> None:
+        self.batch, self.alpha, self.beta = batch, alpha, beta
+        self.inputs = {**batch.runner.inputs, "pixel_values": pixel_values}
         self.cache = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -76,7 +76,7 @@ class NoisedImageStream(LogitsProcessor):
 
     def stream_logits(self, input_ids: torch.LongTensor) -> torch.Tensor:
         """(B, V) float32 logits of this stream for the token after ``input_ids`` (B, S + k)."""
-        r = self.runner
+        r, adapter = self.batch.runner, self.batch.adapter
         if self.cache is None:  # prefill, with the positions generate gives the prompt (Qwen: M-RoPE by the model)
             kwargs = dict(self.inputs, logits_to_keep=1)
             if r.prefill_position_ids is not None:
@@ -86,7 +86,7 @@ class NoisedImageStream(LogitsProcessor):
             new = prompt_mask.new_ones(prompt_mask.shape[0], input_ids.shape[1] - prompt_mask.shape[1])  # (B, k)
             mask = torch.cat([prompt_mask, new], dim=1)  # (B, S + k)
             kwargs = dict(input_ids=input_ids[:, -1:], attention_mask=mask, past_key_values=self.cache,
-                          position_ids=r.adapter.decode_position_ids(r.inputs, mask))  # (B, 1) or (3, B, 1)
+                          position_ids=adapter.decode_position_ids(r.inputs, mask))  # (B, 1) or (3, B, 1)
         with steering(SteerState(image_cols=r.image_cols, cost=r.cost)):  # a plain forward: no edit, no trace
             out = r.model(**kwargs, use_cache=True)
         self.cache = out.past_key_values
@@ -137,10 +137,11 @@ class VCD(Method):
     identity = {"alpha": 0.0}
     search_grid = {"alpha": (0.5, 1.0), "beta": (0.1, 0.2), "noise_step": (500, 999)}
 
-    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         p = self.params
-        p.validate(num_layers)
-        stream = NoisedImageStream(runner, noised_pixels(runner.inputs, p.noise_step, p.seed), p.alpha, p.beta)
+        p.validate(batch.num_layers)
+        runner = batch.runner
+        stream = NoisedImageStream(batch, noised_pixels(runner.inputs, p.noise_step, p.seed), p.alpha, p.beta)
         after = after_contrast(runner.model.generation_config, runner.inputs["attention_mask"], p.sample)
         if p.sample:
             torch.manual_seed(p.seed)

@@ -26,8 +26,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from visfocus.errors import VisfocusError
-from visfocus.methods.base import Method, MethodResult, Params, check_number, register_method
-from visfocus.steer.runner import Runner
+from visfocus.interventions.base import Method, MethodResult, Params, check_number, register_method
+from visfocus.interventions.batch import Batch
 
 
 def candidate_layers(spec: str | tuple[int, ...], num_layers: int, tied_embeddings: bool) -> tuple[int, ...]:
@@ -141,12 +141,12 @@ class DoLa(Method):
     search_grid = {"layers": ("low", "high"), "repetition_penalty": (1.0, 1.2)}
     Params = DoLaParams
 
-    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
-        p, model = self.params, runner.model
-        p.validate(num_layers)
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
+        p, runner, model = self.params, batch.runner, batch.runner.model
+        p.validate(batch.num_layers)
         tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-        candidates = candidate_layers(p.layers, num_layers, tied)
-        contrast = LayerContrast(runner.adapter, candidates, p.relative_top, p.final_norm)
+        candidates = candidate_layers(p.layers, batch.num_layers, tied)
+        contrast = LayerContrast(batch.adapter, candidates, p.relative_top, p.final_norm)
         processors = LogitsProcessorList([contrast])
         if p.repetition_penalty != 1.0:  # after the contrast; left padding is not penalised, as in generate
             padding = (runner.inputs["attention_mask"] == 0).sum(-1)  # (B,)

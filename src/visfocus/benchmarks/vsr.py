@@ -7,10 +7,10 @@ import json
 from functools import partial
 from pathlib import Path
 
+from visfocus.benchmarks.base import Record, register_task, require_file
+from visfocus.benchmarks.images import find_coco_image, first_existing_image, load_coco_boxes
+from visfocus.benchmarks.scoring import BinaryTask
 from visfocus.errors import VisfocusError
-from visfocus.tasks.base import Record, register_task, require_file
-from visfocus.tasks.images import find_coco_image, first_existing_image, load_coco_boxes
-from visfocus.tasks.scoring import BinaryTask
 
 VARIANTS = ("random", "zeroshot")
 PARTS = ("train", "dev", "test")

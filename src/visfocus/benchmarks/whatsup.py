@@ -17,10 +17,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from visfocus.benchmarks.base import Record, register_task, require_file
+from visfocus.benchmarks.images import find_coco_image
+from visfocus.benchmarks.scoring import OptionTask
 from visfocus.errors import VisfocusError
-from visfocus.tasks.base import Record, register_task, require_file
-from visfocus.tasks.images import find_coco_image
-from visfocus.tasks.scoring import OptionTask
 
 
 @dataclass(frozen=True)

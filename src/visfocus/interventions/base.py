@@ -1,5 +1,6 @@
 """The method registry: one file per method, one ``@register_method`` each. A method has a typed, validated
-parameter dataclass and turns a prepared batch (a ``Runner``) into a generation through the engine."""
+parameter dataclass and turns a prepared ``Batch`` (``visfocus.interventions.batch``) into a generation through the
+engine."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from visfocus.errors import VisfocusError
-from visfocus.steer.runner import Generation, Runner
+from visfocus.interventions.batch import Batch
+from visfocus.steer.runner import Generation
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -28,7 +30,7 @@ class MethodResult:
     generation: Generation
     alpha_used: list[float | None]  # per batch row: the image-logit multiplier applied (None: none applied)
     extras: list[dict[str, Any]] | None = None  # per batch row: what the method decided (confidence, branch, ...)
-    runner: Runner | None = None  # the batch the answer came from, when the method changed it (VEA)
+    batch: Batch | None = None  # the batch the answer came from, when the method changed it (VEA)
 
 
 class Method:
@@ -46,7 +48,8 @@ class Method:
         values = dataclasses.asdict(self.params)
         return sum(abs(float(values[k]) - v) for k, v in self.identity.items())
 
-    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
+        """Answer ``batch`` (see ``Batch`` for everything it holds) in at most ``max_new_tokens`` tokens."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -8,9 +8,9 @@ import re
 from functools import partial
 from pathlib import Path
 
-from visfocus.tasks.base import Record, register_task, require_file
-from visfocus.tasks.images import coco2017_name, first_existing_image, load_coco_boxes
-from visfocus.tasks.scoring import BinaryTask
+from visfocus.benchmarks.base import Record, register_task, require_file
+from visfocus.benchmarks.images import coco2017_name, first_existing_image, load_coco_boxes
+from visfocus.benchmarks.scoring import BinaryTask
 
 SOURCES = ("coco", "aokvqa", "gqa")
 SAMPLINGS = ("random", "popular", "adversarial")

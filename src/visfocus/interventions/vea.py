@@ -12,16 +12,18 @@ survey-code bugs this avoids (unnormalised map, σ 2× too wide, blocky modulati
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from visfocus.errors import VisfocusError
-from visfocus.methods.base import Method, MethodResult, Params, check_layers, check_number, register_method
-from visfocus.profile_layers import load_profile
-from visfocus.steer.runner import Runner
+from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, register_method
+from visfocus.interventions.batch import Batch
 
 HINT = " Pay attention to the highlighted region of the image."
 
@@ -125,6 +127,31 @@ def highlight(image: Image.Image, pixel_map: np.ndarray, floor: float) -> Image.
     return Image.fromarray(np.clip(np.rint(rgb * scale[..., None]), 0, 255).astype(np.uint8))
 
 
+# --- the layer profile file (written by `visfocus profile-layers`, read by ``vea(profile=...)``) ------------------
+def save_profile(profile: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_profile(path: str | Path) -> dict[str, Any]:
+    """A profile written by ``save_profile``; one clear error when the file is missing or is not a profile."""
+    path = Path(path)
+    if not path.is_file():
+        raise VisfocusError(f"layer profile not found: {path}; write one with `visfocus profile-layers`")
+    try:
+        profile = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise VisfocusError(f"layer profile {path} is not valid JSON ({err})") from err
+    layers = profile.get("layers") if isinstance(profile, dict) else None
+    if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers) \
+            or not isinstance(profile.get("auroc_per_layer"), list):
+        raise VisfocusError(f"layer profile {path} has no 'layers' (integer list) and 'auroc_per_layer'; "
+                            f"write one with `visfocus profile-layers`")
+    return profile
+
+
 @register_method
 class VEA(Method):
     name = "vea"
@@ -147,14 +174,14 @@ class VEA(Method):
         check_layers(tuple(self.profile["layers"]), num_layers)
         return tuple(self.profile["layers"])
 
-    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         p = self.params
-        p.validate(num_layers)
-        layers = self.evidence_layers(num_layers)
-        trace = runner.prefill(trace=True).trace  # pass 1: where the model looks
+        p.validate(batch.num_layers)
+        layers = self.evidence_layers(batch.num_layers)
+        trace = batch.runner.prefill(trace=True).trace  # pass 1: where the model looks
         maps, highlighted = [], []
-        for b, image in enumerate(runner.images):
-            view = runner.layouts[b].images[0][0]  # first image, first view (LLaVA-NeXT: the base view)
+        for b, image in enumerate(batch.images):
+            view = batch.layouts[b].images[0][0]  # first image, first view (LLaVA-NeXT: the base view)
             per_layer = [trace.image_map(layer, b) for layer in layers]  # each (rows, cols)
             attention = np.mean([m / max(float(m.sum()), 1e-30) for m in per_layer], axis=0)  # (rows, cols), sum 1
             sigma = sigma_in_cells(p.smooth_sigma, view.image_size, view.region, attention.shape)
@@ -162,8 +189,8 @@ class VEA(Method):
             maps.append(grid)
             pixels = upsample_to_pixels(grid, view.region, view.image_size)  # (H, W)
             highlighted.append(highlight(image, pixels, p.highlight_floor))
-        questions = [q + HINT for q in runner.questions] if p.hint else list(runner.questions)
-        answered = runner.fork(images=highlighted, questions=questions)  # pass 2: the highlighted image
-        generation = answered.generate((), max_new_tokens=max_new_tokens)
+        questions = [q + HINT for q in batch.questions] if p.hint else list(batch.questions)
+        answered = batch.fork(images=highlighted, questions=questions)  # pass 2: the highlighted image
+        generation = answered.runner.generate((), max_new_tokens=max_new_tokens)
         extras = [{"evidence_layers": list(layers), "evidence_map": grid.tolist()} for grid in maps]
-        return MethodResult(generation, alpha_used=[None] * len(maps), extras=extras, runner=answered)
+        return MethodResult(generation, alpha_used=[None] * len(maps), extras=extras, batch=answered)

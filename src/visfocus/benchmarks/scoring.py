@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from visfocus import metrics
+from visfocus.benchmarks.base import Record, Task
 from visfocus.parsing import adaptvis_option_correct, adaptvis_vsr_correct, parse_binary, parse_option, synonyms_for
-from visfocus.tasks.base import Record, Task
 
 
 def _common(rows: list[dict]) -> dict[str, Any]:

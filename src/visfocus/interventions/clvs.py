@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from visfocus.methods.base import Method, MethodResult, Params, check_number, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_number, register_method
+from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import Edit, RowView
-from visfocus.steer.runner import Runner
 
 
 @dataclass(frozen=True)
@@ -112,22 +112,22 @@ class CLVS(Method):
     identity = {"smoothing": 1.0}
     search_grid = {"smoothing": (0.6, 0.7, 0.8, 0.9), "memory_decay": (0.5, 0.8), "uncertainty_threshold": (0.3, 0.5)}
 
-    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         p = self.params
         if p.smoothing == 1.0:  # nothing to mix in: the plain model
-            generation = runner.generate((), max_new_tokens=max_new_tokens)
-            return MethodResult(generation, alpha_used=[None] * len(runner.images))
-        adapter, inputs = runner.adapter, runner.inputs
+            generation = batch.runner.generate((), max_new_tokens=max_new_tokens)
+            return MethodResult(generation, alpha_used=[None] * batch.size)
+        adapter, inputs = batch.adapter, batch.runner.inputs
         real = adapter.prompt_position_ids(inputs)  # (B, S) or (3, B, S)
-        shift = unified_positions(runner.image_cols, inputs["attention_mask"]).to(real.device) - real
+        shift = unified_positions(batch.runner.image_cols, inputs["attention_mask"]).to(real.device) - real
         edit = SmoothingEdit(rows="last_prompt_and_decode" if p.decode else "last_prompt", params=p, shift=shift,
-                             adapter=adapter, num_layers=num_layers)
+                             adapter=adapter, num_layers=batch.num_layers)
         hooks = [layer.register_forward_hook(
             lambda module, args, out, i=i: edit.after_layer(i, out[0] if isinstance(out, tuple) else out))
             for i, layer in enumerate(adapter.decoder_layers())]
         try:
-            generation = runner.generate((edit,), max_new_tokens=max_new_tokens)
+            generation = batch.runner.generate((edit,), max_new_tokens=max_new_tokens)
         finally:
             for hook in hooks:
                 hook.remove()
-        return MethodResult(generation, alpha_used=[None] * len(runner.images))
+        return MethodResult(generation, alpha_used=[None] * batch.size)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from visfocus.errors import VisfocusError
-from visfocus.methods.base import Method, MethodResult, Params, check_layers, check_number, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, register_method
+from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
-from visfocus.steer.runner import Runner
 
 # max_prob: max softmax over the whole vocabulary of the raw first-token logits (the paper's "generation probability",
 # the official WhatsUp path). option_prob: the largest full-vocabulary probability among the answer options' first
@@ -73,22 +73,22 @@ class AdaptVis(Method):
     search_grid = {"alpha_low": (0.5, 0.8), "alpha_high": (1.2, 1.5, 2.0),
                    "threshold": tuple(round(0.2 + 0.05 * i, 2) for i in range(10))}  # App. E.3: 0.2 … 0.65
 
-    def run(self, runner: Runner, *, max_new_tokens: int, num_layers: int) -> MethodResult:
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         p = self.params
-        p.validate(num_layers)
+        p.validate(batch.num_layers)
         option_ids = None
         if p.confidence == "option_prob":
-            if any(o is None for o in runner.options):
+            if any(o is None for o in batch.options):
                 raise VisfocusError("confidence='option_prob' needs the answer options of every question "
                                     "(answer(..., options=[...]) or a task with options)")
-            option_ids = [option_token_ids(runner.adapter.processor.tokenizer, o) for o in runner.options]
-        prefix = runner.prefill()  # unedited pass: α = 1
+            option_ids = [option_token_ids(batch.adapter.processor.tokenizer, o) for o in batch.options]
+        prefix = batch.runner.prefill()  # unedited pass: α = 1
         scores = confidence(prefix.first_logits, p.confidence, option_ids)  # (B,)
         smooth = (scores < p.threshold).tolist()  # C == threshold sharpens, as in both reference codes
         alphas = tuple(float(p.alpha_low if s else p.alpha_high) for s in smooth)
         edit = ScaleLogits(alpha=alphas, layers=frozenset(p.layers) if p.layers else None,
                            rows="last_prompt_and_decode" if p.decode else "last_prompt")
-        generation = runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix, keep_prefix=False)
+        generation = batch.runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix, keep_prefix=False)
         extras = [{"confidence_used": float(c), "confidence_mode": p.confidence,
                    "branch": "smooth" if s else "sharpen"} for c, s in zip(scores.tolist(), smooth)]
         return MethodResult(generation, alpha_used=list(alphas), extras=extras)

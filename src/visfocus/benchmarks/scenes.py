@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from visfocus.tasks.base import Record, register_task
-from visfocus.tasks.scoring import OptionTask
+from visfocus.benchmarks.base import Record, register_task
+from visfocus.benchmarks.scoring import OptionTask
 
 RELATIONS = ("left", "right", "on", "under")
 QUESTION = "Where is the {subject} in relation to the {reference}? Answer with left, right, on or under."

@@ -1,6 +1,0 @@
-"""Benchmarks as tasks: VSR, WhatsUp, POPE and a generated spatial task, registered by name."""
-
-from visfocus.tasks import pope, scenes, synthetic, vsr, whatsup  # noqa: F401  (registration)
-from visfocus.tasks.base import TASKS, Record, Task, register_task, task, tasks
-
-__all__ = ["TASKS", "Record", "Task", "register_task", "task", "tasks"]

@@ -1,0 +1,102 @@
+"""The package's shape: every module imports by its dotted path, and imports among the modules go one way only."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import visfocus as vf
+
+PACKAGE = Path(vf.__file__).parent
+ROOT = PACKAGE.parent
+
+
+def _module_names() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+MODULES = _module_names()
+
+
+def _imports(name: str) -> set[str]:
+    """The package modules ``name`` imports (at any depth of its code, lazy imports included)."""
+    path = ROOT / Path(*name.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES] or [base]
+        elif isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t in MODULES and t != name)
+    return found
+
+
+def test_the_package_has_its_layers():
+    assert {"visfocus.steer", "visfocus.models", "visfocus.interventions", "visfocus.benchmarks", "visfocus.api",
+            "visfocus.cli", "visfocus.interventions.vcd", "visfocus.benchmarks.whatsup"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_module_imports_by_its_dotted_path(name):
+    module = importlib.import_module(name)
+    reached = importlib.import_module(name.split(".")[0])
+    for part in name.split(".")[1:]:  # `import visfocus.interventions.vcd as m` resolves attribute by attribute
+        reached = getattr(reached, part)
+    assert reached is module
+
+
+def test_the_public_calls_are_functions_beside_the_subpackages():
+    import visfocus.benchmarks.vsr as vsr
+    import visfocus.interventions.vcd as vcd
+
+    assert "vcd" in vf.methods() and vcd.VCD.name == "vcd"
+    assert "vsr_random_dev" in vf.tasks() and vsr.VSRTask.__name__ == "VSRTask"
+
+
+def test_no_import_circle_among_the_modules():
+    graph = {name: _imports(name) for name in MODULES}
+    circles, done, stack = [], set(), []
+
+    def visit(name: str) -> None:
+        if name in stack:
+            circles.append(" -> ".join([*stack[stack.index(name):], name]))
+            return
+        if name in done:
+            return
+        stack.append(name)
+        for target in sorted(graph[name]):
+            visit(target)
+        stack.pop()
+        done.add(name)
+
+    for name in MODULES:
+        if name != "visfocus":  # the package's own re-exports sit above every layer
+            visit(name)
+    assert circles == []
+
+
+@pytest.mark.parametrize("lower, higher", [
+    ("visfocus.steer", ("visfocus.models", "visfocus.interventions", "visfocus.api", "visfocus.benchmarks")),
+    ("visfocus.models", ("visfocus.interventions", "visfocus.api", "visfocus.benchmarks", "visfocus.evaluate")),
+    ("visfocus.interventions", ("visfocus.api", "visfocus.evaluate", "visfocus.sweep", "visfocus.cli",
+                                "visfocus.profile_layers")),
+])
+def test_layers_import_downward_only(lower, higher):
+    upward = {(name, target) for name in MODULES if name == lower or name.startswith(lower + ".")
+              for target in _imports(name) if any(target == h or target.startswith(h + ".") for h in higher)}
+    assert upward == set()
