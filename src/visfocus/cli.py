@@ -148,13 +148,9 @@ MODULE_COMMANDS = {
                  "the built-in model organism: train it from scratch, or print its model card"),
     "profile-layers": ("visfocus.profile_layers", "visfocus.profile_layers",
                        "VEA layer profiling: attention-vs-box AUROC per layer"),
+    "bench": ("visfocus.overhead", "visfocus.overhead", "overhead benchmark: each method's time and memory against "
+              "plain SDPA in one run (also: python benchmarks/overhead.py)"),
 }
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from visfocus.overhead import main as bench_main
-
-    return bench_main(args.bench_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,10 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text)
         importlib.import_module(flags_module).add_arguments(command)
         command.set_defaults(func=lambda args, module=module: importlib.import_module(module).run(args))
-
-    bench = sub.add_parser("bench", help="overhead benchmark (see benchmarks/overhead.py --help)")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -153,32 +153,44 @@ def report(title: str, results: dict[str, dict]) -> None:
               f"{mem_ratio:>9.2f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    import visfocus as vf
-    from visfocus.testing import make_image
-
-    parser = argparse.ArgumentParser(prog="visfocus bench", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``visfocus bench`` and ``python benchmarks/overhead.py``."""
     parser.add_argument("--layers", type=int, default=28, help="decoder layers (28 = the real 2B model)")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="which of: " + ", ".join(CONFIGS))
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--new_tokens", type=int, default=1, help="tokens generated per answer")
     parser.add_argument("--long_tokens", type=int, default=4096, help="prompt length of the memory test (0: skip)")
     parser.add_argument("--long_layers", type=int, default=2, help="decoder layers for the long-sequence comparison")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    parser.add_argument("--device", help="default: cuda when available, else cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and print; every setting is checked before a model is built."""
+    import visfocus as vf
+    from visfocus.errors import VisfocusError
+    from visfocus.testing import make_image
+
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in CONFIGS]
-    if args.layers < 1 or args.reps < 1 or unknown:
-        parser.error(f"--layers and --reps must be ≥ 1; unknown configs: {unknown}")
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if unknown or any(d not in ("float32", "bfloat16") for d in dtypes):
+        raise VisfocusError(f"unknown configs {unknown} or dtypes {dtypes}: configs are {', '.join(CONFIGS)}; "
+                            f"dtypes float32, bfloat16")
+    for name in ("layers", "reps", "new_tokens", "long_layers"):
+        if getattr(args, name) < 1:
+            raise VisfocusError(f"--{name} must be ≥ 1, got {getattr(args, name)}")
+    if args.long_tokens < 0:
+        raise VisfocusError(f"--long_tokens must be ≥ 0, got {args.long_tokens}")
     configs = ["plain_sdpa", *[c for c in configs if c != "plain_sdpa"]]
     missing = sorted({CONFIGS[c][1][0] for c in configs if CONFIGS[c][1]} - set(vf.METHODS))
     if missing:
-        parser.error(f"methods not available in this build: {missing}")
+        raise VisfocusError(f"methods not available in this build: {missing}")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     _cpu_allocator_hint()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     image = make_image(448, 448, seed=0)
-    for name in args.dtypes.split(","):
+    for name in dtypes:
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
         vlm = build_vlm(args.layers, dtype)
         vlm.model.to(args.device)
@@ -203,3 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         report("long sequence: peak extra memory (attention memory is per layer, so fewer layers suffice)",
                measure(vlm, image, question, long_configs, 1, 1, args.device))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/overhead.py [flags]`` (``visfocus bench`` is the same through the CLI)."""
+    from visfocus.errors import VisfocusError
+
+    parser = argparse.ArgumentParser(prog="visfocus bench", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except VisfocusError as err:
+        parser.exit(2, f"visfocus: error: {err}\n")

@@ -26,6 +26,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 from visfocus.errors import VisfocusError
 from visfocus.interventions.base import Method, MethodResult, Params, check_number, register_method
 from visfocus.interventions.batch import Batch
+from visfocus.steer.compat import cache_argument, output_cache
 from visfocus.steer.context import SteerState, steering
 
 NUM_STEPS = 1000
@@ -85,11 +86,11 @@ class NoisedImageStream(LogitsProcessor):
             prompt_mask = r.inputs["attention_mask"]  # (B, S)
             new = prompt_mask.new_ones(prompt_mask.shape[0], input_ids.shape[1] - prompt_mask.shape[1])  # (B, k)
             mask = torch.cat([prompt_mask, new], dim=1)  # (B, S + k)
-            kwargs = dict(input_ids=input_ids[:, -1:], attention_mask=mask, past_key_values=self.cache,
-                          position_ids=adapter.decode_position_ids(r.inputs, mask))  # (B, 1) or (3, B, 1)
+            kwargs = {"input_ids": input_ids[:, -1:], "attention_mask": mask, cache_argument(r.model): self.cache,
+                      "position_ids": adapter.decode_position_ids(r.inputs, mask)}  # (B, 1) or (3, B, 1)
         with steering(SteerState(image_cols=r.image_cols, cost=r.cost)):  # a plain forward: no edit, no trace
             out = r.model(**kwargs, use_cache=True)
-        self.cache = out.past_key_values
+        self.cache = output_cache(out)
         return out.logits[:, -1].float()  # (B, V)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
+from visfocus.steer.compat import cache_argument, output_cache
 from visfocus.steer.context import Cost, SteerState, steering
 from visfocus.steer.edits import Edit
 from visfocus.steer.trace import TraceRecorder
@@ -81,7 +82,7 @@ class Runner:
                 prefix.cache = None  # used up
             cache.crop(-1)  # drop the last prompt position; generate re-runs it under the edits
             kwargs = {k: v for k, v in kwargs.items() if k not in self.drop_on_continue}
-            kwargs["past_key_values"] = cache
+            kwargs[cache_argument(self.model)] = cache
         prompt_len = self.image_cols.shape[1]
         with steering(self._state(tuple(edits))):
             out = self.model.generate(**kwargs, logits_processor=logits_processor,
@@ -105,4 +106,4 @@ class Runner:
             out = self.model(**kwargs, use_cache=True, logits_to_keep=1)
         mask = self.inputs["attention_mask"]
         recorded = state.recorder.finish(self.image_cols, mask, self.layouts) if trace else None
-        return Prefix(cache=out.past_key_values, first_logits=out.logits[:, -1].float(), trace=recorded)
+        return Prefix(cache=output_cache(out), first_logits=out.logits[:, -1].float(), trace=recorded)

@@ -65,7 +65,9 @@ def _prepare(config: FinetuneConfig):
 
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=LORA_TARGETS)
-        trainable = get_peft_model(model, lora)  # freezes all but the adapters, injects them into `model` in place
+        with warnings.catch_warnings():  # peft itself reads transformers' deprecated `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            trainable = get_peft_model(model, lora)  # freezes all but the adapters, injects them into `model` in place
     return vlm, trainable
 
 

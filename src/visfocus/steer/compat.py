@@ -1,0 +1,27 @@
+"""Names that differ across the supported transformers range, chosen by feature detection, not by version number.
+
+transformers 5.24 renamed the KV-cache argument of ``forward`` and ``generate`` and the cache field of model outputs
+from ``past_key_values`` to ``cache`` (the old names warn, and go in 5.40 / 6.0); 5.20–5.23 know only the old name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import cache
+
+
+@cache
+def _forward_takes_cache(model_class: type) -> bool:
+    return "cache" in inspect.signature(model_class.forward).parameters
+
+
+def cache_argument(model) -> str:
+    """The keyword under which ``model.forward`` and ``model.generate`` take a KV cache: ``cache`` where the model's
+    forward declares it, else ``past_key_values``."""
+    return "cache" if _forward_takes_cache(type(model)) else "past_key_values"
+
+
+def output_cache(output):
+    """The KV cache a model output carries (its ``cache`` field where it has one, else ``past_key_values``)."""
+    fields = getattr(output, "__dataclass_fields__", {})
+    return output.cache if "cache" in fields else output.past_key_values
