@@ -8,6 +8,7 @@ import pytest
 
 from visfocus.metrics import (
     accuracy,
+    adaptvis_group_accuracy,
     auroc,
     binary_metrics,
     bootstrap_delta_ci,
@@ -38,6 +39,19 @@ def test_pair_accuracy_and_no_complete_group():
     assert group_accuracy(rows, "pair", 2) == {"accuracy": 0.5, "n_complete": 2, "n_groups": 3, "n_correct": 1}
     lonely = group_accuracy([{"pair": "c", "correct": True}], "pair", 2)
     assert math.isnan(lonely["accuracy"]) and lonely["n_complete"] == 0 and lonely["n_groups"] == 1
+
+
+def test_official_set_and_pair_formula_counts_missing_members_as_failures():
+    rows = ([{"group": "mug|table", "pair": "mug|table:left_right", "correct": True}] * 2
+            + [{"group": "mug|table", "pair": "mug|table:on_under", "correct": True}] * 2  # complete set, all right
+            + [{"group": "pen|armchair", "pair": "pen|armchair:left_right", "correct": True}] * 2
+            + [{"group": "pen|armchair", "pair": "pen|armchair:on_under", "correct": True}])  # "under" missing
+    # 7 rows: sets right = 1 (mug) of 7/4 = 1.75; pairs right = 3 (both mug pairs, pen left_right) of 7/2 = 3.5.
+    assert adaptvis_group_accuracy(rows, "group", 4) == {"accuracy": pytest.approx(1 / 1.75), "numerator": 1,
+                                                         "denominator": 1.75, "n_rows": 7}
+    assert adaptvis_group_accuracy(rows, "pair", 2) == {"accuracy": pytest.approx(3 / 3.5), "numerator": 3,
+                                                        "denominator": 3.5, "n_rows": 7}
+    assert group_accuracy(rows, "group", 4)["accuracy"] == 1.0  # ours leaves the incomplete set out
 
 
 def test_binary_metrics_by_hand():

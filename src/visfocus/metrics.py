@@ -32,6 +32,44 @@ def group_accuracy(rows: Sequence[Mapping], key: str, size: int) -> dict[str, An
             "n_groups": len(members), "n_correct": n_correct}
 
 
+def adaptvis_group_accuracy(rows: Sequence[Mapping], key: str, size: int) -> dict[str, Any]:
+    """WhatsUp pair (``size`` 2) or set (``size`` 4) accuracy by the official AdaptVis formula, for reproducing the
+    paper's columns only (``Controlled_Images.evaluate_scores`` in ``dataset_zoo/aro_datasets.py``).
+
+    accuracy = numerator / denominator, with numerator = the number of groups (rows sharing ``row[key]``; None keys
+    ignored) that have exactly ``size`` rows, all with ``row["correct"]`` true, and denominator = n / ``size`` (float
+    division), n = ``len(rows)``, every evaluated row. Officially every group of the full set starts with all its
+    members wrong, so a member outside the evaluated part (the seeded 20 %/80 % dev/test subsets) makes its group a
+    failure, while the denominator assumes complete groups: on a dev/test part this is biased low. The official code
+    prints it ×100; here it is a fraction. nan for no rows. ``group_accuracy`` is the unbiased complete-groups one."""
+    members: dict[Any, list[bool]] = defaultdict(list)
+    for row in rows:
+        if row[key] is not None:
+            members[row[key]].append(bool(row["correct"]))
+    numerator = sum(len(flags) == size and all(flags) for flags in members.values())
+    denominator = len(rows) / size
+    return {"accuracy": numerator / denominator if rows else math.nan, "numerator": numerator,
+            "denominator": denominator, "n_rows": len(rows)}
+
+
+def scorer_predictions(gold: Sequence[str], correct: Sequence[bool],
+                       labels: tuple[str, str] = ("yes", "no")) -> list[str]:
+    """The binary predictions a compatibility scorer's decisions imply: the gold label where it judged the answer
+    correct, the other one of ``labels`` where it did not.
+
+    A judge like AdaptVis's VSR check (``'Yes' in gen`` for label 1, ``'No' in gen`` for label 0) never names a
+    prediction, only right or wrong; these predictions are the only ones consistent with it, so ``binary_metrics``
+    on them gives the judge's own table: tp = gold positive and correct, fn = gold positive and wrong, tn = gold
+    negative and correct, fp = gold negative and wrong."""
+    if len(gold) != len(correct):
+        raise ValueError(f"gold and correct differ in length: {len(gold)} vs {len(correct)}")
+    other = {labels[0]: labels[1], labels[1]: labels[0]}
+    unknown = sorted({label for label in gold if label not in other})
+    if unknown:
+        raise ValueError(f"gold labels must be {labels[0]!r} or {labels[1]!r}, got {', '.join(map(repr, unknown))}")
+    return [label if is_correct else other[label] for label, is_correct in zip(gold, correct)]
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else 0.0
 
@@ -50,7 +88,8 @@ def binary_metrics(gold: Sequence[str], pred: Sequence[str | None], positive: st
 
     ``tpr_tnr_harmonic_mean`` = 2·tpr·tnr / (tpr + tnr) is what the official AdaptVis VSR code reports as "F1" (its
     "precision" is the TPR, its "recall" the TNR): the harmonic mean of the two class recalls, not F1.
-    ``yes_ratio`` is the fraction of all predictions equal to ``positive``. Accuracy is left to the caller."""
+    ``yes_ratio`` is the fraction of all predictions equal to ``positive``. Accuracy is left to the caller.
+    ``pred`` is the parsed answers under the exact scorer, or ``scorer_predictions`` under a compatibility scorer."""
     if len(gold) != len(pred):
         raise ValueError(f"gold and pred differ in length: {len(gold)} vs {len(pred)}")
     tp = fp = tn = fn = 0
