@@ -10,6 +10,7 @@ import pytest
 
 from visfocus.benchmarks import TASKS, Record
 from visfocus.benchmarks.scoring import OptionTask
+from visfocus.cli import main as cli_main
 from visfocus.compare import compare_runs
 from visfocus.errors import VisfocusError
 from visfocus.evaluate import RunConfig, evaluate
@@ -105,6 +106,23 @@ def test_missing_images_stop_the_run_before_any_forward_pass(tiny_dirs, tmp_path
     out = evaluate(config)
     assert out["tasks"]["test_missing"]["n_samples"] == {"original": 3, "selected": 3, "missing_images": 2,
                                                          "effective": 1}
+
+
+def test_eval_where_every_image_is_missing_says_nothing_was_evaluated(tiny_dirs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(TASKS, "test_missing", lambda **kw: _MissingImages(**kw))
+    argv = ["eval", "--model", str(tiny_dirs["qwen2_vl"]), "--tasks", "test_missing", "--data_root",
+            str(tmp_path / "empty"), "--skip_missing", "--output_path", str(tmp_path / "runs")]
+    assert cli_main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "test_missing: nothing evaluated — all 3 selected samples have missing or unreadable images" in out
+    assert "nan" not in out
+    errors = [line for line in err.splitlines() if line.startswith("visfocus: error:")]
+    assert errors == ["visfocus: error: nothing was evaluated on test_missing (all 3 selected samples have missing or "
+                      "unreadable images); the results file records the counts"]
+    results = json.loads(next((tmp_path / "runs").rglob("results.json")).read_text())
+    assert results["tasks"]["test_missing"]["n_samples"]["missing_images"] == 3  # what was found is kept
+    assert cli_main([*argv[:-2], "--offset", "5", "--output_path", str(tmp_path / "runs2")]) == 2
+    assert "no sample selected (see --offset and --limit)" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")

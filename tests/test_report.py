@@ -79,3 +79,15 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.std() > 5  # not a blank page
+
+
+def test_the_header_names_the_model_also_for_the_built_in_organism(runs, tmp_path):
+    assert f"<p>{runs['edit'].parents[1].name}" not in build_report(runs["edit"])  # the slug is not the name
+    assert str(json.loads((runs["edit"] / "results.json").read_text())["config"]["model"]) in build_report(runs["edit"])
+    organism_run = tmp_path / "organism_run"
+    shutil.copytree(runs["edit"], organism_run)
+    results = json.loads((organism_run / "results.json").read_text())
+    results["config"]["model"] = None  # what `visfocus eval` with no --model records
+    (organism_run / "results.json").write_text(json.dumps(results))
+    page = build_report(organism_run)
+    assert "<p>the visfocus model organism · scaling_vis" in page and "None ·" not in page

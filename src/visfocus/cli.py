@@ -63,14 +63,23 @@ def _eval(args: argparse.Namespace) -> int:
         raise VisfocusError("--method_args given without --method")
     out = evaluate(RunConfig(**values))
     print(f"\nresults: {out['config']['run_dir']}/results.json")
+    empty = []
     for name in out["config"]["tasks"]:
         result = out["tasks"][name]
         m = result["metrics"]
         n = result["n_samples"]
+        if n["effective"] == 0:
+            why = (f"all {n['selected']} selected samples have missing or unreadable images" if n["selected"]
+                   else "no sample selected (see --offset and --limit)")
+            empty.append(f"{name} ({why})")
+            print(f"  {name}: nothing evaluated — {why}")
+            continue
         print(f"  {name}: accuracy {m.get('accuracy', float('nan')):.4f} on {n['effective']} samples"
               + (f" ({n['missing_images']} missing images skipped)" if n["missing_images"] else ""))
         for line in _relation_lines(m):
             print("    " + line)
+    if empty:
+        raise VisfocusError(f"nothing was evaluated on {'; '.join(empty)}; the results file records the counts")
     return 0
 
 

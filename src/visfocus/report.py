@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from visfocus.errors import VisfocusError
+from visfocus.organism import model_name
 
 SECTIONS = ("Metrics", "Per relation", "Attention by layer", "Box overlap by layer", "Calibration", "Examples")
 
@@ -176,7 +177,7 @@ def build_report(run_dir: str | Path, vs: str | Path | None = None, max_examples
     sections = [task_section(name, run_dir, results, samples.get(name, {}), baseline, max_examples)
                 for name in results.get("tasks", {}) if samples.get(name)]
     method = results.get("method", {})
-    head = (f"<h1>visfocus report</h1><p>{html.escape(str(results.get('config', {}).get('model')))} · "
+    head = (f"<h1>visfocus report</h1><p>{html.escape(model_name(results.get('config', {}).get('model')))} · "
             f"{html.escape(method.get('name', ''))} {html.escape(json.dumps(method.get('args', {})))}"
             + (f" · vs {html.escape(str(vs))}" if vs else "") + "</p>")
     style = ("<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"

@@ -17,6 +17,11 @@ NOTE = ("built-in default: the visfocus model organism, a 1.6M-parameter Qwen3-V
         "--model to evaluate a real checkpoint.")
 
 
+def model_name(model: str | None) -> str:
+    """How a run's ``model`` reads for people: the Hub id or path, or the organism for ``None`` (the default)."""
+    return "the visfocus model organism" if model is None else str(model)
+
+
 def organism_path(folder: Path | None = None) -> Path:
     """The folder of the shipped organism (a ``visfocus.load``-able model + processor, MODEL_CARD.md, card.json)."""
     folder = WEIGHTS_DIR if folder is None else folder
