@@ -3,7 +3,6 @@ them): counts, images, groups, boxes, the seeded dev/test split, and the officia
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import shutil
@@ -159,13 +158,6 @@ def test_coco_and_vg_without_official_json_have_no_image(subset):
 def test_missing_question_file_is_one_clear_error(tmp_path):
     with pytest.raises(VisfocusError, match=r"Controlled_Images_B_with_answer_four_options\.jsonl.*--data_root"):
         len(load("whatsup_controlled_b", tmp_path))
-
-
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="`datasets` would read the Hub")
-def test_no_data_root_without_datasets_says_what_to_do(monkeypatch):
-    monkeypatch.delenv("VISFOCUS_DATA_ROOT", raising=False)
-    with pytest.raises(VisfocusError, match="--data_root"):
-        len(task("whatsup_vg_one"))
 
 
 def _prompt_root(tmp_path: Path, subset: str, folder: str = "adaptvis_prompts") -> Path:

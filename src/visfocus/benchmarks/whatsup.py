@@ -1,11 +1,15 @@
 """WhatsUp (Kamath et al. 2023) as AdaptVis asks it: "Where is the X in relation to the Y? Answer with …", six
 subsets, each as ``whatsup_<subset>`` (all rows), ``_dev`` (AdaptVis's seeded 20 %) and ``_test`` (the other 80 %).
 
-Questions come from the AdaptVis files ``<root>/adaptvis_prompts/`` (or ``<root>/prompts/``); row ``id`` i pairs
-with row i of the official WhatsUp list. Images: Controlled A/B through ``whatsup/Controlled_Images_{A,B}_index.jsonl``
-or the official ``controlled_{images,clevr}_dataset.json``; COCO/VG through the official ``{coco,vg}_qa_*.json``
-(``[image_id, correct, wrong]``). Searched in ``<root>``, ``<root>/whatsup`` and ``<root>/data``. Pair and set
-accuracy on a dev/test part count complete pairs and sets only (``metrics.group_accuracy``; METHODS §12.8)."""
+Questions come from the AdaptVis files ``<root>/adaptvis_prompts/`` (or ``<root>/prompts/``), else from a local copy
+of HF ``AdaptVis/all_datasets`` (``<root>``, ``<root>/all_datasets`` or ``<root>/AdaptVis/all_datasets``; see
+``hub.py``), else, with no data root, from the Hub; row ``id`` i pairs with row i of the official WhatsUp list.
+Images: Controlled A/B through ``whatsup/Controlled_Images_{A,B}_index.jsonl`` or the official
+``controlled_{images,clevr}_dataset.json`` (else the dataset's ``image_path``); COCO/VG through the official
+``{coco,vg}_qa_*.json`` (``[image_id, correct, wrong]``), else the dataset's ``image_id``. Searched in ``<root>``,
+``<root>/whatsup`` and ``<root>/data``. Pair and set accuracy on a dev/test part count complete pairs and sets only
+(``metrics.group_accuracy``; METHODS §12.8); under ``--scorer adaptvis`` the official formula, biased low on a part,
+is reported beside them (``pair_official``, ``set_official``)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from visfocus.benchmarks.base import Record, register_task, require_file
+from visfocus.benchmarks import hub
+from visfocus.benchmarks.base import Record, register_task
 from visfocus.benchmarks.images import find_coco_image
 from visfocus.benchmarks.scoring import OptionTask
 from visfocus.errors import VisfocusError
@@ -61,8 +66,9 @@ PAIR_OF = {"left": "left_right", "right": "left_right", "on": "on_under", "under
            "front": "front_behind", "behind": "front_behind"}
 B_BOXES_FILE = "controlled_B_bboxes_vlm_interp/bbox.jsonl"  # hand-labelled xyxy on 1280×960
 A_YOLO_FILE = "controlled_A_dltmdwoOS/contA_with_yolo.jsonl"  # YOLO detections, not ground truth
-DATA_ROOT_HINT = ("--data_root should point at a folder with adaptvis_prompts/ (the AdaptVis question files) and, "
-                  "for images, whatsup/ (the index files) or the official WhatsUp JSONs")
+DATA_ROOT_HINT = (f"--data_root should point at a folder with adaptvis_prompts/ (the AdaptVis question files) or a "
+                  f"local copy of {hub.HUB_DATASET} and, for images, whatsup/ (the index files) or the official "
+                  "WhatsUp JSONs")
 
 
 def clean_question(text: str) -> tuple[str, str]:
@@ -102,9 +108,10 @@ class WhatsUpTask(OptionTask):
         super().__init__(name, **kwargs)
         self.subset, self.spec, self.part = subset, SUBSETS[subset], part.strip("_") or "full"
         self.seed, self.fraction = seed, fraction
+        self.questions_from = self.spec.prompt_file  # named in errors about the rows; set by _question_rows
 
     def load_records(self) -> list[Record]:
-        rows = self._hub_rows() if self.data_root is None else _read_jsonl(self._prompt_file())
+        rows = self._question_rows()
         images = self._images(rows)
         records = [self._record(index, row, image) for index, (row, image) in enumerate(zip(rows, images, strict=True))]
         if self.part == "full":
@@ -122,16 +129,42 @@ class WhatsUpTask(OptionTask):
         return {**super().describe(), "subset": self.subset, "part": self.part}
 
     # --- questions ------------------------------------------------------------------------------------------------
-    def _prompt_file(self) -> Path:
-        candidates = [self.data_root / folder / self.spec.prompt_file for folder in PROMPT_FOLDERS]
-        also = f"also looked in {candidates[1].parent}; {DATA_ROOT_HINT}"
-        return require_file(_first_existing(candidates), f"WhatsUp question file {self.spec.prompt_file}", also)
+    def _question_rows(self) -> list[dict]:
+        """The AdaptVis prompt file under the data root first (what AdaptVis's own code reads; a root without a
+        dataset copy reads exactly as before), else a local copy of the HF dataset there; no data root: the Hub."""
+        if self.data_root is None:
+            self.questions_from = f"{hub.HUB_DATASET} {self.spec.hub_config}"
+            return hub.read_hub(self.spec.hub_config, self.name, DATA_ROOT_HINT)
+        prompt_files = [self.data_root / folder / self.spec.prompt_file for folder in PROMPT_FOLDERS]
+        prompt_file = next((path for path in prompt_files if path.is_file()), None)
+        copy = hub.find_local_copy(self.data_root)
+        if prompt_file is not None:
+            rows = _read_jsonl(prompt_file)
+            return rows if copy is None else self._with_image_columns(rows, copy)
+        if copy is None:
+            raise VisfocusError(
+                f"WhatsUp questions for {self.name} not found under {self.data_root}: looked for "
+                f"{' and '.join(str(path) for path in prompt_files)}, and for a local copy of {hub.HUB_DATASET} (its "
+                f"README.md card + {self.spec.hub_config}/test-*.parquet) in "
+                f"{', '.join(str(self.data_root / name) for name in hub.LOCAL_COPY_FOLDERS)}; {DATA_ROOT_HINT}")
+        self.questions_from = f"{copy} {self.spec.hub_config}"
+        return hub.read_local_copy(copy, self.spec.hub_config)
+
+    def _with_image_columns(self, rows: list[dict], copy: Path) -> list[dict]:
+        """Prompt-file rows plus the image column (``image_id`` / ``image_path``) of a dataset copy beside them: the
+        prompt files carry no image ids, the copy does; the official WhatsUp files still come first in ``_images``."""
+        copy_rows = hub.read_local_copy(copy, self.spec.hub_config)
+        if [row["id"] for row in copy_rows] != [row["id"] for row in rows]:
+            raise VisfocusError(f"{copy} {self.spec.hub_config} does not pair id by id with {self.spec.prompt_file} "
+                                f"({len(copy_rows)} vs {len(rows)} rows); they must be the matching files")
+        image_columns = [column for column in ("image_id", "image_path") if column in copy_rows[0]]
+        return [{**row, **{column: own[column] for column in image_columns}} for row, own in zip(rows, copy_rows)]
 
     def _record(self, index: int, row: dict, image: dict[str, Any]) -> Record:
         question, stray = clean_question(row["question"])
         gold = _answer_word(row)
         if gold not in self.spec.options:
-            raise VisfocusError(f"{self.spec.prompt_file} row id {row['id']}: answer '{gold}' is not one of "
+            raise VisfocusError(f"{self.questions_from} row id {row['id']}: answer '{gold}' is not one of "
                                 f"{', '.join(self.spec.options)}")
         meta = {"index": index, "subset": self.subset, **image.get("meta", {})}
         if stray:
@@ -148,16 +181,16 @@ class WhatsUpTask(OptionTask):
         if self.spec.index_file:
             return self._controlled_images(root, rows)
         official = _find(root, self.spec.image_list)
-        if official is None and rows and "image_id" in rows[0]:  # Hub rows carry their image id
+        if official is None and rows and "image_id" in rows[0]:  # HF dataset rows carry their image id
             image_ids = [row["image_id"] for row in rows]
         elif official is not None:
             image_ids = [entry[0] for entry in json.loads(official.read_text())]
             if len(image_ids) < len(rows):
-                raise VisfocusError(f"{official} has {len(image_ids)} rows but {self.spec.prompt_file} has "
+                raise VisfocusError(f"{official} has {len(image_ids)} rows but {self.questions_from} has "
                                     f"{len(rows)}; they pair row by row, so they must be the matching files")
         else:
             reason = (f"image ids are only in the official {self.spec.image_list} (not found in {root}, "
-                      f"{root}/whatsup or {root}/data) or HF AdaptVis/all_datasets")
+                      f"{root}/whatsup or {root}/data) or HF {hub.HUB_DATASET}")
             return [{"path": None, "meta": {"image_missing_reason": reason}} for _ in rows]
         return [{"path": str(self._natural_image(root, image_id)), "meta": {"image_id": image_id}}
                 for image_id in image_ids[:len(rows)]]
@@ -188,7 +221,7 @@ class WhatsUpTask(OptionTask):
         answer = _answer_word(row)
         if FILENAME_RELATION.get("_".join(relation)) != answer:
             raise VisfocusError(f"id {row['id']}: image {relative.name} does not show '{answer}'; the image list "
-                                f"does not pair row by row with {self.spec.prompt_file}")
+                                f"does not pair row by row with {self.questions_from}")
         candidates = [root / relative, root / "whatsup" / relative, root / self.spec.image_folder / relative.name,
                       root / "whatsup" / self.spec.image_folder / relative.name]
         own_boxes = _box_dicts(entry.get("bbox_xyxy_1280x960_vlm_interp")) or boxes.get(relative.stem, ())
@@ -212,16 +245,6 @@ class WhatsUpTask(OptionTask):
                     zip(names, (entry["yolo_a_boxes"], entry["yolo_b_boxes"]), strict=True) if found}
             boxes[stem] = _box_dicts({name: [box[k] for k in ("x1", "y1", "x2", "y2")] for name, box in best.items()})
         return boxes
-
-    # --- the Hugging Face Hub (no data root given; needs `datasets` and a network; not tested here) -------------------
-    def _hub_rows(self) -> list[dict]:
-        try:
-            import datasets
-        except ImportError:
-            raise VisfocusError(f"task {self.name} needs its question files: {DATA_ROOT_HINT} (or install "
-                                f"`datasets` to read AdaptVis/all_datasets from the Hub)") from None
-        hub = datasets.load_dataset("AdaptVis/all_datasets", self.spec.hub_config, split="test")
-        return [dict(row) for row in hub]
 
 
 def _answer_word(row: dict) -> str:
