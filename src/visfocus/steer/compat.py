@@ -1,7 +1,8 @@
 """Names that differ across the supported transformers range, chosen by feature detection, not by version number.
 
 transformers 5.24 renamed the KV-cache argument of ``forward`` and ``generate`` and the cache field of model outputs
-from ``past_key_values`` to ``cache`` (the old names warn, and go in 5.40 / 6.0); 5.20–5.23 know only the old name.
+from ``past_key_values`` to ``cache`` (the old names warn, and go in 5.40 / 6.0); 5.23, the oldest supported release,
+knows only the old name.
 """
 
 from __future__ import annotations
