@@ -11,6 +11,7 @@ from transformers import LlamaConfig
 
 import visfocus as vf
 from visfocus.cli import main as cli_main
+from visfocus.interventions import Batch
 from visfocus.models import ADAPTERS
 from visfocus.testing import FAMILIES
 
@@ -42,6 +43,33 @@ def test_methods_lists_parameters_with_defaults():
     listed = vf.methods()
     assert set(listed) == set(vf.METHODS)
     assert listed["scaling_vis"] == {"alpha": 0.5, "layers": None, "decode": False}
+
+
+def test_a_prepared_batch_holds_what_a_method_receives(tiny_vlms, image, other_image):
+    vlm = tiny_vlms["qwen3_vl"]
+    questions = ["Where is the cup?", "Where is the dog in relation to the cat?"]
+    batch = vlm.prepare([image, other_image], questions, [["left", "right"], None], record_trace=True)
+    assert isinstance(batch, Batch) and batch.size == 2 and batch.num_layers == vlm.num_layers == 2
+    assert batch.questions == questions and batch.options == [("left", "right"), None]
+    assert [im.size for im in batch.images] == [image.size, other_image.size] and batch.adapter is vlm.adapter
+    ids = batch.runner.inputs["input_ids"]  # (2, S), left padded
+    assert batch.runner.image_cols.shape == ids.shape
+    assert all(a is b for a, b in zip(batch.runner.layouts, batch.layouts, strict=True))  # what traces carry
+    for row, layout in enumerate(batch.layouts):  # each row's layout names exactly its image-token columns
+        view = layout.images[0][0]
+        assert view.image_size == batch.images[row].size
+        assert int(batch.runner.image_cols[row].sum()) == view.rows * view.cols == len(layout.image_positions)
+
+
+def test_a_forked_batch_adds_its_cost_and_trace_to_the_first(tiny_vlms, image, other_image):
+    batch = tiny_vlms["llava"].prepare([image], ["Where is the cup?"], record_trace=True)
+    batch.runner.generate((), max_new_tokens=1)
+    passes = batch.runner.cost.forward_passes
+    forked = batch.fork(images=[other_image])
+    assert forked.questions == batch.questions and forked.images[0].size == other_image.size
+    assert forked.runner.cost is batch.runner.cost and forked.runner.recorder is batch.runner.recorder
+    forked.runner.generate((), max_new_tokens=1)
+    assert batch.runner.cost.forward_passes == passes + 1
 
 
 def test_answer_reports_confidence_of_raw_first_token_logits(tiny_vlms, image):
