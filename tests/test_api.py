@@ -197,6 +197,17 @@ def test_cli_bad_input_is_one_error_line(argv, message, capsys, tmp_path):
     assert not list(tmp_path.rglob("results.json"))  # nothing half-made is left behind
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--layers", "0"], "--layers must be ≥ 1"),
+    (["bench", "--configs", "plain_sdpa,warp_drive"], "unknown configs ['warp_drive']"),
+    (["bench", "--dtypes", "float8"], "dtypes ['float8']"),
+])
+def test_bench_bad_input_is_one_error_line_before_any_model_is_built(argv, message, capsys):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("visfocus: error:") and message in err[0]
+
+
 def test_cli_list_shows_methods_and_families(capsys):
     assert cli_main(["list"]) == 0
     out = capsys.readouterr().out
