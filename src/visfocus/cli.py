@@ -157,6 +157,7 @@ MODULE_COMMANDS = {
                  "the built-in model organism: train it from scratch, or print its model card"),
     "profile-layers": ("visfocus.profile_layers", "visfocus.profile_layers",
                        "VEA layer profiling: attention-vs-box AUROC per layer"),
+    "app": ("visfocus.app", "visfocus.app", "compare methods on one image and see where the model looks (Gradio)"),
     "bench": ("visfocus.overhead", "visfocus.overhead", "overhead benchmark: each method's time and memory against "
               "plain SDPA in one run (also: python benchmarks/overhead.py)"),
 }

@@ -194,6 +194,33 @@ def line_figure(series: Mapping[str, Sequence[float]], xlabel: str = "layer", ti
     return fig
 
 
+def matrix_figure(matrix: np.ndarray, xlabel: str, ylabel: str, title: str = "",
+                  marker: tuple[int, int] | None = None) -> Figure:
+    """A (rows, cols) matrix as coloured cells with a colour bar (e.g. layer × head attention mass); ``marker``
+    outlines one cell (row, col)."""
+    values = np.asarray(matrix, dtype=np.float64)  # (R, C)
+    fig = _new_figure(1.5 + 0.3 * values.shape[1], 1.2 + 0.25 * values.shape[0])
+    ax = fig.add_subplot()
+    shown = ax.imshow(values, aspect="auto", cmap=CMAP, interpolation="nearest", origin="upper")
+    fig.colorbar(shown, ax=ax)
+    if marker is not None:
+        ax.add_patch(Rectangle((marker[1] - 0.5, marker[0] - 0.5), 1, 1, fill=False, edgecolor="white", linewidth=2))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def bar_figure(labels: Sequence[str], values: Sequence[float], title: str = "", xlabel: str = "") -> Figure:
+    """Horizontal bars, the first label on top."""
+    fig = _new_figure(4.0, 0.6 + 0.3 * len(labels))
+    ax = fig.add_subplot()
+    ax.barh(np.arange(len(labels))[::-1], values, color="tab:blue")
+    ax.set_yticks(np.arange(len(labels))[::-1], labels)
+    ax.set(xlabel=xlabel, title=title, xlim=(0, max(1e-9, max(values, default=1.0)) * 1.05))
+    return fig
+
+
 def depth_strip_figure(attention: np.ndarray, title: str = "") -> Figure:
     """Layer × image-token strip of one example's (L, N) (or (L, H, N), heads averaged) attention."""
     att = np.asarray(attention, dtype=np.float64)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, param, register_method
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
 
@@ -26,10 +26,10 @@ ANSWER_ALIASES = {"yes": ("true",), "no": ("false",)}  # a True/False prompt ans
 
 @dataclass(frozen=True)
 class AdaptVisParams(Params):
-    alpha_low: float = 0.5  # α1, used when confidence < threshold (paper Table 8: 0.5)
-    alpha_high: float = 1.2  # α2, used otherwise (paper Table 8: 1.2)
-    threshold: float = 0.3  # β (paper Table 8: 0.3); on the logit scale for confidence="max_logit"
-    confidence: str = "max_prob"
+    alpha_low: float = param(0.5, paper="α1", low=0.0)  # α1, used when confidence < threshold (paper Table 8: 0.5)
+    alpha_high: float = param(1.2, paper="α2", low=0.0)  # α2, used otherwise (paper Table 8: 1.2)
+    threshold: float = param(0.3, paper="β")  # β (paper Table 8: 0.3); on the logit scale for confidence="max_logit"
+    confidence: str = param("max_prob", choices=CONFIDENCES)
     layers: tuple[int, ...] | None = None  # decoder layers to edit; None = all
     decode: bool = False  # also edit every decoding step's row (the official code does not)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from visfocus.errors import VisfocusError
@@ -54,6 +54,48 @@ class Method:
 
     def __repr__(self) -> str:
         return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in dataclasses.asdict(self.params).items())})"
+
+
+def param(default: Any, *, paper: str | None = None, low: float | None = None, high: float | None = None,
+          choices: tuple[str, ...] | None = None) -> Any:
+    """A parameter field that also says how to show it: its name in the paper, its bounds, its choices (for the
+    app's controls and listings; ``validate`` stays the check)."""
+    return field(default=default, metadata={"paper": paper, "low": low, "high": high, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One method parameter as a control: name, Python kind, default, bounds, choices and the paper's name."""
+
+    name: str
+    kind: str  # "float", "int", "bool", "str", "layers" (indices, or None for all) or "text"
+    default: Any
+    paper: str | None = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.paper})" if self.paper else self.name
+
+
+def param_specs(name: str) -> list[ParamSpec]:
+    """The parameters of method ``name`` as controls, in declaration order, from its parameter dataclass."""
+    if name not in METHODS:
+        raise VisfocusError(f"unknown method '{name}'; registered methods: {', '.join(sorted(METHODS))}")
+    hints = typing.get_type_hints(METHODS[name].Params)
+    specs = []
+    for f in dataclasses.fields(METHODS[name].Params):
+        kinds = set(typing.get_args(hints[f.name])) or {hints[f.name]}
+        if any(typing.get_origin(k) is tuple for k in kinds):
+            kind = "layers" if str not in kinds else "text"
+        else:
+            kind = next(k.__name__ for k in (bool, int, float, str) if k in kinds)
+        meta = f.metadata
+        specs.append(ParamSpec(f.name, kind, f.default, meta.get("paper"), meta.get("low"), meta.get("high"),
+                               meta.get("choices")))
+    return specs
 
 
 def register_method(cls: type[Method]) -> type[Method]:

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from visfocus.interventions.base import Method, MethodResult, Params, check_number, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_number, param, register_method
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import Edit, RowView
 
 
 @dataclass(frozen=True)
 class CLVSParams(Params):
-    smoothing: float = 0.8  # β (official scripts/all.sh: 0.8)
-    memory_decay: float = 0.8  # γ (0.8)
-    uncertainty_threshold: float = 0.5  # δ (0.5); 0 never stops
+    smoothing: float = param(0.8, paper="β", low=0.0, high=1.0)  # β (official scripts/all.sh: 0.8)
+    memory_decay: float = param(0.8, paper="γ", low=0.0, high=1.0)  # γ (0.8)
+    uncertainty_threshold: float = param(0.5, paper="δ", low=0.0, high=1.0)  # δ (0.5); 0 never stops
     final_norm: bool = False  # apply the final norm before the LM head in the uncertainty (off = official)
     decode: bool = False  # also smooth every decoding step's row (official: every forward; 1-token answers there)
 

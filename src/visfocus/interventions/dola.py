@@ -26,7 +26,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_number, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_number, param, register_method
 from visfocus.interventions.batch import Batch
 
 
@@ -113,8 +113,9 @@ class LayerContrast(LogitsProcessor):
 @dataclass(frozen=True)
 class DoLaParams(Params):
     layers: str | tuple[int, ...] = "high"  # "low", "high" or hidden-state indices (``dola_layers``)
-    repetition_penalty: float = 1.2  # ≥ 1, on the DoLa scores; replaces the model's own penalty
-    relative_top: float = 0.1  # head set: keep tokens with p_N ≥ relative_top · max p_N
+    repetition_penalty: float = param(1.2, low=1.0)  # ≥ 1, on the DoLa scores; replaces the model's own penalty
+    # head set: keep tokens with p_N ≥ relative_top · max p_N
+    relative_top: float = param(0.1, paper="α", low=0.0, high=1.0)
     final_norm: bool = False  # apply the final norm to premature hidden states (False: DoLa's convention)
 
     def validate(self, num_layers: int | None = None) -> None:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, param, register_method
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
 
 
 @dataclass(frozen=True)
 class ScalingVisParams(Params):
-    alpha: float = 0.5  # the paper's best on the synthetic WhatsUp subsets; real images favour α > 1
+    # the paper's best on the synthetic WhatsUp subsets; real images favour α > 1
+    alpha: float = param(0.5, paper="α", low=0.0)
     layers: tuple[int, ...] | None = None  # decoder layers to edit; None = all
     decode: bool = False  # also edit the query row of every decoding step (the official code does not)
 

@@ -24,7 +24,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenalty
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_number, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_number, param, register_method
 from visfocus.interventions.batch import Batch
 from visfocus.steer.compat import cache_argument, output_cache
 from visfocus.steer.context import SteerState, steering
@@ -111,9 +111,11 @@ def after_contrast(config, attention_mask: torch.Tensor, sample: bool) -> list[L
 
 @dataclass(frozen=True)
 class VCDParams(Params):
-    alpha: float = 1.0  # α: contrast strength (the paper's setting; the VCD code falls back to 0.5)
-    beta: float = 0.1  # β: plausibility cutoff, keep tokens with p ≥ β·max p (the VCD POPE scripts use 0.2)
-    noise_step: int = 500  # T: diffusion step of the noise, 0..999
+    # α: contrast strength (the paper's setting; the VCD code falls back to 0.5)
+    alpha: float = param(1.0, paper="α", low=0.0)
+    # β: plausibility cutoff, keep tokens with p ≥ β·max p (the VCD POPE scripts use 0.2)
+    beta: float = param(0.1, paper="β", low=0.0, high=1.0)
+    noise_step: int = param(500, paper="T", low=0, high=NUM_STEPS - 1)  # T: diffusion step of the noise, 0..999
     sample: bool = False  # sample (as the VCD code does) instead of greedy decoding
     seed: int = 0  # seeds the noise and, when sampling, torch's global generator
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, param, register_method
 from visfocus.interventions.batch import Batch
 
 HINT = " Pay attention to the highlighted region of the image."
@@ -30,9 +30,12 @@ HINT = " Pay attention to the highlighted region of the image."
 
 @dataclass(frozen=True)
 class VEAParams(Params):
-    smooth_sigma: float = 0.5  # σ: Gaussian bandwidth as a fraction of the image's short side (paper default)
-    highlight_floor: float = 0.5  # α: brightness of non-evidence regions; 1 leaves the image unchanged
-    denoise_lambda: float = 10.0  # λ: a cell above λ × its largest neighbour is an attention sink
+    # σ: Gaussian bandwidth as a fraction of the image's short side (paper default)
+    smooth_sigma: float = param(0.5, paper="σ", low=0.0)
+    # α: brightness of non-evidence regions; 1 leaves the image unchanged
+    highlight_floor: float = param(0.5, paper="α", low=0.0, high=1.0)
+    # λ: a cell above λ × its largest neighbour is an attention sink
+    denoise_lambda: float = param(10.0, paper="λ", low=1.0)
     layers: tuple[int, ...] | None = None  # layers to read; None: the profile's, else the middle 10 %
     profile: str | None = None  # JSON from `visfocus profile-layers`; used when layers is None
     hint: bool = True  # append HINT to the question in pass 2
