@@ -94,3 +94,14 @@ def test_bad_parameters_are_rejected():
         vf.method("clvs", memory_decay=1.5)
     with pytest.raises(vf.VisfocusError, match="smoothing"):
         vf.method("clvs", smoothing=-0.2)
+
+
+def test_the_stop_layer_is_reported_per_sample():
+    from visfocus.organism import organism_path
+
+    vlm = vf.load(str(organism_path()))  # 4 decoder layers: the stop is checked after layer 3 (> L/2) only
+    scene = list(vf.task("scenes_test"))[0]
+    never = vlm.answer(scene.image, scene.question, method=vf.method("clvs", uncertainty_threshold=0.0))
+    always = vlm.answer(scene.image, scene.question, method=vf.method("clvs", uncertainty_threshold=1.0))
+    assert never.extras == {"stop_layer": None}  # δ = 0 never stops
+    assert always.extras == {"stop_layer": 3}  # normalised entropy < 1 at the first layer checked

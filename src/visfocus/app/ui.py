@@ -79,7 +79,7 @@ def compare(explorer: Explorer, image: Image.Image, question: str, options: str,
 
 
 def summary_markdown(result: Result, baseline: Result | None) -> str:
-    lines = [f"### {result.method}", f"**answer:** {result.text!r}  ", f"confidence {result.confidence:.3f}"]
+    lines = [f"### {result.method}\n", f"**answer:** {result.text!r}  \n", f"confidence {result.confidence:.3f}"]
     if result.alpha_used is not None:
         lines.append(f" · α used {result.alpha_used:g}")
     if result.correct is not None:
@@ -93,6 +93,23 @@ def summary_markdown(result: Result, baseline: Result | None) -> str:
     cost = result.cost
     lines.append(f"  \ncost: {cost.get('forward_passes')} passes, {cost.get('seconds')} s")
     return "".join(lines)
+
+
+def evidence_picture(result: Result, image: Image.Image) -> Image.Image | None:
+    """VEA's evidence map over the photo beside the highlighted photo its second pass answered on."""
+    grid = result.extras.get("evidence_map")
+    if grid is None or not result.views:
+        return None
+    from visfocus.interventions import vea
+
+    grid, view = np.asarray(grid, dtype=np.float64), result.views[0]
+    floor = result.params.get("highlight_floor", vea.VEAParams.highlight_floor)
+    pixels = vea.upsample_to_pixels(grid, tuple(view["region"]), image.size)  # (H, W)
+    left, right = render.overlay(image, grid, view), vea.highlight(image, pixels, floor)
+    both = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), "white")
+    both.paste(left, (0, 0))
+    both.paste(right, (left.width, 0))
+    return both
 
 
 def heatmap(result: Result, image: Image.Image, layer: int, head: str, head_index: int, cmap: str, opacity: float,
@@ -115,10 +132,14 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
     with gr.Blocks(title="visfocus app") as demo:
         results = gr.State({})  # this session's results: {method: Result}
         shown_image = gr.State(None)  # the image those results are about
+        picked = gr.State(None)  # the example the inputs came from, while unchanged
+        verdicts = gr.State({})  # example name → the baseline answered it right (this session)
         gr.Markdown("# visfocus — compare methods on one image and see where the model looks")
         with gr.Row():
             with gr.Column(scale=1):
                 example = gr.Dropdown(choices=list(by_name), value=None, label="example (or upload below)")
+                shown = gr.Radio(["all", "baseline right", "baseline wrong", "not run yet"], value="all",
+                                 label="examples to list (by this session's baseline answers)")
                 image = gr.Image(type="pil", label="image", sources=["upload"], elem_id="vf-image")
                 question = gr.Textbox(label="question", elem_id="vf-question")
                 options = gr.Textbox(label="answer options (comma-separated, optional)")
@@ -144,7 +165,7 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
                     cmap = gr.Dropdown(list(render.COLORMAPS), value="jet", label="colour map")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="opacity")
                     sinks = gr.Slider(0, 10, value=0, step=1, label="mask top-k sink tokens")
-                columns, summaries, heats, notes, bar_images = [], [], [], [], []
+                columns, summaries, heats, notes, bar_images, evidence = [], [], [], [], [], []
                 with gr.Row():
                     for name in names:
                         with gr.Column(visible=False, min_width=240) as column:
@@ -153,6 +174,8 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
                                                   interactive=False, elem_classes=["vf-heatmap"]))
                             notes.append(gr.Markdown())
                             bar_images.append(gr.Image(type="pil", label="first-token top-5", interactive=False))
+                            evidence.append(gr.Image(type="pil", label="evidence map and highlighted image",
+                                                     interactive=False, visible=name == "vea"))
                         columns.append(column)
                 shares = gr.Image(type="pil", label="image / text / special share by layer, all methods",
                                   interactive=False)
@@ -174,14 +197,27 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
 
         view_inputs = [results, shown_image, layer, head, head_index, cmap, opacity, sinks]
 
-        def show_results(state):
-            """What does not depend on the view settings: the columns, summaries, top-k bars and shares."""
+        def show_results(state, picture):
+            """What does not depend on the view settings: the columns, summaries, top-k bars, method pictures
+            and the shares."""
             baseline = state.get("baseline")
             present = [state.get(name) for name in names]
             return [*[gr.Column(visible=r is not None) for r in present],
                     *[summary_markdown(r, baseline) if r else "" for r in present],
                     *[render.bars(r.top_k, "first token") if r else None for r in present],
+                    *[evidence_picture(r, picture) if r else None for r in present],
                     render.shares_by_method({n: r.shares for n, r in state.items()}) if state else None]
+
+        def remember(state, name, seen):
+            """The baseline's verdict on an example whose inputs were left as picked."""
+            if name in by_name and state.get("baseline") is not None and state["baseline"].correct is not None:
+                seen = {**seen, name: bool(state["baseline"].correct)}
+            return seen
+
+        def listed(which, seen):
+            keep = {"all": lambda n: True, "baseline right": lambda n: seen.get(n) is True,
+                    "baseline wrong": lambda n: seen.get(n) is False, "not run yet": lambda n: n not in seen}[which]
+            return gr.Dropdown(choices=[n for n in by_name if keep(n)])
 
         def redraw(state, picture, layer, head, head_index, cmap, opacity, sinks):
             """The heatmaps at the view settings, from the stored traces (no model run)."""
@@ -246,14 +282,19 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
                 raise gr.Error(str(err)) from err
             return {name: result.summary() for name, result in state.items()}, state, picture
 
-        example.change(lambda name: (by_name[name].image, by_name[name].question, ", ".join(by_name[name].options),
-                                     by_name[name].gold or "") if name in by_name else (None, "", "", ""),
-                       example, [image, question, options, gold])
+        example.input(lambda name: (by_name[name].image, by_name[name].question, ", ".join(by_name[name].options),
+                                    by_name[name].gold or "", name) if name in by_name else (None, "", "", "", None),
+                      example, [image, question, options, gold, picked], api_name=False)
+        for edited in (image, question, options, gold):  # the inputs are no longer the example's
+            edited.input(lambda: None, None, picked, api_name=False)
+        shown.change(listed, [shown, verdicts], example, api_name=False)
         chosen.change(lambda methods: [gr.Accordion(visible=name in methods) for name in accordions],
                       chosen, list(accordions.values()))
         run.click(run_compare, [image, question, options, gold, chosen, *[c for _, c in controls]],
                   [results, shown_image, message], concurrency_limit=1, api_name=False).then(
-            show_results, results, [*columns, *summaries, *bar_images, shares], api_name=False).then(
+            show_results, [results, shown_image], [*columns, *summaries, *bar_images, *evidence, shares],
+            api_name=False).then(
+            remember, [results, picked, verdicts], verdicts, api_name=False).then(
             redraw, view_inputs, [*heats, *notes], api_name=False).then(
             mass_view, [results, grid_method, layer], mass, api_name=False)
         for widget in (layer, head, head_index, cmap, opacity, sinks):

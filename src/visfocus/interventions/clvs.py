@@ -81,7 +81,8 @@ class SmoothingEdit(Edit):
         if row.layer == 0:
             unified = self._unified_row(row)  # (B, H, K)
             s.update(row=row.row, image_cols=row.image_cols, active=torch.ones_like(row.image_cols[:, 0]),
-                     memory=unified.amax(1) * row.image_cols)  # (B, K)
+                     memory=unified.amax(1) * row.image_cols,  # (B, K)
+                     stopped_after=torch.full_like(row.image_cols[:, 0], -1, dtype=torch.long))  # (B,)
             return unified
         s["pre"] = probs  # (B, H, K) this layer's attention before smoothing, for the memory update
         memory = s["memory"][:, None, :]  # (B, 1, K)
@@ -98,11 +99,14 @@ class SmoothingEdit(Edit):
         if layer > self.num_layers // 2 and p.uncertainty_threshold > 0 and bool(s["active"].any()):
             h = hidden[:, s["row"]]  # (B, hidden) the last position only
             logits = self.adapter.lm_head(self.adapter.final_norm(h) if p.final_norm else h)  # (B, V)
-            s["active"] = s["active"] & ~(normalized_top10_entropy(logits) < p.uncertainty_threshold)
+            still = s["active"] & ~(normalized_top10_entropy(logits) < p.uncertainty_threshold)  # (B,)
+            s["stopped_after"] = torch.where(s["active"] & ~still, layer, s["stopped_after"])  # (B,)
+            s["active"] = still
         updated = p.memory_decay * s["memory"] + (1 - p.memory_decay) * s["pre"].amax(1) * s["image_cols"]  # (B, K)
         s["memory"] = torch.where(s["active"][:, None], updated, s["memory"])
         if layer == self.num_layers - 1:
             s["row"] = None  # the forward is over
+            s.setdefault("prompt_stops", s["stopped_after"].tolist())  # the prompt's forward (the first one)
 
 
 @register_method
@@ -130,4 +134,6 @@ class CLVS(Method):
         finally:
             for hook in hooks:
                 hook.remove()
-        return MethodResult(generation, alpha_used=[None] * batch.size)
+        # stop_layer: the last layer smoothed before the model was certain (None: smoothed to the end)
+        extras = [{"stop_layer": None if layer < 0 else layer} for layer in edit.state["prompt_stops"]]
+        return MethodResult(generation, alpha_used=[None] * batch.size, extras=extras)
