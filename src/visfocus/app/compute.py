@@ -9,7 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from PIL import Image
 import visfocus as vf
 from visfocus.app.views import cache_key, image_hash, top_k
 from visfocus.errors import VisfocusError
+from visfocus.interventions.base import param_specs
 from visfocus.parsing import parse_binary, parse_option, synonyms_for
 from visfocus.tracefile import sample_arrays
 
@@ -93,40 +94,43 @@ class Explorer:
         """The cached result, or a new one. Bad input raises a ``VisfocusError`` before the model runs."""
         if not isinstance(question, str) or not question.strip():
             raise VisfocusError("the question is empty")
-        params = dict(params or {})
-        built = vf.method(method, **params) if method != "baseline" else None  # validates the parameters
+        built = vf.method(method, **(params or {})) if method != "baseline" else None  # validates the parameters
         if built is not None:
             built.params.validate(self.vlm.num_layers)
+        defaults = {spec.name: spec.default for spec in param_specs(method)}
+        params = {k: v for k, v in (params or {}).items() if v != defaults[k]}  # the same call, the same key
         options = [o.strip() for o in options or () if o.strip()] or None
         key = cache_key(image_hash(image), question, options, method, params)
         with self._lock:
-            if key in self._results:
+            result = self._results.get(key)
+            if result is not None:
                 self._results.move_to_end(key)
-                return self._results[key]
-            started = time.perf_counter()
-            answer = self.vlm.answer(image, question, method=built, max_new_tokens=self.max_new_tokens, trace=True,
-                                     options=options)
-            self.forward_calls += 1
-            result = self._result(key, method, params, answer, options, gold, time.perf_counter() - started)
-            self._results[key] = result
-            while len(self._results) > self.max_results:
-                self._results.popitem(last=False)
-        return result
+            else:
+                started = time.perf_counter()
+                answer = self.vlm.answer(image, question, method=built, max_new_tokens=self.max_new_tokens,
+                                         trace=True, options=options)
+                self.forward_calls += 1
+                result = self._result(key, method, params, answer, options, time.perf_counter() - started)
+                self._results[key] = result
+                while len(self._results) > self.max_results:
+                    self._results.popitem(last=False)
+        # the verdict belongs to this request's gold label, not to the cached answer
+        correct = None if gold is None else result.parsed is not None and result.parsed.lower() == gold.strip().lower()
+        return replace(result, correct=correct)
 
-    def _result(self, key, method, params, answer, options, gold, seconds) -> Result:
+    def _result(self, key, method, params, answer, options, seconds) -> Result:
         arrays = sample_arrays(answer.trace, answer.extras, "heads")
         meta = json.loads(str(arrays["meta"]))
         probs = torch.softmax(answer.first_token_logits.float(), dim=-1)  # (V,)
         best = torch.topk(probs, TOP_K)
         tokens = [self.vlm.processor.tokenizer.decode([int(i)]) for i in best.indices]
         parsed = parse_answer(answer.text, options)
-        correct = None if gold is None else parsed is not None and parsed.lower() == gold.strip().lower()
         pre = arrays.get("attention_pre")
         return Result(key=key, method=method, params=params, text=answer.text, first_token=answer.first_token,
                       confidence=answer.confidence, alpha_used=answer.alpha_used,
                       top_k=top_k(best.values.tolist(), tokens, TOP_K),
                       cost={**answer.cost, "seconds": round(seconds, 3)}, extras=meta["extras"], parsed=parsed,
-                      correct=correct, attention=arrays["attention"].astype(np.float32),
+                      correct=None, attention=arrays["attention"].astype(np.float32),
                       attention_pre=None if pre is None else pre.astype(np.float32), shares=arrays["shares"],
                       views=meta["views"])
 

@@ -37,7 +37,8 @@ def control(spec: ParamSpec):
         return gr.Dropdown(choices=list(spec.choices), value=spec.default, label=label)
     if spec.kind in ("float", "int"):
         return gr.Number(value=spec.default, label=label, precision=0 if spec.kind == "int" else None)
-    hint = "layer indices, e.g. 1;2;3 (empty: all)" if spec.kind == "layers" else ""
+    hint = {"layers": "layer indices, e.g. 1;2;3 (empty: all)", "text": "a word or layer indices, e.g. 1;2"}.get(
+        spec.kind, "")
     return gr.Textbox(value="" if spec.default is None else str(spec.default), label=label, placeholder=hint)
 
 
@@ -45,8 +46,9 @@ def read_params(method: str, values: list[Any]) -> dict[str, Any]:
     """Typed parameters from the controls' values (only those that differ from the defaults)."""
     out: dict[str, Any] = {}
     for spec, value in zip(param_specs(method), values, strict=True):
-        if spec.kind == "layers":
-            value = tuple(int(v) for v in str(value or "").replace(",", ";").split(";") if v.strip()) or None
+        items = [v.strip() for v in str(value or "").replace(",", ";").split(";") if v.strip()]
+        if spec.kind == "layers" or (spec.kind == "text" and items and all(v.lstrip("-").isdigit() for v in items)):
+            value = tuple(int(v) for v in items) or None  # layer indices (a "text" kind also takes a word)
         elif spec.kind == "int" and value is not None:
             value = int(value)
         elif spec.kind == "float" and value is not None:
@@ -83,7 +85,7 @@ def summary_markdown(result: Result, baseline: Result | None) -> str:
     if result.alpha_used is not None:
         lines.append(f" · α used {result.alpha_used:g}")
     if result.correct is not None:
-        lines.append(f"  \n{'✅ right' if result.correct else '❌ wrong'}")
+        lines.append(f"  \n{'✓ right' if result.correct else '✗ wrong'}")
         mark = views.flip("gold", baseline.correct if baseline else None, result.correct)
         if mark and result.method != "baseline":
             lines.append(f" · **{mark}** vs baseline")
@@ -240,8 +242,8 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
                     params[method] = read_params(method, own) if own else {}
                 state = compare(explorer, picture, text, option_text, gold_text, methods, params, progress)
             except (VisfocusError, ValueError, TypeError) as err:
-                return {message: f"⚠️ {err}"}
-            return {results: state, shown_image: picture, message: f"✅ {len(state)} method(s) answered"}
+                return {message: f"**error:** {err}"}
+            return {results: state, shown_image: picture, message: f"{len(state)} method(s) answered"}
 
         def on_click(state, picture, method, layer, head, head_index, evt: gr.SelectData):
             result = state.get(method) or next(iter(state.values()), None)
@@ -277,6 +279,10 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
                 picture = load_image(path) if path else None
                 methods = json.loads(methods_json or "[]")
                 params = json.loads(params_json or "{}")
+                if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+                    raise VisfocusError(f"methods must be a JSON list of method names, got {methods_json!r}")
+                if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+                    raise VisfocusError(f"params must be a JSON object of objects, got {params_json!r}")
                 state = compare(explorer, picture, text, option_text, gold_text, methods, params)
             except (VisfocusError, json.JSONDecodeError, TypeError, ValueError) as err:
                 raise gr.Error(str(err)) from err
