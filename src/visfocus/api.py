@@ -138,8 +138,10 @@ class VLM:
 
 
 def load(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
-         trust_remote_code: bool = False) -> VLM:
+         trust_remote_code: bool = False, device_map: str | dict | None = None, max_memory: dict | None = None) -> VLM:
     """Load a VLM by Hub id or local path, with the visfocus attention function on its text decoder and SDPA on its
-    vision tower. ``dtype="auto"`` keeps the checkpoint's; ``trust_remote_code`` is off unless asked for."""
-    adapter = load_adapter(id_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    vision tower. ``dtype="auto"`` keeps the checkpoint's; ``trust_remote_code`` is off unless asked for.
+    ``device_map``/``max_memory``: shard a model too large for one device (transformers' own placement)."""
+    adapter = load_adapter(id_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                           device_map=device_map, max_memory=max_memory)
     return VLM(adapter.model, adapter.processor, adapter)

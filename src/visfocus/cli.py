@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except VisfocusError as err:
-        print(f"visfocus: error: {err}", file=sys.stderr)
+        rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"visfocus: error: {rank}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("visfocus: interrupted; finished samples are saved — run the same command to resume", file=sys.stderr)

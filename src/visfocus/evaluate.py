@@ -4,6 +4,7 @@ JSONL and a typed results.json (see ``visfocus.results``)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+from visfocus import distributed
 from visfocus import results as res
 from visfocus.benchmarks import Record, Task, task
 from visfocus.errors import VisfocusError
@@ -110,8 +112,6 @@ def _check_identity(folder: Path, config: RunConfig) -> dict[str, Any] | None:
     path = folder / "results.json"
     if not path.exists():
         return None
-    import json
-
     previous = json.loads(path.read_text(encoding="utf-8"))
     old, new = previous.get("config", {}), dataclasses.asdict(config)
     changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
@@ -122,11 +122,17 @@ def _check_identity(folder: Path, config: RunConfig) -> dict[str, Any] | None:
 
 
 def evaluate(config: RunConfig, after_batch: Callable[[str, int], None] | None = None) -> res.Results:
-    """Run (or resume) the evaluation; returns the results dict also written to ``<run dir>/results.json``."""
+    """Run (or resume) the evaluation; returns the results dict also written to ``<run dir>/results.json``.
+
+    Under ``torchrun`` / ``accelerate launch`` every rank runs this: the samples not yet finished (by any earlier
+    run, whatever its number of ranks) are split by image across ranks (``distributed.shard``), each rank appends to
+    ``samples_<task>.rank<r>.jsonl``, and rank 0 merges them in sample order into ``samples_<task>.jsonl`` and writes
+    ``results.json``; every rank returns the same results."""
     import torch
 
     import visfocus as vf
 
+    ranks = distributed.current()
     config.validate()
     method = vf.method(config.method, **config.method_args) if config.method else None
     method_params = dataclasses.asdict(method.params) if method else {}
@@ -135,44 +141,114 @@ def evaluate(config: RunConfig, after_batch: Callable[[str, int], None] | None =
     missing = check_images(selected, config.skip_missing)
 
     folder = run_dir(config, {k: v for k, v in config.method_args.items()})
+    distributed.same_everywhere(ranks, dataclasses.asdict(config), "configuration")
     previous = _check_identity(folder, config)
-    logs = {name: res.SampleLog(folder / f"samples_{name}.jsonl") for name in built}
-    todo = {name: [r for r in selected[name] if r.id not in missing.get(name, set()) and r.id not in logs[name].rows]
+    finished = {name: set(res.SampleLog(folder / f"samples_{name}.jsonl").rows) | _rank_rows(folder, name).keys()
+                for name in built}
+    todo = {name: distributed.shard([r for r in selected[name] if r.id not in missing.get(name, set())
+                                     and r.id not in finished[name]], ranks, image_group)
             for name in built}
-    vlm = _load_model(config) if any(todo.values()) else None  # a bad model fails before anything is written
-    folder.mkdir(parents=True, exist_ok=True)
+    vlm = _load_model(config, ranks) if any(todo.values()) else None  # a bad model fails before anything is written
     out: res.Results = {
         "schema_version": res.SCHEMA_VERSION, "created_at": previous["created_at"] if previous else res.now(),
         "updated_at": res.now(), "config": dataclasses.asdict(config),
         "method": {"name": config.method or "baseline", "args": method_params}, "versions": res.versions(),
         "git_hash": res.git_hash(), "tasks": dict(previous.get("tasks", {})) if previous else {},
         "cost": res.empty_cost()}
-    res.write_json(folder / "results.json", out)
+    if ranks.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        res.write_json(folder / "results.json", out)
+    ranks.barrier()
 
     torch.manual_seed(config.seed)
     for name, t in built.items():
-        log, n_usable = logs[name], len(selected[name]) - len(missing.get(name, ()))
-        bar = tqdm(total=n_usable, initial=n_usable - len(todo[name]), desc=name, unit="sample", file=sys.stderr,
-                   dynamic_ncols=True)
+        own = f"samples_{name}.jsonl" if not ranks.distributed else f"samples_{name}.rank{ranks.rank}.jsonl"
+        log, n_usable = res.SampleLog(folder / own), len(selected[name]) - len(missing.get(name, ()))
+        progress = _Progress(folder, name, n_usable, len(finished[name]), shown=ranks.is_main)
         for b, start in enumerate(range(0, len(todo[name]), config.batch_size)):
             batch = todo[name][start:start + config.batch_size]
             log.append(_answer_rows(vlm, t, batch, method, config, folder / f"traces_{name}"))
-            bar.update(len(batch))
+            progress.update(len(batch))
             if after_batch:
                 after_batch(name, b)
-        bar.close()
-        out["tasks"][name] = _task_result(t, selected[name], missing.get(name, set()), log)
+        progress.close()
+    ranks.barrier()  # every rank's samples are on disk
+    if ranks.is_main:
+        for name, t in built.items():
+            log = _merge(folder, name, selected[name])
+            out["tasks"][name] = _task_result(t, selected[name], missing.get(name, set()), log)
         out["updated_at"] = res.now()
+        for name in out["tasks"]:
+            res.add_cost(out["cost"], out["tasks"][name]["cost"])
         res.write_json(folder / "results.json", out)
-    out["cost"] = res.empty_cost()
-    for name in out["tasks"]:
-        res.add_cost(out["cost"], out["tasks"][name]["cost"])
-    res.write_json(folder / "results.json", out)
+    ranks.barrier()  # the merged results are on disk
+    if not ranks.is_main:
+        out = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     out["config"]["run_dir"] = str(folder)
     return out
 
 
-def _load_model(config: RunConfig):
+def image_group(record: Record) -> str:
+    """What keeps samples together on one rank: their image (a file, or the record itself for a generated one)."""
+    return record.image_path if record.image is None and record.image_path else f"record:{record.id}"
+
+
+def _rank_rows(folder: Path, name: str) -> dict[str, dict]:
+    """The rows of every per-rank samples file of ``name`` (from this or an earlier run with any number of ranks)."""
+    rows: dict[str, dict] = {}
+    for path in sorted(folder.glob(f"samples_{name}.rank*.jsonl")):
+        rows.update(res.SampleLog(path).rows)
+    return rows
+
+
+def _merge(folder: Path, name: str, selected: list[Record]) -> res.SampleLog:
+    """Fold the per-rank files into ``samples_<task>.jsonl``: the selected samples in their order, then any other
+    rows it held (from another --limit or --offset); the per-rank files go once the merged file is written."""
+    merged_path = folder / f"samples_{name}.jsonl"
+    parts = sorted(folder.glob(f"samples_{name}.rank*.jsonl"))
+    if not parts:
+        return res.SampleLog(merged_path)
+    rows = {**res.SampleLog(merged_path).rows, **_rank_rows(folder, name)}
+    order = [r.id for r in selected if r.id in rows] + [i for i in rows if i not in {r.id for r in selected}]
+    tmp = folder / f".samples_{name}.merge.jsonl"
+    tmp.write_text("".join(json.dumps(rows[i], default=str) + "\n" for i in order), encoding="utf-8")
+    tmp.replace(merged_path)
+    for part in parts:
+        part.unlink()
+    return res.SampleLog(merged_path)
+
+
+class _Progress:
+    """Rank 0's bar over all ranks: its own batches plus what the other ranks' files grew by since the last look."""
+
+    def __init__(self, folder: Path, name: str, total: int, done: int, shown: bool) -> None:
+        self.folder, self.name, self.shown = folder, name, shown
+        self.bar = tqdm(total=total, initial=done, desc=name, unit="sample", file=sys.stderr, dynamic_ncols=True,
+                        disable=not shown)
+        self.offsets: dict[Path, int] = {}
+        self._others()  # what the other ranks' files already hold is counted in ``done``
+
+    def _others(self) -> int:
+        grown = 0
+        for path in self.folder.glob(f"samples_{self.name}.rank*.jsonl"):
+            if path.name.endswith(".rank0.jsonl"):
+                continue
+            with open(path, "rb") as f:
+                f.seek(self.offsets.get(path, 0))
+                chunk = f.read()
+            grown += chunk.count(b"\n")
+            self.offsets[path] = self.offsets.get(path, 0) + len(chunk)
+        return grown
+
+    def update(self, own: int) -> None:
+        if self.shown:
+            self.bar.update(own + self._others())
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _load_model(config: RunConfig, ranks: distributed.Ranks | None = None):
     import visfocus as vf
     from visfocus.organism import NOTE, organism_path
 
@@ -180,8 +256,27 @@ def _load_model(config: RunConfig):
         print(f"[visfocus] {NOTE}", file=sys.stderr)
     path = str(organism_path()) if config.model is None else config.model
     args = dict(config.model_args)
-    return vf.load(path, dtype=args.pop("dtype", "float32"), device=args.pop("device", "cpu"),
-                   trust_remote_code=bool(args.pop("trust_remote_code", False)))
+    dtype, trust = args.pop("dtype", "float32"), bool(args.pop("trust_remote_code", False))
+    device = (ranks or distributed.Ranks()).device(args.pop("device", "cpu"))
+    device_map, max_memory = args.pop("device_map", None), parse_max_memory(args.pop("max_memory", None))
+    if args:
+        raise VisfocusError(f"unknown model argument(s) {', '.join(sorted(args))}; known: dtype, device, device_map, "
+                            "max_memory, trust_remote_code")
+    return vf.load(path, dtype=dtype, device=device, trust_remote_code=trust, device_map=device_map,
+                   max_memory=max_memory)
+
+
+def parse_max_memory(text: str | dict | None) -> dict | None:
+    """``"0:20GiB;1:20GiB;cpu:64GiB"`` → ``{0: "20GiB", 1: "20GiB", "cpu": "64GiB"}`` (GPU indices as ints)."""
+    if text is None or isinstance(text, dict):
+        return text
+    out: dict = {}
+    for item in filter(None, (part.strip() for part in str(text).split(";"))):
+        device, sep, size = item.partition(":")
+        if not sep or not size:
+            raise VisfocusError(f"cannot read max_memory '{item}': expected DEVICE:SIZE, e.g. 0:20GiB;1:20GiB")
+        out[int(device) if device.strip().isdigit() else device.strip()] = size.strip()
+    return out
 
 
 def _answer_rows(vlm, t: Task, batch: list[Record], method, config: RunConfig, trace_folder: Path) -> list[dict]:

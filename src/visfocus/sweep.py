@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from visfocus import distributed
 from visfocus import results as res
 from visfocus.benchmarks import task
 from visfocus.errors import VisfocusError
@@ -80,8 +81,9 @@ def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: st
         out["test"] = {"baseline": run(eval_task, None, {})["metrics"],
                        "chosen": run(eval_task, method_name, best["args"])["metrics"]}
     folder = run_dir(base, {}).parent / f"sweep_{method_name}_{dev_task}"
-    folder.mkdir(parents=True, exist_ok=True)
-    res.write_json(folder / "sweep.json", out)
+    if distributed.current().is_main:  # every rank chose the same point from the same merged results
+        folder.mkdir(parents=True, exist_ok=True)
+        res.write_json(folder / "sweep.json", out)
     out["path"] = str(folder / "sweep.json")
     return out
 

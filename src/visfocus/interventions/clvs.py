@@ -85,11 +85,11 @@ class SmoothingEdit(Edit):
                      stopped_after=torch.full_like(row.image_cols[:, 0], -1, dtype=torch.long))  # (B,)
             return unified
         s["pre"] = probs  # (B, H, K) this layer's attention before smoothing, for the memory update
-        memory = s["memory"][:, None, :]  # (B, 1, K)
+        memory = s["memory"][:, None, :].to(probs.device)  # (B, 1, K); with device_map, layers may sit elsewhere
         mixed = beta * probs + (1 - beta) * memory if beta < 1 else probs + (beta - 1) * memory  # (B, H, K)
         mixed = torch.where(row.image_cols[:, None, :], mixed, probs)
         mixed = mixed / mixed.sum(-1, keepdim=True)  # renormalise the whole row (text entries too)
-        return torch.where(s["active"][:, None, None], mixed, probs)
+        return torch.where(s["active"].to(probs.device)[:, None, None], mixed, probs)
 
     def after_layer(self, layer: int, hidden: torch.Tensor) -> None:
         """hidden: (B, Q, hidden) the layer's output in a forward this edit acts in."""
@@ -98,11 +98,14 @@ class SmoothingEdit(Edit):
             return
         if layer > self.num_layers // 2 and p.uncertainty_threshold > 0 and bool(s["active"].any()):
             h = hidden[:, s["row"]]  # (B, hidden) the last position only
+            h = h.to(self.adapter.model.get_output_embeddings().weight.device)
             logits = self.adapter.lm_head(self.adapter.final_norm(h) if p.final_norm else h)  # (B, V)
-            still = s["active"] & ~(normalized_top10_entropy(logits) < p.uncertainty_threshold)  # (B,)
+            certain = (normalized_top10_entropy(logits) < p.uncertainty_threshold).to(s["active"].device)  # (B,)
+            still = s["active"] & ~certain  # (B,)
             s["stopped_after"] = torch.where(s["active"] & ~still, layer, s["stopped_after"])  # (B,)
             s["active"] = still
-        updated = p.memory_decay * s["memory"] + (1 - p.memory_decay) * s["pre"].amax(1) * s["image_cols"]  # (B, K)
+        pre = s["pre"].amax(1).to(s["memory"].device)  # (B, K)
+        updated = p.memory_decay * s["memory"] + (1 - p.memory_decay) * pre * s["image_cols"]  # (B, K)
         s["memory"] = torch.where(s["active"][:, None], updated, s["memory"])
         if layer == self.num_layers - 1:
             s["row"] = None  # the forward is over

@@ -25,9 +25,11 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype | str:
 
 
 def load_adapter(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
-                 trust_remote_code: bool = False) -> Adapter:
+                 trust_remote_code: bool = False, device_map: str | dict | None = None,
+                 max_memory: dict | None = None) -> Adapter:
     """Load model + processor, wrapped in the family's adapter (``visfocus.load`` makes a ``VLM`` of it).
-    ``dtype="auto"`` keeps the checkpoint's."""
+    ``dtype="auto"`` keeps the checkpoint's. ``device_map`` (e.g. ``"auto"``, with an optional ``max_memory`` such as
+    ``{0: "20GiB", 1: "20GiB"}``) shards the model over devices instead of moving it to ``device``."""
     try:
         config = AutoConfig.from_pretrained(id_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -38,7 +40,10 @@ def load_adapter(id_or_path: str, *, dtype: str | torch.dtype = "float32", devic
     name = register()
     model = AutoModelForImageTextToText.from_pretrained(
         id_or_path, dtype=_dtype(dtype), trust_remote_code=trust_remote_code,
-        attn_implementation={"": "sdpa", "text_config": name, "vision_config": "sdpa"})
-    model.to(device).eval()
+        attn_implementation={"": "sdpa", "text_config": name, "vision_config": "sdpa"},
+        **({"device_map": device_map, "max_memory": max_memory} if device_map is not None else {}))
+    if device_map is None:
+        model.to(device)
+    model.eval()
     processor = load_processor(id_or_path, trust_remote_code=trust_remote_code)
     return adapter_cls(model, processor)
