@@ -19,7 +19,7 @@ import torch
 import visfocus as vf
 from visfocus import distributed
 from visfocus.errors import VisfocusError
-from visfocus.evaluate import parse_max_memory
+from visfocus.evaluate import parse_max_memory, rank_max_memory
 from visfocus.steer import ScaleLogits, SteerState, steering
 from visfocus.steer.attention import visfocus_attention
 from visfocus.tracefile import load_traces
@@ -64,6 +64,23 @@ def test_two_ranks_give_the_single_process_results_on_the_organism(tmp_path):
     assert two["tasks"]["scenes_test"]["n_samples"] == one["tasks"]["scenes_test"]["n_samples"]
     assert _predictions(two_samples["scenes_test"]) == _predictions(one_samples["scenes_test"])  # sample order too
     assert not list((tmp_path / "two").rglob("*.rank*.jsonl"))  # merged and cleaned up
+
+
+def test_accelerate_launch_runs_the_same_two_cpu_ranks(tmp_path):
+    args = ["eval", "--tasks", "scenes_test", "--limit", "12", "--offset", "30"]
+    _run(1, *args, "--output_path", str(tmp_path / "one"))
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    launched = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m",
+                               "visfocus", *args, "--output_path", str(tmp_path / "two")],
+                              env={**ENV, "HF_HOME": str(tmp_path / "hf")},  # no accelerate config of the machine's
+                              capture_output=True, text=True, timeout=600)
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    assert launched.stdout.count("results: ") == 1  # rank 0 reports for both
+    one, one_samples = _results(tmp_path / "one")
+    two, two_samples = _results(tmp_path / "two")
+    assert _predictions(two_samples["scenes_test"]) == _predictions(one_samples["scenes_test"])
+    assert two["tasks"]["scenes_test"]["metrics"] == one["tasks"]["scenes_test"]["metrics"]
 
 
 def test_two_ranks_with_a_method_write_traces_that_read_as_one_run(tiny_dirs, tmp_path):
@@ -164,6 +181,17 @@ def test_ranks_of_a_single_process_and_their_devices():
     assert single.broadcast("x") == "x" and single.gather("x") == ["x"]
     assert distributed.Ranks(1, 2, local_rank=1).device("cuda") == "cuda:1"
     assert distributed.Ranks(1, 2, local_rank=1).device("cpu") == "cpu"
+
+
+def test_each_rank_shards_over_its_own_gpus():
+    assert distributed.Ranks(0, 2, 0, local_world_size=2).gpus(8) == [0, 1, 2, 3]
+    assert distributed.Ranks(3, 4, 1, local_world_size=2).gpus(8) == [4, 5, 6, 7]  # second node, second rank
+    with pytest.raises(VisfocusError, match="4 ranks on this node but only 2 GPU"):
+        distributed.Ranks(0, 4, 0, local_world_size=4).gpus(2)
+    sizes = {g: f"{g}0GiB" for g in range(4)}
+    assert rank_max_memory({1: "5GiB", 3: "7GiB", "cpu": "64GiB"}, [2, 3], sizes) == \
+        {2: "20GiB", 3: "7GiB", "cpu": "64GiB"}
+    assert rank_max_memory(None, [0, 1], sizes) == {0: "00GiB", 1: "10GiB"}
 
 
 # --- device_map -------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from visfocus import distributed
 from visfocus.errors import VisfocusError
 
 EVAL_FLAGS = ("model", "model_args", "tasks", "method", "method_args", "data_root", "limit", "offset", "seed",
@@ -63,6 +64,8 @@ def _eval(args: argparse.Namespace) -> int:
     if not method and values["method_args"]:
         raise VisfocusError("--method_args given without --method")
     out = evaluate(RunConfig(**values))
+    if not distributed.current().is_main:  # rank 0 reports for all
+        return 0
     print(f"\nresults: {out['config']['run_dir']}/results.json")
     empty = []
     for name in out["config"]["tasks"]:
@@ -106,6 +109,8 @@ def _sweep(args: argparse.Namespace) -> int:
                      output_path=args.output_path, skip_missing=args.skip_missing)
     grid = parse_grid(args.method, args.grid) if args.grid else None
     out = sweep(base, args.task, args.eval_task, args.method, grid)
+    if not distributed.current().is_main:
+        return 0
     metric = out["metric"]
     print(f"\n{len(out['trials'])} trials on {args.task} ({metric}; baseline {out['dev_baseline'][metric]:.4f}):")
     for trial in sorted(out["trials"], key=lambda t: -(t["metrics"][metric] or 0))[:10]:

@@ -23,6 +23,7 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # ranks on this node
 
     @property
     def is_main(self) -> bool:
@@ -35,6 +36,14 @@ class Ranks:
     def device(self, requested: str) -> str:
         """The device this rank uses: ``cuda`` becomes ``cuda:<local rank>``; anything else stays."""
         return f"cuda:{self.local_rank}" if self.distributed and requested == "cuda" else requested
+
+    def gpus(self, device_count: int) -> list[int]:
+        """The GPUs this rank may shard a model over (``device_map``): the node's GPUs split evenly among its ranks,
+        e.g. 8 GPUs and 2 ranks per node give rank 0 GPUs 0-3 and rank 1 GPUs 4-7 (data × model parallel)."""
+        per_rank = device_count // self.local_world_size
+        if per_rank < 1:
+            raise VisfocusError(f"{self.local_world_size} ranks on this node but only {device_count} GPU(s)")
+        return list(range(self.local_rank * per_rank, (self.local_rank + 1) * per_rank))
 
     def barrier(self) -> None:
         if self.distributed:
@@ -81,7 +90,8 @@ def current() -> Ranks:
             if state.num_processes != world:
                 raise VisfocusError(f"WORLD_SIZE is {world} but accelerate started {state.num_processes} process(es); "
                                     "launch with torchrun or `accelerate launch --multi_gpu --num_processes N`")
-            _RANKS = Ranks(state.process_index, state.num_processes, state.local_process_index)
+            _RANKS = Ranks(state.process_index, state.num_processes, state.local_process_index,
+                           int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes)))
     return _RANKS
 
 

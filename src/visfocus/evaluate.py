@@ -249,21 +249,36 @@ class _Progress:
 
 
 def _load_model(config: RunConfig, ranks: distributed.Ranks | None = None):
+    import torch
+
     import visfocus as vf
     from visfocus.organism import NOTE, organism_path
 
-    if config.model is None:
+    ranks = ranks or distributed.Ranks()
+    if config.model is None and ranks.is_main:
         print(f"[visfocus] {NOTE}", file=sys.stderr)
     path = str(organism_path()) if config.model is None else config.model
     args = dict(config.model_args)
     dtype, trust = args.pop("dtype", "float32"), bool(args.pop("trust_remote_code", False))
-    device = (ranks or distributed.Ranks()).device(args.pop("device", "cpu"))
+    device = ranks.device(args.pop("device", "cpu"))
     device_map, max_memory = args.pop("device_map", None), parse_max_memory(args.pop("max_memory", None))
     if args:
         raise VisfocusError(f"unknown model argument(s) {', '.join(sorted(args))}; known: dtype, device, device_map, "
                             "max_memory, trust_remote_code")
+    if device_map is not None and ranks.distributed and torch.cuda.is_available():
+        # data × model parallel: each rank shards its model over its own GPUs only
+        sizes = {gpu: f"{torch.cuda.get_device_properties(gpu).total_memory}B"
+                 for gpu in range(torch.cuda.device_count())}
+        max_memory = rank_max_memory(max_memory, ranks.gpus(len(sizes)), sizes)
     return vf.load(path, dtype=dtype, device=device, trust_remote_code=trust, device_map=device_map,
                    max_memory=max_memory)
+
+
+def rank_max_memory(max_memory: dict | None, gpus: list[int], sizes: dict[int, str]) -> dict:
+    """``max_memory`` for one rank: its own GPUs only (the user's cap where given, else the whole device), plus
+    the user's CPU cap; devices left out are not used by ``device_map="auto"``."""
+    given = max_memory or {}
+    return {gpu: given.get(gpu, sizes[gpu]) for gpu in gpus} | ({"cpu": given["cpu"]} if "cpu" in given else {})
 
 
 def parse_max_memory(text: str | dict | None) -> dict | None:
