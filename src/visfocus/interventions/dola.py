@@ -82,6 +82,7 @@ class LayerContrast(LogitsProcessor):
 
     def __init__(self, adapter, layers: tuple[int, ...], relative_top: float, final_norm: bool) -> None:
         self.decoder_layers, self.norm, self.lm_head = adapter.decoder_layers(), adapter.final_norm, adapter.lm_head
+        self.head_device = adapter.model.get_output_embeddings().weight.device  # with device_map, not layer j's
         self.layers, self.relative_top, self.final_norm = layers, relative_top, final_norm
         self.hidden: dict[int, torch.Tensor] = {}
         self.chosen: list[list[int]] = []  # per step, the premature layer of each row
@@ -99,7 +100,7 @@ class LayerContrast(LogitsProcessor):
     def _keeper(self, j: int):
         def keep(module, args, kwargs) -> None:
             hidden = args[0] if args else kwargs["hidden_states"]  # (B, Q, D) input of decoder layer j
-            self.hidden[j] = hidden[:, -1]  # (B, D)
+            self.hidden[j] = hidden[:, -1].to(self.head_device)  # (B, D)
         return keep
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
