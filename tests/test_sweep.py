@@ -45,6 +45,19 @@ def test_sweep_searches_dev_and_reports_the_choice_on_test(tiny_dirs, tmp_path):
     assert set(saved["test"]) == {"baseline", "chosen"}
 
 
+def test_a_sweep_loads_its_model_once_for_all_trials(tiny_dirs, tmp_path, monkeypatch):
+    import visfocus.evaluate as evaluate_module
+
+    loads = []
+    real = evaluate_module._load_model
+    monkeypatch.setattr(evaluate_module, "_load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    base = RunConfig(model=str(tiny_dirs["llava"]), limit=3, max_new_tokens=2, output_path=str(tmp_path))
+    out = sweep(base, "synthetic_spatial", "synthetic_spatial", "scaling_vis", {"alpha": [0.5, 1.5, 2.0]})
+    assert len(out["trials"]) == 3 and loads == [1]  # 1 baseline + 3 trials + 2 test runs, one load
+    resumed = sweep(base, "synthetic_spatial", "synthetic_spatial", "scaling_vis", {"alpha": [0.5, 1.5, 2.0]})
+    assert resumed["trials"] == out["trials"] and loads == [1]  # all finished: nothing loads
+
+
 def test_bad_grid_point_fails_before_any_run(tiny_dirs, tmp_path):
     base = RunConfig(model=str(tiny_dirs["qwen2_vl"]), limit=2, output_path=str(tmp_path))
     with pytest.raises(VisfocusError, match="alpha must be"):

@@ -121,8 +121,11 @@ def _check_identity(folder: Path, config: RunConfig) -> dict[str, Any] | None:
     return previous
 
 
-def evaluate(config: RunConfig, after_batch: Callable[[str, int], None] | None = None) -> res.Results:
+def evaluate(config: RunConfig, after_batch: Callable[[str, int], None] | None = None,
+             model: Callable[[], Any] | None = None) -> res.Results:
     """Run (or resume) the evaluation; returns the results dict also written to ``<run dir>/results.json``.
+    ``model``: gives the loaded VLM of ``config.model`` when there is work (a sweep loads it once for all trials);
+    by default it is loaded here.
 
     Under ``torchrun`` / ``accelerate launch`` every rank runs this: the samples not yet finished (by any earlier
     run, whatever its number of ranks) are split by image across ranks (``distributed.shard``), each rank appends to
@@ -148,7 +151,10 @@ def evaluate(config: RunConfig, after_batch: Callable[[str, int], None] | None =
     todo = {name: distributed.shard([r for r in selected[name] if r.id not in missing.get(name, set())
                                      and r.id not in finished[name]], ranks, image_group)
             for name in built}
-    vlm = _load_model(config, ranks) if any(todo.values()) else None  # a bad model fails before anything is written
+    if any(todo.values()):  # a bad model fails before anything is written
+        vlm = model() if model is not None else _load_model(config, ranks)
+    else:
+        vlm = None
     out: res.Results = {
         "schema_version": res.SCHEMA_VERSION, "created_at": previous["created_at"] if previous else res.now(),
         "updated_at": res.now(), "config": dataclasses.asdict(config),
@@ -186,6 +192,18 @@ def evaluate(config: RunConfig, after_batch: Callable[[str, int], None] | None =
         out = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     out["config"]["run_dir"] = str(folder)
     return out
+
+
+class LoadOnce:
+    """A run configuration's model, loaded the first time it is asked for and then kept (for a sweep's trials)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config, self.vlm = config, None
+
+    def __call__(self):
+        if self.vlm is None:
+            self.vlm = _load_model(self.config, distributed.current())
+        return self.vlm
 
 
 def image_group(record: Record) -> str:

@@ -15,7 +15,7 @@ from visfocus import distributed
 from visfocus import results as res
 from visfocus.benchmarks import task
 from visfocus.errors import VisfocusError
-from visfocus.evaluate import RunConfig, evaluate, run_dir
+from visfocus.evaluate import LoadOnce, RunConfig, evaluate, run_dir
 from visfocus.interventions import METHODS, method
 from visfocus.interventions.base import parse_method_args
 
@@ -59,9 +59,11 @@ def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: st
         method(method_name, **point)  # validate every point before any forward pass
     metric = task(dev_task, base.data_root, base.prompt_style, base.scorer).main_metric
 
+    model = LoadOnce(base)  # one model for every trial (each trial differs only in task and method)
+
     def run(task_name: str, name: str | None, args: dict) -> dict:
         config = dataclasses.replace(base, tasks=[task_name], method=name, method_args=args)
-        return evaluate(config)["tasks"][task_name]
+        return evaluate(config, model=model)["tasks"][task_name]
 
     baseline = run(dev_task, None, {})
     if method_name == "adaptvis" and not user_thresholds and grid.get("confidence", ["max_prob"]) == ["max_prob"]:
