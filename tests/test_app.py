@@ -262,7 +262,7 @@ def test_a_newly_registered_method_gets_its_controls_with_no_app_change(ui, monk
     assert mode.value == "soft" and layers.value == "" and sharpen.value is False
     assert ui.read_params(_Probe.name, [1.5, 4.0, "hard", "1", True]) == {
         "strength": 1.5, "steps": 4, "mode": "hard", "layers": (1,), "sharpen": True}
-    demo = ui.build(SimpleNamespace(vlm=SimpleNamespace(num_layers=2)), [])
+    demo = ui.build(SimpleNamespace(vlm=SimpleNamespace(num_layers=2, num_heads=4)), [])
     labels = {getattr(block, "label", None) for block in demo.blocks.values()}
     assert {"probe_method parameters", "strength (γ) [0.0, 2.0]", "probe_method: attention on the image"} <= labels
     methods = next(block for block in demo.blocks.values() if getattr(block, "label", None) == "methods to compare")

@@ -76,6 +76,11 @@ class VLM:
     def num_layers(self) -> int:
         return self.adapter.num_layers
 
+    @property
+    def num_heads(self) -> int:
+        """Query heads per decoder layer (the trace's H)."""
+        return self.adapter.num_heads
+
     def answer(self, image: ImageLike, question: str, method: Method | None = None, *, max_new_tokens: int = 16,
                trace: bool = False, options: Sequence[str] | None = None) -> Answer:
         """Answer one question about one image. ``options``: the answer words, for methods that use them."""

@@ -118,7 +118,8 @@ def heatmap(result: Result, image: Image.Image, layer: int, head: str, head_inde
             sinks: int) -> tuple[Image.Image, str]:
     """The overlay of one result at the view settings, and a note of the masked sinks."""
     layer = min(int(layer), result.attention.shape[0] - 1)
-    row = views.head_row(result.attention, layer, head if head != "head" else int(head_index or 0))
+    chosen_head = min(max(int(head_index or 0), 0), result.attention.shape[1] - 1)  # a typed index beyond the heads
+    row = views.head_row(result.attention, layer, head if head != "head" else chosen_head)
     masked, sink_tokens = views.mask_sinks(row, int(sinks))
     view = result.views[0]
     note = ""
@@ -131,6 +132,7 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
     names = sorted(vf.METHODS, key=lambda n: (n != "baseline", n))
     by_name = {e.name: e for e in example_list}
     layers = explorer.vlm.num_layers
+    heads = explorer.vlm.num_heads
     with gr.Blocks(title="visfocus app") as demo:
         results = gr.State({})  # this session's results: {method: Result}
         shown_image = gr.State(None)  # the image those results are about
@@ -162,7 +164,8 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
                 with gr.Row():
                     layer = gr.Slider(0, layers - 1, value=layers // 2, step=1, label="layer", elem_id="vf-layer")
                     head = gr.Radio(["mean", "max", "head"], value="mean", label="heads")
-                    head_index = gr.Number(value=0, precision=0, label="head index (for 'head')")
+                    head_index = gr.Number(value=0, precision=0, minimum=0, maximum=heads - 1,
+                                           label=f"head index 0..{heads - 1} (for 'head')")
                 with gr.Row():
                     cmap = gr.Dropdown(list(render.COLORMAPS), value="jet", label="colour map")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="opacity")

@@ -49,6 +49,11 @@ class Adapter:
     def num_layers(self) -> int:
         return int(self.model.config.get_text_config().num_hidden_layers)
 
+    @property
+    def num_heads(self) -> int:
+        """Query heads per decoder layer."""
+        return int(self.model.config.get_text_config().num_attention_heads)
+
     # --- the text decoder -------------------------------------------------------------------------------------
     @property
     def text_model(self):
