@@ -178,12 +178,13 @@ def evaluate(config: RunConfig, after_batch: Callable[[str, int], None] | None =
             if after_batch:
                 after_batch(name, b)
         progress.close()
-    ranks.barrier()  # every rank's samples are on disk
+        ranks.barrier()  # every rank's samples of this task are on disk
+        if ranks.is_main:  # merged and scored task by task, so a later kill keeps this task's results
+            out["tasks"][name] = _task_result(t, selected[name], missing.get(name, set()),
+                                              _merge(folder, name, selected[name]))
+            out["updated_at"] = res.now()
+            res.write_json(folder / "results.json", out)
     if ranks.is_main:
-        for name, t in built.items():
-            log = _merge(folder, name, selected[name])
-            out["tasks"][name] = _task_result(t, selected[name], missing.get(name, set()), log)
-        out["updated_at"] = res.now()
         for name in out["tasks"]:
             res.add_cost(out["cost"], out["tasks"][name]["cost"])
         res.write_json(folder / "results.json", out)
