@@ -147,7 +147,7 @@ def test_alpha_zero_gives_uniform_image_attention(tiny_vlms, image):
 
 def test_layer_selection_and_decode_flag(tiny_vlms, image):
     vlm = tiny_vlms["qwen2_vl"]
-    plain = vlm.answer(image, QUESTION, max_new_tokens=6)
+    plain = vlm.answer(image, QUESTION, max_new_tokens=6, share_prefix=False)
     first_layer = vlm.answer(image, QUESTION, method=vf.method("scaling_vis", alpha=0.0, layers=(0,)),
                              max_new_tokens=6, trace=True)
     assert torch.equal(first_layer.trace.last_row[1:], first_layer.trace.last_row_pre[1:])  # other layers untouched
@@ -165,7 +165,7 @@ def test_layer_selection_and_decode_flag(tiny_vlms, image):
 
 def test_cost_counts_passes_and_tokens(tiny_vlms, image):
     vlm = tiny_vlms["llava"]
-    out = vlm.answer(image, QUESTION, max_new_tokens=3)
+    out = vlm.answer(image, QUESTION, max_new_tokens=3, share_prefix=False)
     n_new = len(vlm.processor.tokenizer(out.text, add_special_tokens=False)["input_ids"])
     assert out.cost["prefill_tokens"] == int(vlm.adapter.encode([image], [QUESTION])["input_ids"].shape[1])
     assert out.cost["forward_passes"] == 1 + out.cost["decode_tokens"]

@@ -53,8 +53,8 @@ def test_rows_of_a_batch_take_their_own_branch(tiny_vlms, image, other_image):
 
 def test_costs_one_prefill_plus_one_token(tiny_vlms, image):
     vlm = tiny_vlms["llava"]
-    plain = vlm.answer(image, QUESTION, max_new_tokens=1)
-    out = vlm.answer(image, QUESTION, method=vf.method("adaptvis"), max_new_tokens=1)
+    plain = vlm.answer(image, QUESTION, max_new_tokens=1, share_prefix=False)
+    out = vlm.answer(image, QUESTION, method=vf.method("adaptvis"), max_new_tokens=1, share_prefix=False)
     assert out.cost["forward_passes"] == 2  # the prefill and the re-run of the last prompt token
     assert out.cost["prefill_tokens"] == plain.cost["prefill_tokens"] + 1
 

@@ -112,8 +112,8 @@ def test_run_scores_match_a_forward_with_all_hidden_states(family, final_norm, t
 
 def test_defaults_use_the_high_bucket_and_one_forward_per_token(tiny_vlms, image):
     vlm = tiny_vlms["qwen3_vl"]
-    plain = vlm.answer(image, QUESTIONS[0], max_new_tokens=3)
-    out = vlm.answer(image, QUESTIONS[0], method=vf.method("dola"), max_new_tokens=3)
+    plain = vlm.answer(image, QUESTIONS[0], max_new_tokens=3, share_prefix=False)
+    out = vlm.answer(image, QUESTIONS[0], method=vf.method("dola"), max_new_tokens=3, share_prefix=False)
     assert out.extras == {"premature_layer": 1, "candidate_layers": [1]}
     assert out.cost["forward_passes"] == plain.cost["forward_passes"] == 3
     result = vf.method("dola").run(vlm.prepare([image], QUESTIONS[:1]), max_new_tokens=1)

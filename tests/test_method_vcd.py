@@ -19,6 +19,7 @@ from visfocus.interventions.vcd import (
     noise_schedule,
     noised_pixels,
 )
+from visfocus.steer.prefix import leading_padding
 from visfocus.testing import FAMILIES
 
 QUESTION = "Is the cup on the table? Answer with yes or no."
@@ -86,14 +87,14 @@ def test_each_image_gets_the_same_noise_alone_or_in_a_batch(family, tiny_vlms, i
 
 def test_model_penalty_and_sampling_warpers_come_after_the_contrast():
     config = GenerationConfig(repetition_penalty=1.05, temperature=0.7, top_p=0.8)  # no top_k: transformers' 50
-    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
-    sampling = after_contrast(config, mask, sample=True)
+    padding = leading_padding(torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    sampling = after_contrast(config, padding, sample=True)
     assert [type(p) for p in sampling] == [RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
                                            TopKLogitsWarper, TopPLogitsWarper]
     assert sampling[0].prompt_ignore_length.tolist() == [1, 0]  # left padding is not penalised
     assert (sampling[1].temperature, sampling[2].top_k, sampling[3].top_p) == (0.7, 50, 0.8)
-    assert [type(p) for p in after_contrast(config, mask, sample=False)] == [RepetitionPenaltyLogitsProcessor]
-    assert after_contrast(GenerationConfig(), mask, sample=False) == []
+    assert [type(p) for p in after_contrast(config, padding, sample=False)] == [RepetitionPenaltyLogitsProcessor]
+    assert after_contrast(GenerationConfig(), padding, sample=False) == []
 
 
 # --- on the tiny models ---------------------------------------------------------------------------------------------
@@ -109,12 +110,15 @@ class RecordingStream(NoisedImageStream):
         return logits
 
 
+@pytest.mark.parametrize("share_prefix", [False, True])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_contrast_stream_on_the_original_pixels_follows_the_main_stream(family, tiny_vlms, image, other_image):
-    batch = tiny_vlms[family].prepare([image, other_image], [QUESTION, "Where is the dog?"])
+def test_contrast_stream_on_the_original_pixels_follows_the_main_stream(family, share_prefix, tiny_vlms, image,
+                                                                        other_image):
+    batch = tiny_vlms[family].prepare([image, other_image, image], [QUESTION, "Where is the dog?", "left"],
+                                      share_prefix=share_prefix)
     runner = batch.runner
-    assert (runner.inputs["attention_mask"] == 0).any()  # a left-padded batch: positions must be right per row
-    stream = RecordingStream(batch, runner.inputs["pixel_values"], alpha=1.0, beta=0.1)
+    assert (runner.inputs["attention_mask"] == 0).any()  # a padded batch: positions must be right per row
+    stream = RecordingStream(batch, runner.inputs["pixel_values"], alpha=1.0, beta=0.1, tag="original pixels")
     generation = runner.generate((), 5, logits_processor=LogitsProcessorList([stream]), min_new_tokens=5)
     assert len(stream.seen) == len(generation.step_logits) == 5
     for seen, main in zip(stream.seen, generation.step_logits):  # prefill, then one token at a time from its cache
@@ -138,8 +142,9 @@ def test_alpha_zero_is_the_plain_model(family, tiny_vlms, image):
 
 def test_cost_is_two_forward_passes_per_token_and_the_trace_is_the_clean_image(tiny_vlms, image):
     vlm = tiny_vlms["qwen3_vl"]
-    plain = vlm.answer(image, QUESTION, max_new_tokens=4, trace=True)
-    vcd = vlm.answer(image, QUESTION, method=vf.method("vcd", alpha=0.0), max_new_tokens=4, trace=True)
+    plain = vlm.answer(image, QUESTION, max_new_tokens=4, trace=True, share_prefix=False)
+    vcd = vlm.answer(image, QUESTION, method=vf.method("vcd", alpha=0.0), max_new_tokens=4, trace=True,
+                     share_prefix=False)
     assert plain.cost["forward_passes"] == 4  # one per generated token
     for key in ("forward_passes", "prefill_tokens", "decode_tokens"):
         assert vcd.cost[key] == 2 * plain.cost[key]

@@ -20,6 +20,7 @@ from visfocus.interventions.baseline import Baseline
 from visfocus.models.base import Adapter
 from visfocus.models.layout import RowLayout
 from visfocus.models.loading import load_adapter
+from visfocus.steer.prefix import PrefixStore
 from visfocus.steer.trace import Trace
 
 ImageLike = Image.Image | str | Path | np.ndarray
@@ -32,7 +33,9 @@ class Answer:
     first_token_logits: torch.Tensor  # (V,) float32, raw logits of the first generated token
     confidence: float  # max softmax probability of those logits over the whole vocabulary
     alpha_used: float | None
-    cost: dict[str, Any]  # forward_passes, prefill_tokens, decode_tokens (per sequence), seconds, batch_size
+    # forward_passes, prefill_tokens, decode_tokens (per sequence), seconds, batch_size, shared_prefix_tokens (the
+    # prompt tokens this row took from its image's shared prefix; 0 when prefixes were not shared)
+    cost: dict[str, Any]
     layout: RowLayout | None = None
     trace: Trace | None = field(default=None, repr=False)
     extras: dict[str, Any] = field(default_factory=dict)  # the method's per-sample decisions (confidence, branch…)
@@ -67,6 +70,9 @@ class VLM:
         self.model = model
         self.processor = processor
         self.adapter = adapter
+        # image prefixes kept between calls (an entry lives while consecutive calls use it); ``keep_prompts=True``
+        # also keeps whole prompts, for asking the same questions under other methods or parameters
+        self.prefix_store = PrefixStore()
 
     @property
     def family(self) -> str:
@@ -82,22 +88,29 @@ class VLM:
         return self.adapter.num_heads
 
     def answer(self, image: ImageLike, question: str, method: Method | None = None, *, max_new_tokens: int = 16,
-               trace: bool = False, options: Sequence[str] | None = None) -> Answer:
+               trace: bool = False, options: Sequence[str] | None = None, share_prefix: bool = True) -> Answer:
         """Answer one question about one image. ``options``: the answer words, for methods that use them."""
         return self.answer_batch([image], [question], method, max_new_tokens=max_new_tokens, trace=trace,
-                                 options=[options] if options is not None else None)[0]
+                                 options=[options] if options is not None else None, share_prefix=share_prefix)[0]
 
     def prepare(self, images: Sequence[ImageLike], questions: Sequence[str],
-                options: Sequence[Sequence[str] | None] | None = None, *, record_trace: bool = False) -> Batch:
+                options: Sequence[Sequence[str] | None] | None = None, *, record_trace: bool = False,
+                share_prefix: bool = False) -> Batch:
         """Encode a batch for a method (``Method.run``): the images, questions and options as given, the adapter,
-        each row's image-token layout, and the engine's runner over the encoded tensors."""
+        each row's image-token layout, and the engine's runner over the encoded tensors. ``share_prefix``: lay the
+        batch out to start from the image prefixes in ``self.prefix_store``."""
         return Batch.build(self.adapter, [load_image(im) for im in images], questions, options,
-                           record_trace=record_trace)
+                           record_trace=record_trace, prefix_store=self.prefix_store if share_prefix else None)
 
     def answer_batch(self, images: Sequence[ImageLike], questions: Sequence[str], method: Method | None = None, *,
                      max_new_tokens: int = 16, trace: bool = False,
-                     options: Sequence[Sequence[str] | None] | None = None) -> list[Answer]:
-        """Answer a batch (one image per question, left padded). Same answers as one at a time."""
+                     options: Sequence[Sequence[str] | None] | None = None,
+                     share_prefix: bool = True) -> list[Answer]:
+        """Answer a batch (one image per question). Same answers as one at a time.
+
+        share_prefix: questions about one image (in this call, or in consecutive calls) share its prefill: the
+        vision tower and the prompt up to the question run once per image (``visfocus.steer.prefix``); exact, and
+        ignored for methods that cannot share (VEA). ``vlm.prefix_store.clear()`` forgets the stored prefixes."""
         if isinstance(questions, str) or len(images) != len(questions):
             raise VisfocusError(f"answer_batch needs one image per question: got {len(images)} images and "
                                 f"{1 if isinstance(questions, str) else len(questions)} questions")
@@ -117,8 +130,12 @@ class VLM:
             raise VisfocusError(f"options must give one entry per question: got {len(options)} for {len(pil)}")
 
         start = time.perf_counter()
-        batch = Batch.build(self.adapter, pil, questions, options, record_trace=trace)
-        result = method.run(batch, max_new_tokens=max_new_tokens)
+        store = self.prefix_store if share_prefix and method.shares_prefix else None
+        batch = Batch.build(self.adapter, pil, questions, options, record_trace=trace, prefix_store=store)
+        try:
+            result = method.run(batch, max_new_tokens=max_new_tokens)
+        finally:
+            self.prefix_store.end_call()  # keeps only what this call used
         runner = batch.runner  # holds the cost and trace of every pass, also of a forked batch's
         runner.cost.seconds = time.perf_counter() - start
         final = (result.batch or batch).runner  # the batch the answer came from
@@ -135,8 +152,10 @@ class VLM:
             full_trace = runner.recorder.finish(final.image_cols, final.inputs["attention_mask"], layouts,
                                                 special_cols=special & ~final.image_cols)
         cost = {**runner.cost.as_dict(), "batch_size": len(pil)}
+        shared = runner.sharing.prefix_lengths if runner.sharing is not None else [0] * len(pil)
         return [Answer(text=texts[b].strip(), first_token=first[b], first_token_logits=gen.first_logits[b].cpu(),
-                       confidence=float(confidence[b]), alpha_used=result.alpha_used[b], cost=cost,
+                       confidence=float(confidence[b]), alpha_used=result.alpha_used[b],
+                       cost={**cost, "shared_prefix_tokens": shared[b]},
                        layout=layouts[b], trace=full_trace.row(b) if full_trace is not None else None,
                        extras=result.extras[b] if result.extras else {})
                 for b in range(len(pil))]

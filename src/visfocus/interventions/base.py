@@ -38,6 +38,9 @@ class Method:
     Params: ClassVar[type[Params]] = Params
     search_grid: ClassVar[dict[str, tuple]] = {}
     identity: ClassVar[dict[str, float]] = {}  # parameter values at which the method changes nothing
+    # The method's answers stay exact when a batch starts from stored image prefixes (its edits touch only rows after
+    # the prefix). A method that changes the image or the prompt before the question sets this False.
+    shares_prefix: ClassVar[bool] = True
 
     def __init__(self, params: Params) -> None:
         params.validate()

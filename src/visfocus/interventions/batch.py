@@ -2,7 +2,9 @@
 
 A method reads the batch as the user gave it (images, questions, answer options), the model family's adapter and
 each row's image-token layout, and drives the engine through ``batch.runner`` (``prefill()``, ``generate(...)``).
-``batch.fork(...)`` prepares a changed batch (other images or questions) whose cost and trace add to this one's."""
+``batch.fork(...)`` prepares a changed batch (other images or questions) whose cost and trace add to this one's.
+Built with a ``PrefixStore``, the batch shares image prefixes (``visfocus.steer.prefix``): the rows are laid out so
+that every prefix ends at one column, and ``runner.prefill()`` / ``runner.generate(...)`` start from stored prefixes."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from PIL import Image
 
 from visfocus.models.base import Adapter
 from visfocus.models.layout import RowLayout
+from visfocus.steer.prefix import PrefixStore, Sharing, image_fingerprint, split_layout
 from visfocus.steer.runner import Runner
 
 
@@ -40,16 +43,27 @@ class Batch:
     @classmethod
     def build(cls, adapter: Adapter, images: Sequence[Image.Image], questions: Sequence[str],
               options: Sequence[Sequence[str] | None] | None = None, *, record_trace: bool = False,
-              share_with: Batch | None = None) -> Batch:
+              share_with: Batch | None = None, prefix_store: PrefixStore | None = None) -> Batch:
         """Encode ``images`` and ``questions`` with the adapter's processor and prepare the engine's runner.
-        ``share_with``: add this batch's cost and trace to that batch's."""
+        ``share_with``: add this batch's cost and trace to that batch's. ``prefix_store``: share image prefixes
+        through it (None: every row is prefilled whole)."""
         device = adapter.model.device
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                   for k, v in adapter.encode(list(images), list(questions)).items()}
+        sharing = None
+        if prefix_store is not None:
+            mask = inputs["attention_mask"].bool()
+            lengths = [adapter.shared_prefix_length(inputs["input_ids"][b][mask[b]].tolist())
+                       for b in range(mask.shape[0])]
+            inputs, prefix_cols = split_layout(inputs, lengths, adapter.image_token_id)
+            keys = [image_fingerprint(im.mode, im.size, im.tobytes()) for im in images]
+            sharing = Sharing(store=prefix_store, prefix_lengths=lengths, image_keys=keys, prefix_cols=prefix_cols,
+                              select_vision=adapter.select_vision,
+                              continuation_positions=adapter.continuation_positions)
         layouts = adapter.layouts(inputs, list(images))
         runner = Runner(adapter.model, inputs, adapter.image_cols(inputs), drop_on_continue=adapter.drop_on_continue,
                         prefill_position_ids=adapter.prefill_position_ids(inputs), layouts=layouts,
-                        record_trace=record_trace)
+                        record_trace=record_trace, sharing=sharing)
         if share_with is not None:
             runner.cost, runner.recorder = share_with.runner.cost, share_with.runner.recorder
         rows = [tuple(o) if o is not None else None for o in options] if options is not None else [None] * len(images)

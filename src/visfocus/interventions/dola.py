@@ -151,8 +151,8 @@ class DoLa(Method):
         contrast = LayerContrast(batch.adapter, candidates, p.relative_top, p.final_norm)
         processors = LogitsProcessorList([contrast])
         if p.repetition_penalty != 1.0:  # after the contrast; left padding is not penalised, as in generate
-            padding = (runner.inputs["attention_mask"] == 0).sum(-1)  # (B,)
-            processors.append(RepetitionPenaltyLogitsProcessor(p.repetition_penalty, prompt_ignore_length=padding))
+            processors.append(RepetitionPenaltyLogitsProcessor(p.repetition_penalty,
+                                                               prompt_ignore_length=runner.left_padding))
         with contrast.hooked():
             generation = runner.generate((), max_new_tokens, logits_processor=processors, first_logits_from="scores",
                                          repetition_penalty=1.0)  # generate's own penalty would come first

@@ -67,9 +67,9 @@ class NoisedImageStream(LogitsProcessor):
     """The contrast stream: the runner's prompt on other pixels, with its own cache. At the first call it runs the
     prompt's prefill; later it feeds the newest token of ``input_ids``. Returns the contrasted scores."""
 
-    def __init__(self, batch: Batch, pixel_values: torch.Tensor, alpha: float, beta: float) -> None:
-        self.batch, self.alpha, self.beta = batch, alpha, beta
-        self.inputs = {**batch.runner.inputs, "pixel_values": pixel_values}
+    def __init__(self, batch: Batch, pixel_values: torch.Tensor, alpha: float, beta: float, tag: str) -> None:
+        self.batch, self.alpha, self.beta, self.tag = batch, alpha, beta, tag
+        self.pixel_values = pixel_values
         self.cache = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -78,28 +78,27 @@ class NoisedImageStream(LogitsProcessor):
     def stream_logits(self, input_ids: torch.LongTensor) -> torch.Tensor:
         """(B, V) float32 logits of this stream for the token after ``input_ids`` (B, S + k)."""
         r, adapter = self.batch.runner, self.batch.adapter
-        if self.cache is None:  # prefill, with the positions generate gives the prompt (Qwen: M-RoPE by the model)
-            kwargs = dict(self.inputs, logits_to_keep=1)
-            if r.prefill_position_ids is not None:
-                kwargs["position_ids"] = r.prefill_position_ids
-        else:  # the vision inputs are in the cache now
-            prompt_mask = r.inputs["attention_mask"]  # (B, S)
-            new = prompt_mask.new_ones(prompt_mask.shape[0], input_ids.shape[1] - prompt_mask.shape[1])  # (B, k)
-            mask = torch.cat([prompt_mask, new], dim=1)  # (B, S + k)
-            kwargs = {"input_ids": input_ids[:, -1:], "attention_mask": mask, cache_argument(r.model): self.cache,
-                      "position_ids": adapter.decode_position_ids(r.inputs, mask)}  # (B, 1) or (3, B, 1)
+        if self.cache is None:  # the prompt's prefill (from the noised image's shared prefix when the batch shares)
+            prefix = r.prefill(vision={"pixel_values": self.pixel_values}, tag=self.tag)
+            self.cache = prefix.cache
+            return prefix.first_logits  # (B, V)
+        # the vision inputs are in the cache now: feed the newest token
+        prompt_mask = r.inputs["attention_mask"]  # (B, S)
+        new = prompt_mask.new_ones(prompt_mask.shape[0], input_ids.shape[1] - prompt_mask.shape[1])  # (B, k)
+        mask = torch.cat([prompt_mask, new], dim=1)  # (B, S + k)
+        kwargs = {"input_ids": input_ids[:, -1:], "attention_mask": mask, cache_argument(r.model): self.cache,
+                  "position_ids": adapter.decode_position_ids(r.inputs, mask)}  # (B, 1) or (3, B, 1)
         with steering(SteerState(image_cols=r.image_cols, cost=r.cost)):  # a plain forward: no edit, no trace
             out = r.model(**kwargs, use_cache=True)
         self.cache = output_cache(out)
         return out.logits[:, -1].float()  # (B, V)
 
 
-def after_contrast(config, attention_mask: torch.Tensor, sample: bool) -> list[LogitsProcessor]:
+def after_contrast(config, padding: torch.Tensor, sample: bool) -> list[LogitsProcessor]:
     """The model's repetition penalty and, when sampling, its warpers (from its ``GenerationConfig``), to run on the
-    contrasted scores."""
+    contrasted scores. padding: (B,) each row's left padding, which the penalty skips (as generate does)."""
     processors: list[LogitsProcessor] = []
-    if config.repetition_penalty not in (None, 1.0):  # left padding is not penalised, as in generate
-        padding = (attention_mask == 0).sum(-1)  # (B,)
+    if config.repetition_penalty not in (None, 1.0):
         processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty, prompt_ignore_length=padding))
     if sample:
         top_k = 50 if config.top_k is None else config.top_k
@@ -144,8 +143,9 @@ class VCD(Method):
         p = self.params
         p.validate(batch.num_layers)
         runner = batch.runner
-        stream = NoisedImageStream(batch, noised_pixels(runner.inputs, p.noise_step, p.seed), p.alpha, p.beta)
-        after = after_contrast(runner.model.generation_config, runner.inputs["attention_mask"], p.sample)
+        stream = NoisedImageStream(batch, noised_pixels(runner.inputs, p.noise_step, p.seed), p.alpha, p.beta,
+                                   tag=f"vcd-noise:{p.noise_step}:{p.seed}")
+        after = after_contrast(runner.model.generation_config, runner.left_padding, p.sample)
         if p.sample:
             torch.manual_seed(p.seed)
         generation = runner.generate((), max_new_tokens, logits_processor=LogitsProcessorList([stream, *after]),

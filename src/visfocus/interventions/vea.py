@@ -6,7 +6,10 @@ normalised per layer to sum 1 and averaged over ``layers``, else a ``profile``'s
 paper's top 10 % by AUROC on evidence boxes), else the middle 10 % of the decoder (ceil(0.1·L) layers centred on
 L/2: no profile needed, after the paper's finding that middle layers ground best). The grid is denoised (sinks),
 smoothed, min-max scaled to [0, 1], upsampled to the original pixels, and each pixel dimmed to (α + (1 − α)·map)·pixel
-on raw RGB. Pass 2 answers on that image, with a hint appended to the question. METHODS.md §11 item 20 lists the
+on raw RGB. Pass 2 answers on that image, with a hint appended to the question.
+
+VEA does not share image prefixes between questions (``visfocus eval`` and ``answer_batch`` fall back to whole
+prefills for it): its second pass shows each question its own highlighted image. METHODS.md §11 item 20 lists the
 survey-code bugs this avoids (unnormalised map, σ 2× too wide, blocky modulation, no hint).
 """
 
@@ -159,6 +162,7 @@ def load_profile(path: str | Path) -> dict[str, Any]:
 class VEA(Method):
     name = "vea"
     Params = VEAParams
+    shares_prefix = False  # pass 2 changes each question's image
     identity = {"highlight_floor": 1.0}  # no dimming (the hint, if on, still changes the prompt)
     search_grid = {"smooth_sigma": (0.05, 0.1, 0.25, 0.5), "highlight_floor": (0.2, 0.5, 0.8)}
 

@@ -3,6 +3,7 @@ subclass of ``Adapter`` registered with ``@register_adapter``; it states only wh
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
@@ -104,6 +105,44 @@ class Adapter:
         attention_mask: (B, S + k) the prompt's mask extended by the k tokens fed so far, the newest last.
         Returns (B, 1) here; M-RoPE families return (3, B, 1)."""
         return attention_mask.long().cumsum(-1)[:, -1:] - 1  # (B, 1)
+
+    # --- sharing the image prefix between questions ------------------------------------------------------------
+    @cached_property
+    def template_after_image(self) -> tuple[int, ...]:
+        """The template tokens between the image and the question, the same for every question (found by building
+        prompts for two questions that differ from their first character)."""
+        tokenizer = self.processor.tokenizer
+        first, second = (tokenizer(self.build_prompt(q), add_special_tokens=False)["input_ids"] for q in ("A", "Z"))
+        if self.image_token_id not in first:
+            return ()
+        start = len(first) - first[::-1].index(self.image_token_id)  # just after the image placeholder
+        shared = 0
+        while start + shared < min(len(first), len(second)) and first[start + shared] == second[start + shared]:
+            shared += 1
+        return tuple(first[start:start + shared])
+
+    def shared_prefix_length(self, row_ids: list[int]) -> int:
+        """How many leading tokens of a prompt (its real tokens, no padding) every question about the same image
+        shares: up to and including the last image token, then the template text that follows it; at least one
+        token is left to the question."""
+        last = len(row_ids) - 1 - row_ids[::-1].index(self.image_token_id)
+        shared = 0
+        for expected in self.template_after_image:
+            if last + 1 + shared >= len(row_ids) or row_ids[last + 1 + shared] != expected:
+                break
+            shared += 1
+        return min(last + 1 + shared, len(row_ids) - 1)
+
+    def select_vision(self, inputs: dict, rows: list[int]) -> dict:
+        """The vision inputs of the images of batch rows ``rows`` (one image per row)."""
+        batch = inputs["input_ids"].shape[0]
+        return {k: inputs[k][rows] for k in self.drop_on_continue
+                if isinstance(inputs.get(k), torch.Tensor) and inputs[k].shape[0] == batch}
+
+    def continuation_positions(self, inputs: dict, start: int) -> torch.Tensor:
+        """Position ids of columns ``start``.. for a forward on a cache that holds columns 0..start−1, (B, S − start);
+        M-RoPE families return (3, B, S − start) and also keep the per-row offsets later decoding steps use."""
+        return self.prefill_position_ids(inputs)[:, start:]
 
     # --- image tokens ------------------------------------------------------------------------------------------
     def image_cols(self, inputs: dict) -> torch.Tensor:

@@ -30,6 +30,18 @@ class Qwen2VLAdapter(Adapter):
         deltas = self.model.model.rope_deltas  # (B, 1), set by the last forward that saw the image
         return (text + deltas.to(text.device)).unsqueeze(0).expand(3, -1, -1)  # (3, B, 1)
 
+    def select_vision(self, inputs: dict, rows: list[int]) -> dict:
+        grid = inputs["image_grid_thw"]  # (images, 3); each image's patches lie one after another in pixel_values
+        chunks = inputs["pixel_values"].split(grid.prod(-1).tolist())
+        return {"pixel_values": torch.cat([chunks[r] for r in rows]), "image_grid_thw": grid[rows]}
+
+    def continuation_positions(self, inputs: dict, start: int) -> torch.Tensor:
+        positions, deltas = self.model.model.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"), attention_mask=inputs["attention_mask"])
+        self.model.model.rope_deltas = deltas  # (B, 1): what a prefill of these rows leaves for decoding
+        return positions[..., start:]  # (3, B, S - start)
+
     def views(self, inputs: dict, image_index: int, segment: np.ndarray, size: tuple[int, int]) -> list[ImageView]:
         merge = int(self.processor.image_processor.merge_size)
         t, gh, gw = (int(v) for v in inputs["image_grid_thw"][image_index])

@@ -1,5 +1,7 @@
 """Running a prepared batch through ``generate`` under edits, and prefix-cache reuse: prefill the prompt once
-(unedited), then re-run only the last prompt token under an edit from a cropped copy of the cache."""
+(unedited), then re-run only the last prompt token under an edit from a cropped copy of the cache. With ``sharing``
+(``visfocus.steer.prefix``) the prefill itself starts from stored image prefixes: only each question's own tokens
+run, and every answer starts from that prefill."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from transformers import GenerationConfig
 from visfocus.steer.compat import cache_argument, output_cache
 from visfocus.steer.context import Cost, SteerState, steering
 from visfocus.steer.edits import Edit
+from visfocus.steer.prefix import Sharing, assemble, build_cache, cache_layers, extract, leading_padding
 from visfocus.steer.trace import TraceRecorder
 
 
@@ -39,12 +42,13 @@ class Runner:
     re-runs on a prompt that no longer holds the image tokens).
     prefill_position_ids: positions for a manual prefill, the same ones ``generate`` uses (None: the model's own).
     layouts: per row, the image-token geometry a finished trace carries (opaque to the engine).
+    sharing: the shared-prefix plan of a batch laid out by ``prefix.split_layout`` (None: ordinary left padding).
     Methods receive a runner inside a ``visfocus.interventions.Batch``, which holds the rest of the batch.
     """
 
     def __init__(self, model, inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
                  prefill_position_ids: torch.Tensor | None, layouts: list | None = None,
-                 record_trace: bool = False) -> None:
+                 record_trace: bool = False, sharing: Sharing | None = None) -> None:
         self.model = model
         self.inputs = dict(inputs)
         self.image_cols = image_cols
@@ -53,6 +57,12 @@ class Runner:
         self.layouts = list(layouts) if layouts is not None else []
         self.cost = Cost()
         self.recorder = TraceRecorder() if record_trace else None
+        self.sharing = sharing
+
+    @property
+    def left_padding(self) -> torch.Tensor:
+        """(B,) padding columns before each row's first real token (a repetition penalty skips only these)."""
+        return leading_padding(self.inputs["attention_mask"])
 
     def _state(self, edits: tuple[Edit, ...]) -> SteerState:
         return SteerState(image_cols=self.image_cols, edits=edits, recorder=self.recorder, cost=self.cost)
@@ -76,6 +86,8 @@ class Runner:
         ``logits_processor``: extra processors (a ``LogitsProcessorList``); ``first_logits_from="scores"`` reports
         the processed first-token scores (what chose the token) instead of the raw logits."""
         kwargs = dict(self.inputs)
+        if prefix is None and self.sharing is not None:  # the prompt from the shared prefix, then the last token
+            prefix, keep_prefix = self.prefill(), False
         if prefix is not None:
             cache = copy.deepcopy(prefix.cache) if keep_prefix else prefix.cache
             if not keep_prefix:
@@ -93,17 +105,85 @@ class Runner:
         return Generation(new_tokens=out.sequences[:, prompt_len:], first_logits=first, step_logits=out.logits)
 
     @torch.inference_mode()
-    def prefill(self, trace: bool = False) -> Prefix:
+    def prefill(self, trace: bool = False, *, vision: dict | None = None, tag: str = "") -> Prefix:
         """Unedited forward over the whole prompt, keeping the cache. The runner's trace, if any, records this pass;
-        ``trace=True`` instead records it privately into ``Prefix.trace`` (e.g. to read attention for VEA)."""
-        kwargs = dict(self.inputs)
+        ``trace=True`` instead records it privately into ``Prefix.trace`` (e.g. to read attention for VEA).
+        ``vision``: other vision inputs (e.g. VCD's noised pixels) for a side stream, named by ``tag`` in the prefix
+        store; a side stream is never recorded."""
+        if self.sharing is not None:
+            return self._shared_prefill(trace, vision, tag)
+        kwargs = {**self.inputs, **(vision or {})}
         if self.prefill_position_ids is not None:
             kwargs["position_ids"] = self.prefill_position_ids
         state = self._state(())
-        if trace:
-            state.recorder = TraceRecorder()
+        if trace or vision is not None:
+            state.recorder = TraceRecorder() if trace else None
         with steering(state):
             out = self.model(**kwargs, use_cache=True, logits_to_keep=1)
         mask = self.inputs["attention_mask"]
         recorded = state.recorder.finish(self.image_cols, mask, self.layouts) if trace else None
         return Prefix(cache=output_cache(out), first_logits=out.logits[:, -1].float(), trace=recorded)
+
+    def _shared_prefill(self, trace: bool, vision: dict | None, tag: str) -> Prefix:
+        """The prefill from stored prefixes: each row's whole prompt when kept and nothing needs recording, else its
+        image prefix (computed here for the images not stored yet) and a forward over the question tokens only."""
+        sh, inputs, store = self.sharing, self.inputs, self.sharing.store
+        ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()  # (B, S)
+        B, S, C = ids.shape[0], ids.shape[1], sh.prefix_cols
+        columns = [mask[b].nonzero().squeeze(-1) for b in range(B)]  # each row's real columns, in order
+        tokens = [tuple(ids[b, columns[b]].tolist()) for b in range(B)]
+        prefix_keys = [(tag, sh.image_keys[b], tokens[b][:sh.prefix_lengths[b]]) for b in range(B)]
+        prompt_keys = [(tag, sh.image_keys[b], tokens[b]) for b in range(B)]
+        if store.keep_prompts and not trace:
+            whole = [store.entries.get(k) for k in prompt_keys]
+            if all(entry is not None for entry in whole):
+                for key in (*prompt_keys, *prefix_keys):
+                    store.get(key)  # in use
+                sh.continuation_positions(inputs, S)  # readies decoding (Qwen: the M-RoPE offsets)
+                sh.stats["prompt_hits"] += B
+                cache = build_cache(assemble(whole, columns, S))
+                first = torch.stack([entry.last_logits for entry in whole]).to(ids.device)  # (B, V)
+                return Prefix(cache=cache, first_logits=first)
+        self._prefill_prefixes(prefix_keys, vision)
+        entries = [store.get(k) for k in prefix_keys]
+        cache = build_cache(assemble(entries, [torch.arange(C - p, C) for p in sh.prefix_lengths], C))
+        state = self._state(())
+        if trace or vision is not None:
+            state.recorder = TraceRecorder() if trace else None
+        kwargs = {"input_ids": ids[:, C:], "attention_mask": inputs["attention_mask"],  # (B, N), (B, S)
+                  cache_argument(self.model): cache, "position_ids": sh.continuation_positions(inputs, C)}
+        with steering(state):
+            out = self.model(**kwargs, use_cache=True, logits_to_keep=1)
+        sh.stats["suffix_forwards"] += 1
+        cache, first = output_cache(out), out.logits[:, -1].float()  # (B, V)
+        if store.keep_prompts:
+            layers = cache_layers(cache)
+            for b in range(B):
+                store.put(prompt_keys[b], extract(layers, b, columns[b], first[b]))
+        recorded = state.recorder.finish(self.image_cols, inputs["attention_mask"], self.layouts) if trace else None
+        return Prefix(cache=cache, first_logits=first, trace=recorded)
+
+    def _prefill_prefixes(self, prefix_keys: list, vision: dict | None) -> None:
+        """Prefill, once per distinct image, the prefixes the store does not hold yet (unedited, unrecorded)."""
+        sh, inputs, store = self.sharing, self.inputs, self.sharing.store
+        missing: dict = {}  # key -> the first row that needs it
+        for b, key in enumerate(prefix_keys):
+            if key not in store.entries:
+                missing.setdefault(key, b)
+        if not missing:
+            return
+        rows, C = list(missing.values()), sh.prefix_cols
+        width = max(sh.prefix_lengths[r] for r in rows)
+        ids = inputs["input_ids"]
+        part = {k: v[rows, C - width:C] for k, v in inputs.items()
+                if isinstance(v, torch.Tensor) and v.shape == ids.shape}  # (R, width) each, left padded
+        part.update(sh.select_vision({**inputs, **(vision or {})}, rows))
+        if self.prefill_position_ids is not None:
+            part["position_ids"] = self.prefill_position_ids[rows, C - width:C]  # (R, width)
+        state = SteerState(image_cols=self.image_cols[rows, C - width:C], cost=self.cost)  # no edit, no trace
+        with steering(state):
+            out = self.model(**part, use_cache=True, logits_to_keep=1)
+        sh.stats["prefix_prefills"] += 1
+        layers = cache_layers(output_cache(out))
+        for j, (key, r) in enumerate(missing.items()):
+            store.put(key, extract(layers, j, torch.arange(width - sh.prefix_lengths[r], width)))

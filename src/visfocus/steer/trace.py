@@ -88,6 +88,6 @@ class Trace:
         """(rows, cols) head-averaged attention of layer ``layer`` over one image view's token grid."""
         probs = (self.last_row_pre if pre else self.last_row)[layer, b].mean(0)  # (S,)
         v = self.layouts[b].images[image][view]
-        pad = int((~self.attention_mask[b]).sum())  # layout columns count from the first real token
+        pad = int(self.attention_mask[b].long().cumsum(0).eq(0).sum())  # columns count from the first real token
         cols = torch.as_tensor(v.columns) + pad
         return probs[cols].reshape(v.rows, v.cols).numpy()

@@ -1,0 +1,172 @@
+"""Sharing a prompt prefix between questions: every supported chat template puts the image before the question, so
+the keys and values of the image tokens (and of the template text around them) do not depend on the question. They
+are computed once per image, kept in a ``PrefixStore``, and each question runs only its own tokens on a copy.
+
+Layout of a shared batch (B rows): every row's shared prefix ends at the same column C, and every row's last prompt
+token sits in the last column S − 1, so each row reads
+
+    [padding × (C − P_b)] [prefix: P_b tokens] [padding × (N − n_b)] [suffix: n_b tokens]      (N = S − C)
+
+with the attention mask 0 on both paddings. Positions come from the mask (padding never counts), so every real token
+keeps the position it has in the ordinary left-padded batch, and so does every cached key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class StoredPrefix:
+    """The unedited keys and values of one row's first ``length`` prompt tokens (no padding)."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer (keys, values), each (1, Hkv, length, D)
+    length: int
+    last_logits: torch.Tensor | None = None  # (V,) float32 next-token logits after the last of these tokens
+
+
+class PrefixStore:
+    """Prefix caches kept between calls. An entry lives while calls use it: ``end_call()`` drops every entry the
+    call just finished did not use, so a run grouped by image holds one image's prefix per batch slot at a time.
+
+    keep_prompts: also keep each row's whole unedited prompt (a sweep or the app asks the same questions again under
+    other parameters; then only the last prompt token runs again).
+    """
+
+    def __init__(self, keep_prompts: bool = False) -> None:
+        self.keep_prompts = keep_prompts
+        self.entries: dict[Hashable, StoredPrefix] = {}
+        self._used: set[Hashable] = set()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> StoredPrefix | None:
+        entry = self.entries.get(key)
+        if entry is not None:
+            self._used.add(key)
+        return entry
+
+    def put(self, key: Hashable, entry: StoredPrefix) -> None:
+        self.entries[key] = entry
+        self._used.add(key)
+
+    def end_call(self) -> None:
+        """Forget what the finished call did not use."""
+        self.entries = {k: v for k, v in self.entries.items() if k in self._used}
+        self._used = set()
+
+    def clear(self) -> None:
+        self.entries, self._used = {}, set()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def image_fingerprint(mode: str, size: tuple[int, int], pixels: bytes) -> str:
+    """A key for an image's content (the processor is deterministic, so equal images give equal pixel tensors)."""
+    digest = hashlib.blake2b(pixels, digest_size=16)
+    digest.update(f"{mode}:{size[0]}x{size[1]}".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class Sharing:
+    """What the runner needs to share prefixes in one batch.
+
+    prefix_lengths: P_b per row (tokens up to and including the image and the template text every question
+    shares). image_keys: per row, a key of its image's content. prefix_cols: C, the column where every prefix ends.
+    select_vision(inputs, rows): the vision inputs (pixel values, grids) of those rows' images.
+    continuation_positions(inputs, start): position ids of columns start.. for a forward on a cache holding columns
+    0..start−1; also readies the model to decode on from there (Qwen: its cached per-row M-RoPE offsets).
+    """
+
+    store: PrefixStore
+    prefix_lengths: list[int]
+    image_keys: list[str]
+    prefix_cols: int
+    select_vision: Callable[[dict, list[int]], dict]
+    continuation_positions: Callable[[dict, int], torch.Tensor]
+    stats: dict = field(default_factory=lambda: {"prefix_prefills": 0, "suffix_forwards": 0, "prompt_hits": 0})
+
+
+def leading_padding(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) number of padding columns before each row's first real token."""
+    return (attention_mask.long().cumsum(-1) == 0).sum(-1)
+
+
+def split_layout(inputs: dict, prefix_lengths: list[int], image_token_id: int) -> tuple[dict, int]:
+    """Re-lay a left-padded batch so that every row's prefix ends at one column C (see the module docstring).
+    Every (B, S) tensor of ``inputs`` moves with the tokens; the other tensors (pixels, grids) stay. Padding inside a
+    row repeats the row's first non-image token (masked, so never seen; a repetition penalty sees no new id).
+    Returns the new inputs and C."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()  # (B, S)
+    B = ids.shape[0]
+    lengths = mask.sum(-1).tolist()
+    suffix = [n - p for n, p in zip(lengths, prefix_lengths)]
+    C, N = max(prefix_lengths), max(suffix)
+    per_token = [k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape == ids.shape]
+    out = dict(inputs)
+    # source column of each target column, per row; -1 where the target is padding
+    source = torch.full((B, C + N), -1, dtype=torch.long, device=ids.device)
+    for b in range(B):
+        real = mask[b].nonzero().squeeze(-1)  # (L_b,) columns of the row's real tokens
+        p = prefix_lengths[b]
+        source[b, C - p:C] = real[:p]
+        source[b, C + N - suffix[b]:] = real[p:]
+    padding = source < 0  # (B, C+N)
+    gather = source.clamp(min=0)
+    for key in per_token:
+        value = inputs[key].gather(1, gather)  # (B, C+N)
+        if key == "attention_mask":
+            value = value.masked_fill(padding, 0)
+        elif key == "input_ids":
+            first = torch.stack([ids[b][mask[b] & (ids[b] != image_token_id)][0] for b in range(B)])  # (B,)
+            value = torch.where(padding, first[:, None], value)
+        else:
+            value = value.masked_fill(padding, 0)
+        out[key] = value
+    return out, C
+
+
+def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per decoder layer (keys, values), each (B, Hkv, K, D), of a transformers dynamic cache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def build_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A dynamic cache holding ``layers`` (per layer (keys, values), (B, Hkv, K, D))."""
+    cache = DynamicCache()
+    for i, (keys, values) in enumerate(layers):
+        cache.update(keys, values, i)
+    return cache
+
+
+def assemble(entries: list[StoredPrefix], columns: list[torch.Tensor], width: int) -> list[tuple[torch.Tensor, ...]]:
+    """Per layer (keys, values) of shape (B, Hkv, width, D): row b's entry placed at ``columns[b]`` (one column per
+    stored token), zeros elsewhere (masked padding). Always new tensors: the store's entries are never modified."""
+    out = []
+    for layer in range(len(entries[0].layers)):
+        keys0, values0 = entries[0].layers[layer]
+        B, (_, H, _, D) = len(entries), keys0.shape
+        keys = keys0.new_zeros(B, H, width, D)
+        values = values0.new_zeros(B, H, width, D)
+        for b, entry in enumerate(entries):
+            k, v = entry.layers[layer]  # (1, Hkv, P, D)
+            cols = columns[b].to(k.device)
+            keys[b, :, cols] = k[0].to(keys.dtype)
+            values[b, :, cols] = v[0].to(values.dtype)
+        out.append((keys, values))
+    return out
+
+
+def extract(layers: list[tuple[torch.Tensor, torch.Tensor]], row: int, columns: torch.Tensor,
+            last_logits: torch.Tensor | None = None) -> StoredPrefix:
+    """Row ``row``'s keys and values at ``columns`` (its real tokens, in order) as a stored prefix (copies)."""
+    kept = [(k[row:row + 1, :, columns.to(k.device)].clone(), v[row:row + 1, :, columns.to(v.device)].clone())
+            for k, v in layers]
+    return StoredPrefix(layers=kept, length=int(columns.numel()), last_logits=last_logits)
