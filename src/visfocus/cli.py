@@ -15,7 +15,7 @@ from visfocus.errors import VisfocusError
 
 EVAL_FLAGS = ("model", "model_args", "tasks", "method", "method_args", "data_root", "limit", "offset", "seed",
               "batch_size", "max_new_tokens", "prompt_style", "scorer", "output_path", "log_samples", "skip_missing",
-              "trace")
+              "trace", "prefix_sharing")
 
 
 def _key_values(text: str | dict | None, what: str) -> dict[str, Any]:
@@ -106,7 +106,8 @@ def _sweep(args: argparse.Namespace) -> int:
     base = RunConfig(model=args.model, model_args=_key_values(args.model_args, "model argument"),
                      data_root=args.data_root, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style, scorer=args.scorer,
-                     output_path=args.output_path, skip_missing=args.skip_missing)
+                     output_path=args.output_path, skip_missing=args.skip_missing,
+                     prefix_sharing=args.prefix_sharing)
     grid = parse_grid(args.method, args.grid) if args.grid else None
     out = sweep(base, args.task, args.eval_task, args.method, grid)
     if not distributed.current().is_main:
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate the rest when images are missing (counted in results)")
     ev.add_argument("--trace", nargs="?", const="heads", choices=["heads", "mean"],
                     help="write per-sample last-row attention (traces_<task>/; default per head)")
+    ev.add_argument("--no_prefix_sharing", dest="prefix_sharing", action="store_false", default=None,
+                    help="prefill every question whole (default: one image's questions share its prefill; the "
+                         "answers are the same)")
     ev.add_argument("--config", help="YAML file with the same keys as these flags (flags override it)")
     ev.set_defaults(func=_eval)
 
@@ -212,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--scorer", choices=["exact", "adaptvis"], default="exact")
     sw.add_argument("--output_path", default="runs")
     sw.add_argument("--skip_missing", action="store_true")
+    sw.add_argument("--no_prefix_sharing", dest="prefix_sharing", action="store_false",
+                    help="prefill every sample whole in every trial (default: the trials share each sample's prefill)")
     sw.set_defaults(func=_sweep)
 
     cmp = sub.add_parser("compare", help="paired comparison of two runs on their shared samples")

@@ -43,6 +43,7 @@ class RunConfig:
     log_samples: bool = False  # also store the full chat prompt of every sample
     skip_missing: bool = False
     trace: str | None = None  # "heads" or "mean": write traces_<task>/ (see visfocus.tracefile)
+    prefix_sharing: bool = True  # answer one image's samples from one prefill of its prefix (same answers, faster)
 
     def validate(self) -> None:
         if self.trace is not None and self.trace not in ("heads", "mean"):
@@ -130,69 +131,131 @@ def evaluate(config: RunConfig, after_batch: Callable[[str, int], None] | None =
     Under ``torchrun`` / ``accelerate launch`` every rank runs this: the samples not yet finished (by any earlier
     run, whatever its number of ranks) are split by image across ranks (``distributed.shard``), each rank appends to
     ``samples_<task>.rank<r>.jsonl``, and rank 0 merges them in sample order into ``samples_<task>.jsonl`` and writes
-    ``results.json``; every rank returns the same results."""
+    ``results.json``; every rank returns the same results.
+
+    With ``prefix_sharing`` (the default) the samples of one image are answered one after another, so that its
+    prefill (vision tower and prompt up to the question) runs once for all of them; the answers are the same."""
+    return evaluate_many([config], after_batch, model)[0]
+
+
+@dataclass
+class _Run:
+    """One configuration of ``evaluate_many``: its method, folder, results so far and samples still to answer."""
+
+    config: RunConfig
+    method: Any
+    folder: Path
+    out: res.Results
+    todo: dict[str, set[str]]  # per task, the ids this rank still answers
+
+
+def evaluate_many(configs: list[RunConfig], after_batch: Callable[[str, int], None] | None = None,
+                  model: Callable[[], Any] | None = None) -> list[res.Results]:
+    """Several runs that differ only in their method and its arguments (a sweep's trials), each exactly as
+    ``evaluate`` would do it, answered sample-major: every batch of samples under each run in turn. With prefix
+    sharing the model then keeps each batch's unedited prompts between runs, so a method that edits only the last
+    prompt token (ScalingVis, AdaptVis, CLVS) re-runs only that token per run. ``after_batch(task, b)`` is called
+    after batch ``b`` of a task has been answered under every run."""
     import torch
 
     import visfocus as vf
 
     ranks = distributed.current()
-    config.validate()
-    method = vf.method(config.method, **config.method_args) if config.method else None
-    method_params = dataclasses.asdict(method.params) if method else {}
-    built = {name: task(name, config.data_root, config.prompt_style, config.scorer) for name in config.tasks}
-    selected = {name: select(t, config) for name, t in built.items()}
-    missing = check_images(selected, config.skip_missing)
+    base = configs[0]
+    for config in configs:
+        config.validate()
+        differ = [k for k in dataclasses.asdict(config)
+                  if k not in ("method", "method_args") and getattr(config, k) != getattr(base, k)]
+        if differ:
+            raise VisfocusError(f"evaluate_many needs runs that differ only in method and method_args, not in "
+                                f"{', '.join(differ)}")
+    built = {name: task(name, base.data_root, base.prompt_style, base.scorer) for name in base.tasks}
+    selected = {name: select(t, base) for name, t in built.items()}
+    missing = check_images(selected, base.skip_missing)
 
-    folder = run_dir(config, {k: v for k, v in config.method_args.items()})
-    distributed.same_everywhere(ranks, dataclasses.asdict(config), "configuration")
-    previous = _check_identity(folder, config)
-    finished = {name: set(res.SampleLog(folder / f"samples_{name}.jsonl").rows) | _rank_rows(folder, name).keys()
-                for name in built}
-    todo = {name: distributed.shard([r for r in selected[name] if r.id not in missing.get(name, set())
-                                     and r.id not in finished[name]], ranks, image_group)
-            for name in built}
-    if any(todo.values()):  # a bad model fails before anything is written
-        vlm = model() if model is not None else _load_model(config, ranks)
-    else:
-        vlm = None
-    out: res.Results = {
-        "schema_version": res.SCHEMA_VERSION, "created_at": previous["created_at"] if previous else res.now(),
-        "updated_at": res.now(), "config": dataclasses.asdict(config),
-        "method": {"name": config.method or "baseline", "args": method_params}, "versions": res.versions(),
-        "git_hash": res.git_hash(), "tasks": dict(previous.get("tasks", {})) if previous else {},
-        "cost": res.empty_cost()}
+    runs = []
+    for config in configs:
+        method = vf.method(config.method, **config.method_args) if config.method else None
+        folder = run_dir(config, {k: v for k, v in config.method_args.items()})
+        distributed.same_everywhere(ranks, dataclasses.asdict(config), "configuration")
+        previous = _check_identity(folder, config)
+        todo = {}
+        for name in built:
+            finished = set(res.SampleLog(folder / f"samples_{name}.jsonl").rows) | _rank_rows(folder, name).keys()
+            todo[name] = {r.id for r in selected[name] if r.id not in missing.get(name, set()) and r.id not in finished}
+        out: res.Results = {
+            "schema_version": res.SCHEMA_VERSION, "created_at": previous["created_at"] if previous else res.now(),
+            "updated_at": res.now(), "config": dataclasses.asdict(config),
+            "method": {"name": config.method or "baseline",
+                       "args": dataclasses.asdict(method.params) if method else {}},
+            "versions": res.versions(), "git_hash": res.git_hash(),
+            "tasks": dict(previous.get("tasks", {})) if previous else {}, "cost": res.empty_cost()}
+        runs.append(_Run(config, method, folder, out, todo))
+    # the samples any run still needs, this rank's share (by image), grouped by image when prefixes are shared
+    order = {name: distributed.shard([r for r in selected[name] if any(r.id in run.todo[name] for run in runs)],
+                                     ranks, image_group) for name in built}
+    if base.prefix_sharing:
+        order = {name: group_by_image(records) for name, records in order.items()}
+    vlm = None
+    if any(order.values()):  # a bad model fails before anything is written
+        vlm = model() if model is not None else _load_model(base, ranks)
     if ranks.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        res.write_json(folder / "results.json", out)
+        for run in runs:
+            run.folder.mkdir(parents=True, exist_ok=True)
+            res.write_json(run.folder / "results.json", run.out)
     ranks.barrier()
 
-    torch.manual_seed(config.seed)
-    for name, t in built.items():
-        own = f"samples_{name}.jsonl" if not ranks.distributed else f"samples_{name}.rank{ranks.rank}.jsonl"
-        log, n_usable = res.SampleLog(folder / own), len(selected[name]) - len(missing.get(name, ()))
-        progress = _Progress(folder, name, n_usable, len(finished[name]), shown=ranks.is_main)
-        for b, start in enumerate(range(0, len(todo[name]), config.batch_size)):
-            batch = todo[name][start:start + config.batch_size]
-            log.append(_answer_rows(vlm, t, batch, method, config, folder / f"traces_{name}"))
-            progress.update(len(batch))
-            if after_batch:
-                after_batch(name, b)
-        progress.close()
-        ranks.barrier()  # every rank's samples of this task are on disk
-        if ranks.is_main:  # merged and scored task by task, so a later kill keeps this task's results
-            out["tasks"][name] = _task_result(t, selected[name], missing.get(name, set()),
-                                              _merge(folder, name, selected[name]))
-            out["updated_at"] = res.now()
-            res.write_json(folder / "results.json", out)
-    if ranks.is_main:
-        for name in out["tasks"]:
-            res.add_cost(out["cost"], out["tasks"][name]["cost"])
-        res.write_json(folder / "results.json", out)
+    keep_prompts = vlm.prefix_store.keep_prompts if vlm is not None else False
+    if vlm is not None and len(runs) > 1 and base.prefix_sharing:
+        vlm.prefix_store.keep_prompts = True  # the next run asks the same batch again
+    try:
+        torch.manual_seed(base.seed)
+        for name, t in built.items():
+            own = f"samples_{name}.jsonl" if not ranks.distributed else f"samples_{name}.rank{ranks.rank}.jsonl"
+            logs = [res.SampleLog(run.folder / own) for run in runs]
+            n_usable = len(selected[name]) - len(missing.get(name, ()))
+            progress = _Progress([run.folder for run in runs], name, n_usable * len(runs),
+                                 sum(n_usable - len(run.todo[name]) for run in runs), shown=ranks.is_main)
+            for b, start in enumerate(range(0, len(order[name]), base.batch_size)):
+                chunk = order[name][start:start + base.batch_size]
+                for run, log in zip(runs, logs):
+                    batch = [r for r in chunk if r.id in run.todo[name]]
+                    if batch:
+                        log.append(_answer_rows(vlm, t, batch, run.method, run.config, run.folder / f"traces_{name}"))
+                        progress.update(len(batch))
+                if after_batch:
+                    after_batch(name, b)
+            progress.close()
+            ranks.barrier()  # every rank's samples of this task are on disk
+            if ranks.is_main:  # merged and scored task by task, so a later kill keeps this task's results
+                for run in runs:
+                    run.out["tasks"][name] = _task_result(t, selected[name], missing.get(name, set()),
+                                                          _merge(run.folder, name, selected[name]))
+                    run.out["updated_at"] = res.now()
+                    res.write_json(run.folder / "results.json", run.out)
+    finally:
+        if vlm is not None:
+            vlm.prefix_store.keep_prompts = keep_prompts
+    results = []
+    for run in runs:
+        if ranks.is_main:
+            for name in run.out["tasks"]:
+                res.add_cost(run.out["cost"], run.out["tasks"][name]["cost"])
+            res.write_json(run.folder / "results.json", run.out)
     ranks.barrier()  # the merged results are on disk
-    if not ranks.is_main:
-        out = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    out["config"]["run_dir"] = str(folder)
-    return out
+    for run in runs:
+        out = run.out if ranks.is_main else json.loads((run.folder / "results.json").read_text(encoding="utf-8"))
+        out["config"]["run_dir"] = str(run.folder)
+        results.append(out)
+    return results
+
+
+def group_by_image(records: list[Record]) -> list[Record]:
+    """The records with each image's samples together: images in order of first appearance, samples in order."""
+    groups: dict[str, list[Record]] = {}
+    for r in records:
+        groups.setdefault(image_group(r), []).append(r)
+    return [r for group in groups.values() for r in group]
 
 
 class LoadOnce:
@@ -221,14 +284,15 @@ def _rank_rows(folder: Path, name: str) -> dict[str, dict]:
 
 
 def _merge(folder: Path, name: str, selected: list[Record]) -> res.SampleLog:
-    """Fold the per-rank files into ``samples_<task>.jsonl``: the selected samples in their order, then any other
-    rows it held (from another --limit or --offset); the per-rank files go once the merged file is written."""
+    """Fold the per-rank files into ``samples_<task>.jsonl`` (or put its rows back in sample order): the selected
+    samples in their order, then any other rows it held (from another --limit or --offset); the per-rank files go
+    once the merged file is written."""
     merged_path = folder / f"samples_{name}.jsonl"
     parts = sorted(folder.glob(f"samples_{name}.rank*.jsonl"))
-    if not parts:
-        return res.SampleLog(merged_path)
     rows = {**res.SampleLog(merged_path).rows, **_rank_rows(folder, name)}
     order = [r.id for r in selected if r.id in rows] + [i for i in rows if i not in {r.id for r in selected}]
+    if not parts and order == list(rows):  # already one file in sample order (answers grouped by image are not)
+        return res.SampleLog(merged_path)
     tmp = folder / f".samples_{name}.merge.jsonl"
     tmp.write_text("".join(json.dumps(rows[i], default=str) + "\n" for i in order), encoding="utf-8")
     tmp.replace(merged_path)
@@ -238,10 +302,11 @@ def _merge(folder: Path, name: str, selected: list[Record]) -> res.SampleLog:
 
 
 class _Progress:
-    """Rank 0's bar over all ranks: its own batches plus what the other ranks' files grew by since the last look."""
+    """Rank 0's bar over all ranks and runs: its own batches plus what the other ranks' files grew by since the last
+    look."""
 
-    def __init__(self, folder: Path, name: str, total: int, done: int, shown: bool) -> None:
-        self.folder, self.name, self.shown = folder, name, shown
+    def __init__(self, folders: list[Path], name: str, total: int, done: int, shown: bool) -> None:
+        self.folders, self.name, self.shown = folders, name, shown
         self.bar = tqdm(total=total, initial=done, desc=name, unit="sample", file=sys.stderr, dynamic_ncols=True,
                         disable=not shown)
         self.offsets: dict[Path, int] = {}
@@ -249,14 +314,15 @@ class _Progress:
 
     def _others(self) -> int:
         grown = 0
-        for path in self.folder.glob(f"samples_{self.name}.rank*.jsonl"):
-            if path.name.endswith(".rank0.jsonl"):
-                continue
-            with open(path, "rb") as f:
-                f.seek(self.offsets.get(path, 0))
-                chunk = f.read()
-            grown += chunk.count(b"\n")
-            self.offsets[path] = self.offsets.get(path, 0) + len(chunk)
+        for folder in self.folders:
+            for path in folder.glob(f"samples_{self.name}.rank*.jsonl"):
+                if path.name.endswith(".rank0.jsonl"):
+                    continue
+                with open(path, "rb") as f:
+                    f.seek(self.offsets.get(path, 0))
+                    chunk = f.read()
+                grown += chunk.count(b"\n")
+                self.offsets[path] = self.offsets.get(path, 0) + len(chunk)
         return grown
 
     def update(self, own: int) -> None:
@@ -319,7 +385,8 @@ def _answer_rows(vlm, t: Task, batch: list[Record], method, config: RunConfig, t
 
     images = [r.image if r.image is not None else load_image(r.image_path) for r in batch]
     answers = vlm.answer_batch(images, [r.question for r in batch], method, max_new_tokens=config.max_new_tokens,
-                               options=[r.options or None for r in batch], trace=config.trace is not None)
+                               options=[r.options or None for r in batch], trace=config.trace is not None,
+                               share_prefix=config.prefix_sharing)
     if config.trace:  # written before the samples are logged: a logged sample always has its trace
         write_shard(trace_folder, _slug(f"batch_{batch[0].id}"),
                     {r.id: sample_arrays(a.trace, a.extras, config.trace) for r, a in zip(batch, answers)})
@@ -330,7 +397,8 @@ def _answer_rows(vlm, t: Task, batch: list[Record], method, config: RunConfig, t
                "correct": t.is_correct(a.text, parsed, r), "confidence": a.confidence, "first_token": a.first_token,
                "alpha_used": a.alpha_used, "relation": r.relation, "group": r.group, "pair": r.pair,
                "passes": a.cost["forward_passes"], "prefill_tokens": a.cost["prefill_tokens"],
-               "decode_tokens": a.cost["decode_tokens"], "seconds": a.cost["seconds"] / len(batch),
+               "decode_tokens": a.cost["decode_tokens"], "shared_prefix_tokens": a.cost["shared_prefix_tokens"],
+               "seconds": a.cost["seconds"] / len(batch),
                "batch_size": len(batch), **({"method_extras": a.extras} if a.extras else {})}
         if config.log_samples:
             row["prompt"] = vlm.adapter.build_prompt(r.question)

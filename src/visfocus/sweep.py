@@ -1,6 +1,9 @@
 """Hyper-parameter search done right (``visfocus sweep``): every grid point on a dev task, the best by the task's main
 metric (ties → the point closest to the identity), then only the chosen point on the test task. Every trial is an
-ordinary resumable run; ``sweep.json`` holds the search space, each trial's metrics, the choice and the test result."""
+ordinary resumable run; ``sweep.json`` holds the search space, each trial's metrics, the choice and the test result.
+
+The model loads once, and the trials run sample-major (``evaluate_many``): with prefix sharing, every grid point of a
+batch starts from the batch's one unedited prefill, so a point costs the last prompt token and the decoding."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from visfocus import distributed
 from visfocus import results as res
 from visfocus.benchmarks import task
 from visfocus.errors import VisfocusError
-from visfocus.evaluate import LoadOnce, RunConfig, evaluate, run_dir
+from visfocus.evaluate import LoadOnce, RunConfig, evaluate, evaluate_many, run_dir
 from visfocus.interventions import METHODS, method
 from visfocus.interventions.base import parse_method_args
 
@@ -61,17 +64,23 @@ def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: st
 
     model = LoadOnce(base)  # one model for every trial (each trial differs only in task and method)
 
-    def run(task_name: str, name: str | None, args: dict) -> dict:
-        config = dataclasses.replace(base, tasks=[task_name], method=name, method_args=args)
-        return evaluate(config, model=model)["tasks"][task_name]
+    def config(task_name: str, name: str | None, args: dict) -> RunConfig:
+        return dataclasses.replace(base, tasks=[task_name], method=name, method_args=args)
 
-    baseline = run(dev_task, None, {})
+    baseline = None
     if method_name == "adaptvis" and not user_thresholds and grid.get("confidence", ["max_prob"]) == ["max_prob"]:
-        # the paper's grid plus quantiles of the dev set's own confidences (the baseline run just recorded them)
+        # the paper's grid plus quantiles of the dev set's own confidences (from the baseline run, first)
+        baseline = evaluate(config(dev_task, None, {}), model=model)["tasks"][dev_task]
         grid["threshold"] = sorted(set(grid.get("threshold", ())) | set(_confidence_quantiles(base, dev_task)))
+    points = grid_points(grid)
+    # every grid point sample-major: each batch under all points in turn, so they share its unedited prefill
+    runs = [config(dev_task, method_name, point) for point in points]
+    results = [out["tasks"][dev_task] for out in
+               evaluate_many(runs if baseline is not None else [config(dev_task, None, {}), *runs], model=model)]
+    if baseline is None:
+        baseline = results.pop(0)
     trials = []
-    for point in grid_points(grid):
-        result = run(dev_task, method_name, point)
+    for point, result in zip(points, results):
         trials.append({"args": point, "metrics": {metric: result["metrics"].get(metric)},
                        "n_effective": result["n_samples"]["effective"],
                        "distance_from_identity": method(method_name, **point).distance_from_identity()})
@@ -80,8 +89,10 @@ def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: st
                            "metric": metric, "search_space": grid, "trials": trials, "chosen": best["args"],
                            "dev_baseline": {metric: baseline["metrics"].get(metric)}}
     if eval_task:
-        out["test"] = {"baseline": run(eval_task, None, {})["metrics"],
-                       "chosen": run(eval_task, method_name, best["args"])["metrics"]}
+        baseline_test, chosen_test = evaluate_many(
+            [config(eval_task, None, {}), config(eval_task, method_name, best["args"])], model=model)
+        out["test"] = {"baseline": baseline_test["tasks"][eval_task]["metrics"],
+                       "chosen": chosen_test["tasks"][eval_task]["metrics"]}
     folder = run_dir(base, {}).parent / f"sweep_{method_name}_{dev_task}"
     if distributed.current().is_main:  # every rank chose the same point from the same merged results
         folder.mkdir(parents=True, exist_ok=True)
