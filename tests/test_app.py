@@ -58,6 +58,19 @@ def test_the_cache_keeps_the_most_recently_used_results_only(explorer, image):
     assert explorer.forward_calls == 4 and len(explorer._results) == 2
 
 
+def test_methods_compared_on_one_question_share_its_prefill(explorer, image):
+    explorer.vlm.prefix_store.clear()
+    first = explorer.answer(image, QUESTION, "baseline", {}, OPTIONS)
+    scaled = explorer.answer(image, QUESTION, "scaling_vis", {"alpha": 2.0}, OPTIONS)
+    adaptive = explorer.answer(image, QUESTION, "adaptvis", {}, OPTIONS)
+    assert first.cost["prefill_tokens"] > first.cost["shared_prefix_tokens"] > 0
+    assert scaled.cost["prefill_tokens"] == adaptive.cost["prefill_tokens"] == 1  # only the last prompt token ran
+    alone = explorer.vlm.answer(image, QUESTION, method=vf.method("scaling_vis", alpha=2.0), share_prefix=False,
+                                max_new_tokens=explorer.max_new_tokens, options=list(OPTIONS))
+    assert scaled.text == alone.text and scaled.confidence == pytest.approx(alone.confidence, abs=1e-5)
+    assert explorer.vlm.prefix_store.keep_prompts is False  # only while the Explorer answers
+
+
 @pytest.mark.parametrize(("method", "params"), [
     *[(name, {}) for name in sorted(vf.METHODS)], ("adaptvis", {"alpha_low": 0.3, "threshold": 0.9}),
     ("scaling_vis", {"alpha": 2.0, "layers": (0,)}),

@@ -3,8 +3,9 @@ first-token logits, confidence, cost and (on request) where it looked."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,18 @@ class VLM:
         # image prefixes kept between calls (an entry lives while consecutive calls use it); ``keep_prompts=True``
         # also keeps whole prompts, for asking the same questions under other methods or parameters
         self.prefix_store = PrefixStore()
+
+    @contextlib.contextmanager
+    def keeping_prompts(self) -> Iterator[VLM]:
+        """Within the block, also keep each answered prompt's unedited prefill, so that asking the same question
+        about the same image again (under another method or other parameters) re-runs only its last prompt token.
+        Exact for every method that shares prefixes; what is kept lives while consecutive calls use it."""
+        before = self.prefix_store.keep_prompts
+        self.prefix_store.keep_prompts = True
+        try:
+            yield self
+        finally:
+            self.prefix_store.keep_prompts = before
 
     @property
     def family(self) -> str:

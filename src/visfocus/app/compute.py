@@ -107,8 +107,9 @@ class Explorer:
                 self._results.move_to_end(key)
             else:
                 started = time.perf_counter()
-                answer = self.vlm.answer(image, question, method=built, max_new_tokens=self.max_new_tokens,
-                                         trace=True, options=options)
+                with self.vlm.keeping_prompts():  # the next method on this question re-runs its last token only
+                    answer = self.vlm.answer(image, question, method=built, max_new_tokens=self.max_new_tokens,
+                                             trace=True, options=options)
                 self.forward_calls += 1
                 result = self._result(key, method, params, answer, options, time.perf_counter() - started)
                 self._results[key] = result
