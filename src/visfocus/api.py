@@ -148,7 +148,8 @@ class VLM:
         try:
             result = method.run(batch, max_new_tokens=max_new_tokens)
         finally:
-            self.prefix_store.end_call()  # keeps only what this call used
+            if store is not None:
+                store.end_call()  # keeps only what this call used (a call that does not share leaves it as it is)
         runner = batch.runner  # holds the cost and trace of every pass, also of a forked batch's
         runner.cost.seconds = time.perf_counter() - start
         final = (result.batch or batch).runner  # the batch the answer came from

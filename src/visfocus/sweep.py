@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,9 @@ def choose(trials: list[dict], metric: str) -> dict:
 
 
 def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: str,
-          grid: dict[str, list] | None = None) -> dict[str, Any]:
+          grid: dict[str, list] | None = None, model: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Search ``grid`` (default: the method's search grid) on ``dev_task``, then report the chosen point and the
+    baseline on ``eval_task``. ``model``: gives the loaded VLM (default: ``base.model``, loaded once)."""
     if method_name not in METHODS:
         raise VisfocusError(f"unknown method '{method_name}'; registered methods: {', '.join(sorted(METHODS))}")
     user_thresholds = grid is not None and "threshold" in grid
@@ -62,7 +65,7 @@ def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: st
         method(method_name, **point)  # validate every point before any forward pass
     metric = task(dev_task, base.data_root, base.prompt_style, base.scorer).main_metric
 
-    model = LoadOnce(base)  # one model for every trial (each trial differs only in task and method)
+    model = model or LoadOnce(base)  # one model for every trial (each trial differs only in task and method)
 
     def config(task_name: str, name: str | None, args: dict) -> RunConfig:
         return dataclasses.replace(base, tasks=[task_name], method=name, method_args=args)
