@@ -122,8 +122,8 @@ def test_one_question_per_call_reuses_the_previous_calls_prefix(family, tiny_vlm
         shared = g.cost["shared_prefix_tokens"]
         assert r.cost["shared_prefix_tokens"] == 0
         assert len(g.layout.image_positions) < shared < prompt
-        # the prompt (or only its question when the prefix is stored), then the last prompt token once more
-        assert g.cost["prefill_tokens"] == (prompt - shared + 1 if hit else prompt + 1)
+        # the prompt (or only its question when the prefix is stored), each token once
+        assert g.cost["prefill_tokens"] == (prompt - shared if hit else prompt)
     assert got[1].cost["prefill_tokens"] < got[0].cost["prefill_tokens"]
 
 

@@ -122,7 +122,8 @@ def run_config(vlm, image, question: str, name: str, new_tokens: int) -> None:
     impl, method, trace = CONFIGS[name]
     vlm.model.set_attn_implementation({"": "sdpa", "text_config": impl, "vision_config": "sdpa"})
     m = vf.method(method[0], **method[1]) if method else None
-    vlm.answer(image, question, method=m, max_new_tokens=new_tokens, trace=trace, options=OPTIONS)
+    # every answer prefilled whole: the cost of one answer, not of one sharing a stored prefix (prefix_sharing.py)
+    vlm.answer(image, question, method=m, max_new_tokens=new_tokens, trace=trace, options=OPTIONS, share_prefix=False)
 
 
 def measure(vlm, image, question: str, configs, reps: int, new_tokens: int, device: str) -> dict[str, dict]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -42,8 +42,6 @@ class PrefixStore:
         self.keep_prompts = keep_prompts
         self.entries: dict[Hashable, StoredPrefix] = {}
         self._used: set[Hashable] = set()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: Hashable) -> StoredPrefix | None:
         entry = self.entries.get(key)
@@ -91,7 +89,6 @@ class Sharing:
     prefix_cols: int
     select_vision: Callable[[dict, list[int]], dict]
     continuation_positions: Callable[[dict, int], torch.Tensor]
-    stats: dict = field(default_factory=lambda: {"prefix_prefills": 0, "suffix_forwards": 0, "prompt_hits": 0})
 
 
 def leading_padding(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ class Prefix:
     """The unedited prompt prefill: its cache (all S positions) and the first-token logits it gives."""
 
     cache: object  # transformers Cache
-    first_logits: torch.Tensor  # (B, V) float32
+    first_logits: torch.Tensor | None  # (B, V) float32; None for a cache that stops before the last prompt token
     trace: object = None  # a Trace of this pass when asked for (``prefill(trace=True)``)
 
 
@@ -85,14 +85,18 @@ class Runner:
         ``keep_prefix=False`` crops the prefix's own cache instead of a copy (the prefix is used up; saves a copy).
         ``logits_processor``: extra processors (a ``LogitsProcessorList``); ``first_logits_from="scores"`` reports
         the processed first-token scores (what chose the token) instead of the raw logits."""
-        kwargs = dict(self.inputs)
-        if prefix is None and self.sharing is not None:  # the prompt from the shared prefix, then the last token
-            prefix, keep_prefix = self.prefill(), False
+        kwargs, cache = dict(self.inputs), None
+        if prefix is None and self.sharing is not None:  # the prompt but its last token from the shared prefix
+            if self.sharing.store.keep_prompts:  # the whole prompt, to keep it
+                prefix, keep_prefix = self.prefill(), False
+            else:
+                cache = self._shared_prefill(False, None, "", whole=False).cache  # columns 0..S-2
         if prefix is not None:
             cache = copy.deepcopy(prefix.cache) if keep_prefix else prefix.cache
             if not keep_prefix:
                 prefix.cache = None  # used up
             cache.crop(-1)  # drop the last prompt position; generate re-runs it under the edits
+        if cache is not None:
             kwargs = {k: v for k, v in kwargs.items() if k not in self.drop_on_continue}
             kwargs[cache_argument(self.model)] = cache
         prompt_len = self.image_cols.shape[1]
@@ -124,9 +128,11 @@ class Runner:
         recorded = state.recorder.finish(self.image_cols, mask, self.layouts) if trace else None
         return Prefix(cache=output_cache(out), first_logits=out.logits[:, -1].float(), trace=recorded)
 
-    def _shared_prefill(self, trace: bool, vision: dict | None, tag: str) -> Prefix:
+    def _shared_prefill(self, trace: bool, vision: dict | None, tag: str, whole: bool = True) -> Prefix:
         """The prefill from stored prefixes: each row's whole prompt when kept and nothing needs recording, else its
-        image prefix (computed here for the images not stored yet) and a forward over the question tokens only."""
+        image prefix (computed here for the images not stored yet) and a forward over the question tokens only.
+        ``whole=False`` stops before the last prompt token (for ``generate``, which runs it under the edits): the
+        cache then holds columns 0..S-2 and there are no first-token logits."""
         sh, inputs, store = self.sharing, self.inputs, self.sharing.store
         ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()  # (B, S)
         B, S, C = ids.shape[0], ids.shape[1], sh.prefix_cols
@@ -134,13 +140,12 @@ class Runner:
         tokens = [tuple(ids[b, columns[b]].tolist()) for b in range(B)]
         prefix_keys = [(tag, sh.image_keys[b], tokens[b][:sh.prefix_lengths[b]]) for b in range(B)]
         prompt_keys = [(tag, sh.image_keys[b], tokens[b]) for b in range(B)]
-        if store.keep_prompts and not trace:
+        if store.keep_prompts and whole and not trace:
             whole = [store.entries.get(k) for k in prompt_keys]
             if all(entry is not None for entry in whole):
                 for key in (*prompt_keys, *prefix_keys):
                     store.get(key)  # in use
                 sh.continuation_positions(inputs, S)  # readies decoding (Qwen: the M-RoPE offsets)
-                sh.stats["prompt_hits"] += B
                 cache = build_cache(assemble(whole, columns, S))
                 first = torch.stack([entry.last_logits for entry in whole]).to(ids.device)  # (B, V)
                 return Prefix(cache=cache, first_logits=first)
@@ -150,12 +155,17 @@ class Runner:
         state = self._state(())
         if trace or vision is not None:
             state.recorder = TraceRecorder() if trace else None
-        kwargs = {"input_ids": ids[:, C:], "attention_mask": inputs["attention_mask"],  # (B, N), (B, S)
-                  cache_argument(self.model): cache, "position_ids": sh.continuation_positions(inputs, C)}
+        end = S if whole else S - 1
+        positions = sh.continuation_positions(inputs, C)[..., :end - C]  # (B, N) or (3, B, N); readies decoding
+        if end == C:  # every question is its last token alone
+            return Prefix(cache=cache, first_logits=None)
+        kwargs = {"input_ids": ids[:, C:end], "attention_mask": inputs["attention_mask"][:, :end],  # (B, N), (B, end)
+                  cache_argument(self.model): cache, "position_ids": positions}
         with steering(state):
             out = self.model(**kwargs, use_cache=True, logits_to_keep=1)
-        sh.stats["suffix_forwards"] += 1
         cache, first = output_cache(out), out.logits[:, -1].float()  # (B, V)
+        if not whole:
+            return Prefix(cache=cache, first_logits=None)
         if store.keep_prompts:
             layers = cache_layers(cache)
             for b in range(B):
@@ -183,7 +193,6 @@ class Runner:
         state = SteerState(image_cols=self.image_cols[rows, C - width:C], cost=self.cost)  # no edit, no trace
         with steering(state):
             out = self.model(**part, use_cache=True, logits_to_keep=1)
-        sh.stats["prefix_prefills"] += 1
         layers = cache_layers(output_cache(out))
         for j, (key, r) in enumerate(missing.items()):
             store.put(key, extract(layers, j, torch.arange(width - sh.prefix_lengths[r], width)))
