@@ -3,6 +3,7 @@ JSONL and a typed results.json (see ``visfocus.results``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -205,10 +206,9 @@ def evaluate_many(configs: list[RunConfig], after_batch: Callable[[str, int], No
             res.write_json(run.folder / "results.json", run.out)
     ranks.barrier()
 
-    keep_prompts = vlm.prefix_store.keep_prompts if vlm is not None else False
-    if vlm is not None and len(runs) > 1 and base.prefix_sharing:
-        vlm.prefix_store.keep_prompts = True  # the next run asks the same batch again
-    try:
+    # several runs ask the same batch one after another: keep its whole unedited prompts for the next run
+    several = vlm is not None and len(runs) > 1 and base.prefix_sharing
+    with vlm.keeping_prompts() if several else contextlib.nullcontext():
         torch.manual_seed(base.seed)
         for name, t in built.items():
             own = f"samples_{name}.jsonl" if not ranks.distributed else f"samples_{name}.rank{ranks.rank}.jsonl"
@@ -233,9 +233,6 @@ def evaluate_many(configs: list[RunConfig], after_batch: Callable[[str, int], No
                                                           _merge(run.folder, name, selected[name]))
                     run.out["updated_at"] = res.now()
                     res.write_json(run.folder / "results.json", run.out)
-    finally:
-        if vlm is not None:
-            vlm.prefix_store.keep_prompts = keep_prompts
     results = []
     for run in runs:
         if ranks.is_main:
