@@ -1,7 +1,7 @@
 """Running a prepared batch through ``generate`` under edits, and prefix-cache reuse: prefill the prompt once
 (unedited), then re-run only the last prompt token under an edit from a cropped copy of the cache. With ``sharing``
-(``visfocus.steer.prefix``) the prefill itself starts from stored image prefixes: only each question's own tokens
-run, and every answer starts from that prefill."""
+(``visfocus.steer.prefix``) everything starts from stored image prefixes: ``generate`` runs each question's own tokens
+on them in its first forward (the last one under the edits), ``prefill`` in a forward of its own."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class Prefix:
     """The unedited prompt prefill: its cache (all S positions) and the first-token logits it gives."""
 
     cache: object  # transformers Cache
-    first_logits: torch.Tensor | None  # (B, V) float32; None for a cache that stops before the last prompt token
+    first_logits: torch.Tensor  # (B, V) float32
     trace: object = None  # a Trace of this pass when asked for (``prefill(trace=True)``)
 
 
@@ -89,8 +89,8 @@ class Runner:
         if prefix is None and self.sharing is not None:  # the prompt but its last token from the shared prefix
             if self.sharing.store.keep_prompts:  # the whole prompt, to keep it
                 prefix, keep_prefix = self.prefill(), False
-            else:
-                cache = self._shared_prefill(False, None, "", whole=False).cache  # columns 0..S-2
+            else:  # the image prefixes; generate's first forward runs every question token, the last under the edits
+                cache = self._prefix_cache(self._keys(""), None)
         if prefix is not None:
             cache = copy.deepcopy(prefix.cache) if keep_prefix else prefix.cache
             if not keep_prefix:
@@ -128,19 +128,35 @@ class Runner:
         recorded = state.recorder.finish(self.image_cols, mask, self.layouts) if trace else None
         return Prefix(cache=output_cache(out), first_logits=out.logits[:, -1].float(), trace=recorded)
 
-    def _shared_prefill(self, trace: bool, vision: dict | None, tag: str, whole: bool = True) -> Prefix:
+    def _keys(self, tag: str) -> tuple[list[torch.Tensor], list, list]:
+        """Per row: its real columns, its prefix key and its whole-prompt key in the store."""
+        sh, ids, mask = self.sharing, self.inputs["input_ids"], self.inputs["attention_mask"].bool()  # (B, S)
+        columns = [mask[b].nonzero().squeeze(-1) for b in range(ids.shape[0])]  # each row's real columns, in order
+        tokens = [tuple(ids[b, cols].tolist()) for b, cols in enumerate(columns)]
+        prefix_keys = [(tag, sh.image_keys[b], t[:sh.prefix_lengths[b]]) for b, t in enumerate(tokens)]
+        prompt_keys = [(tag, sh.image_keys[b], t) for b, t in enumerate(tokens)]
+        return columns, prefix_keys, prompt_keys
+
+    def _prefix_cache(self, keys: tuple, vision: dict | None):
+        """A cache of columns 0..C-1 holding every row's image prefix (prefilled here where the store lacks it);
+        readies the model to continue after column C (Qwen: its M-RoPE offsets)."""
+        sh = self.sharing
+        self._prefill_prefixes(keys[1], vision)
+        entries = [sh.store.get(k) for k in keys[1]]
+        C = sh.prefix_cols
+        cache = build_cache(assemble(entries, [torch.arange(C - p, C) for p in sh.prefix_lengths], C))
+        sh.continuation_positions(self.inputs, C)
+        return cache
+
+    def _shared_prefill(self, trace: bool, vision: dict | None, tag: str) -> Prefix:
         """The prefill from stored prefixes: each row's whole prompt when kept and nothing needs recording, else its
-        image prefix (computed here for the images not stored yet) and a forward over the question tokens only.
-        ``whole=False`` stops before the last prompt token (for ``generate``, which runs it under the edits): the
-        cache then holds columns 0..S-2 and there are no first-token logits."""
+        image prefix (computed here for the images not stored yet) and a forward over the question tokens only."""
         sh, inputs, store = self.sharing, self.inputs, self.sharing.store
-        ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()  # (B, S)
+        ids = inputs["input_ids"]  # (B, S)
         B, S, C = ids.shape[0], ids.shape[1], sh.prefix_cols
-        columns = [mask[b].nonzero().squeeze(-1) for b in range(B)]  # each row's real columns, in order
-        tokens = [tuple(ids[b, columns[b]].tolist()) for b in range(B)]
-        prefix_keys = [(tag, sh.image_keys[b], tokens[b][:sh.prefix_lengths[b]]) for b in range(B)]
-        prompt_keys = [(tag, sh.image_keys[b], tokens[b]) for b in range(B)]
-        if store.keep_prompts and whole and not trace:
+        keys = self._keys(tag)
+        columns, prefix_keys, prompt_keys = keys
+        if store.keep_prompts and not trace:
             whole = [store.entries.get(k) for k in prompt_keys]
             if all(entry is not None for entry in whole):
                 for key in (*prompt_keys, *prefix_keys):
@@ -149,23 +165,15 @@ class Runner:
                 cache = build_cache(assemble(whole, columns, S))
                 first = torch.stack([entry.last_logits for entry in whole]).to(ids.device)  # (B, V)
                 return Prefix(cache=cache, first_logits=first)
-        self._prefill_prefixes(prefix_keys, vision)
-        entries = [store.get(k) for k in prefix_keys]
-        cache = build_cache(assemble(entries, [torch.arange(C - p, C) for p in sh.prefix_lengths], C))
+        cache = self._prefix_cache(keys, vision)
         state = self._state(())
         if trace or vision is not None:
             state.recorder = TraceRecorder() if trace else None
-        end = S if whole else S - 1
-        positions = sh.continuation_positions(inputs, C)[..., :end - C]  # (B, N) or (3, B, N); readies decoding
-        if end == C:  # every question is its last token alone
-            return Prefix(cache=cache, first_logits=None)
-        kwargs = {"input_ids": ids[:, C:end], "attention_mask": inputs["attention_mask"][:, :end],  # (B, N), (B, end)
-                  cache_argument(self.model): cache, "position_ids": positions}
+        kwargs = {"input_ids": ids[:, C:], "attention_mask": inputs["attention_mask"],  # (B, N), (B, S)
+                  cache_argument(self.model): cache, "position_ids": sh.continuation_positions(inputs, C)}
         with steering(state):
             out = self.model(**kwargs, use_cache=True, logits_to_keep=1)
         cache, first = output_cache(out), out.logits[:, -1].float()  # (B, V)
-        if not whole:
-            return Prefix(cache=cache, first_logits=None)
         if store.keep_prompts:
             layers = cache_layers(cache)
             for b in range(B):
