@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from visfocus import distributed
 from visfocus import results as res
 from visfocus.benchmarks import Record, Task, task
 from visfocus.errors import VisfocusError
+from visfocus.runfolder import Progress, merge_samples, rank_rows
 
 # Changing any of these changes the answers, so a run folder holding another value is refused, never mixed.
 IDENTITY_KEYS = ("model", "model_args", "method", "method_args", "prompt_style", "scorer", "max_new_tokens", "seed")
@@ -182,7 +182,7 @@ def evaluate_many(configs: list[RunConfig], after_batch: Callable[[str, int], No
         previous = _check_identity(folder, config)
         todo = {}
         for name in built:
-            finished = set(res.SampleLog(folder / f"samples_{name}.jsonl").rows) | _rank_rows(folder, name).keys()
+            finished = set(res.SampleLog(folder / f"samples_{name}.jsonl").rows) | rank_rows(folder, name).keys()
             todo[name] = {r.id for r in selected[name] if r.id not in missing.get(name, set()) and r.id not in finished}
         out: res.Results = {
             "schema_version": res.SCHEMA_VERSION, "created_at": previous["created_at"] if previous else res.now(),
@@ -214,7 +214,7 @@ def evaluate_many(configs: list[RunConfig], after_batch: Callable[[str, int], No
             own = f"samples_{name}.jsonl" if not ranks.distributed else f"samples_{name}.rank{ranks.rank}.jsonl"
             logs = [res.SampleLog(run.folder / own) for run in runs]
             n_usable = len(selected[name]) - len(missing.get(name, ()))
-            progress = _Progress([run.folder for run in runs], name, n_usable * len(runs),
+            progress = Progress([run.folder for run in runs], name, n_usable * len(runs),
                                  sum(n_usable - len(run.todo[name]) for run in runs), shown=ranks.is_main)
             for b, start in enumerate(range(0, len(order[name]), base.batch_size)):
                 chunk = order[name][start:start + base.batch_size]
@@ -230,7 +230,7 @@ def evaluate_many(configs: list[RunConfig], after_batch: Callable[[str, int], No
             if ranks.is_main:  # merged and scored task by task, so a later kill keeps this task's results
                 for run in runs:
                     run.out["tasks"][name] = _task_result(t, selected[name], missing.get(name, set()),
-                                                          _merge(run.folder, name, selected[name]))
+                                                          merge_samples(run.folder, name, selected[name]))
                     run.out["updated_at"] = res.now()
                     res.write_json(run.folder / "results.json", run.out)
     results = []
@@ -270,64 +270,6 @@ class LoadOnce:
 def image_group(record: Record) -> str:
     """What keeps samples together on one rank: their image (a file, or the record itself for a generated one)."""
     return record.image_path if record.image is None and record.image_path else f"record:{record.id}"
-
-
-def _rank_rows(folder: Path, name: str) -> dict[str, dict]:
-    """The rows of every per-rank samples file of ``name`` (from this or an earlier run with any number of ranks)."""
-    rows: dict[str, dict] = {}
-    for path in sorted(folder.glob(f"samples_{name}.rank*.jsonl")):
-        rows.update(res.SampleLog(path).rows)
-    return rows
-
-
-def _merge(folder: Path, name: str, selected: list[Record]) -> res.SampleLog:
-    """Fold the per-rank files into ``samples_<task>.jsonl`` (or put its rows back in sample order): the selected
-    samples in their order, then any other rows it held (from another --limit or --offset); the per-rank files go
-    once the merged file is written."""
-    merged_path = folder / f"samples_{name}.jsonl"
-    parts = sorted(folder.glob(f"samples_{name}.rank*.jsonl"))
-    rows = {**res.SampleLog(merged_path).rows, **_rank_rows(folder, name)}
-    order = [r.id for r in selected if r.id in rows] + [i for i in rows if i not in {r.id for r in selected}]
-    if not parts and order == list(rows):  # already one file in sample order (answers grouped by image are not)
-        return res.SampleLog(merged_path)
-    tmp = folder / f".samples_{name}.merge.jsonl"
-    tmp.write_text("".join(json.dumps(rows[i], default=str) + "\n" for i in order), encoding="utf-8")
-    tmp.replace(merged_path)
-    for part in parts:
-        part.unlink()
-    return res.SampleLog(merged_path)
-
-
-class _Progress:
-    """Rank 0's bar over all ranks and runs: its own batches plus what the other ranks' files grew by since the last
-    look."""
-
-    def __init__(self, folders: list[Path], name: str, total: int, done: int, shown: bool) -> None:
-        self.folders, self.name, self.shown = folders, name, shown
-        self.bar = tqdm(total=total, initial=done, desc=name, unit="sample", file=sys.stderr, dynamic_ncols=True,
-                        disable=not shown)
-        self.offsets: dict[Path, int] = {}
-        self._others()  # what the other ranks' files already hold is counted in ``done``
-
-    def _others(self) -> int:
-        grown = 0
-        for folder in self.folders:
-            for path in folder.glob(f"samples_{self.name}.rank*.jsonl"):
-                if path.name.endswith(".rank0.jsonl"):
-                    continue
-                with open(path, "rb") as f:
-                    f.seek(self.offsets.get(path, 0))
-                    chunk = f.read()
-                grown += chunk.count(b"\n")
-                self.offsets[path] = self.offsets.get(path, 0) + len(chunk)
-        return grown
-
-    def update(self, own: int) -> None:
-        if self.shown:
-            self.bar.update(own + self._others())
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _load_model(config: RunConfig, ranks: distributed.Ranks | None = None):

@@ -90,7 +90,7 @@ class Runner:
             if self.sharing.store.keep_prompts:  # the whole prompt, to keep it
                 prefix, keep_prefix = self.prefill(), False
             else:  # the image prefixes; generate's first forward runs every question token, the last under the edits
-                cache = self._prefix_cache(self._keys(""), None)
+                cache, _ = self._prefix_cache(self._keys(""), None)
         if prefix is not None:
             cache = copy.deepcopy(prefix.cache) if keep_prefix else prefix.cache
             if not keep_prefix:
@@ -137,16 +137,15 @@ class Runner:
         prompt_keys = [(tag, sh.image_keys[b], t) for b, t in enumerate(tokens)]
         return columns, prefix_keys, prompt_keys
 
-    def _prefix_cache(self, keys: tuple, vision: dict | None):
-        """A cache of columns 0..C-1 holding every row's image prefix (prefilled here where the store lacks it);
-        readies the model to continue after column C (Qwen: its M-RoPE offsets)."""
+    def _prefix_cache(self, keys: tuple, vision: dict | None) -> tuple[object, torch.Tensor]:
+        """A cache of columns 0..C-1 holding every row's image prefix (prefilled here where the store lacks it), and
+        the position ids of the columns after it; readies the model to continue there (Qwen: its M-RoPE offsets)."""
         sh = self.sharing
         self._prefill_prefixes(keys[1], vision)
         entries = [sh.store.get(k) for k in keys[1]]
         C = sh.prefix_cols
         cache = build_cache(assemble(entries, [torch.arange(C - p, C) for p in sh.prefix_lengths], C))
-        sh.continuation_positions(self.inputs, C)
-        return cache
+        return cache, sh.continuation_positions(self.inputs, C)  # (B, N) or (3, B, N)
 
     def _shared_prefill(self, trace: bool, vision: dict | None, tag: str) -> Prefix:
         """The prefill from stored prefixes: each row's whole prompt when kept and nothing needs recording, else its
@@ -165,12 +164,12 @@ class Runner:
                 cache = build_cache(assemble(whole, columns, S))
                 first = torch.stack([entry.last_logits for entry in whole]).to(ids.device)  # (B, V)
                 return Prefix(cache=cache, first_logits=first)
-        cache = self._prefix_cache(keys, vision)
+        cache, positions = self._prefix_cache(keys, vision)
         state = self._state(())
         if trace or vision is not None:
             state.recorder = TraceRecorder() if trace else None
         kwargs = {"input_ids": ids[:, C:], "attention_mask": inputs["attention_mask"],  # (B, N), (B, S)
-                  cache_argument(self.model): cache, "position_ids": sh.continuation_positions(inputs, C)}
+                  cache_argument(self.model): cache, "position_ids": positions}
         with steering(state):
             out = self.model(**kwargs, use_cache=True, logits_to_keep=1)
         cache, first = output_cache(out), out.logits[:, -1].float()  # (B, V)
