@@ -139,3 +139,12 @@ def test_sweep_with_shared_prefills_matches_the_sweep_without(tiny_dirs, pope_sh
     shared, whole = run(True, "shared"), run(False, "whole")
     assert shared["trials"] == whole["trials"] and shared["chosen"] == whole["chosen"]
     assert shared["dev_baseline"] == whole["dev_baseline"]
+
+
+def test_a_prefix_sharing_value_that_is_not_a_boolean_is_one_clear_error(tiny_dirs, pope_shaped, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("prefix_sharing: maybe\n")
+    argv = ["eval", "--model", str(tiny_dirs["llava"]), "--tasks", "test_pope_shaped", "--data_root",
+            str(pope_shaped), "--config", str(config), "--output_path", str(tmp_path / "runs")]
+    assert cli_main(argv) == 2
+    assert not (tmp_path / "runs").exists()  # refused before anything was written

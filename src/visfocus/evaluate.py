@@ -47,6 +47,8 @@ class RunConfig:
     prefix_sharing: bool = True  # answer one image's samples from one prefill of its prefix (same answers, faster)
 
     def validate(self) -> None:
+        if not isinstance(self.prefix_sharing, bool):
+            raise VisfocusError(f"prefix_sharing must be true or false, got {self.prefix_sharing!r}")
         if self.trace is not None and self.trace not in ("heads", "mean"):
             raise VisfocusError(f"--trace must be heads or mean, got {self.trace!r}")
         if not self.tasks:
