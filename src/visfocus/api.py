@@ -4,8 +4,10 @@ first-token logits, confidence, cost and (on request) where it looked."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,14 @@ from PIL import Image, UnidentifiedImageError
 
 from visfocus.errors import VisfocusError
 from visfocus.interventions import Batch, Method
-from visfocus.interventions.base import Params
+from visfocus.interventions.base import MethodResult, Params
 from visfocus.interventions.baseline import Baseline
 from visfocus.models.base import Adapter
 from visfocus.models.layout import RowLayout
 from visfocus.models.loading import load_adapter
+from visfocus.steer.forced import eos_token_ids
 from visfocus.steer.prefix import PrefixStore
+from visfocus.steer.runner import Runner
 from visfocus.steer.trace import Trace
 
 ImageLike = Image.Image | str | Path | np.ndarray
@@ -40,6 +44,60 @@ class Answer:
     layout: RowLayout | None = None
     trace: Trace | None = field(default=None, repr=False)
     extras: dict[str, Any] = field(default_factory=dict)  # the method's per-sample decisions (confidence, branch…)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sample the answer instead of decoding greedily (``answer_batch(sampling=...)``): transformers' temperature,
+    top-k and top-p warpers on the scores the method decodes from. ``top_k=None`` filters nothing (not transformers'
+    default of 50). ``seed``: seeds torch's global generator right before the method runs (None: left as it is).
+    Methods that decode their own way refuse it (``Method.supports_sampling``: DoLa is greedy by definition, VCD
+    samples with its own ``sample=True``)."""
+
+    temperature: float
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _finite(self.temperature) or self.temperature <= 0:
+            raise VisfocusError(f"sampling temperature must be a finite number > 0, got {self.temperature!r}")
+        if not _finite(self.top_p) or not 0 < self.top_p <= 1:
+            raise VisfocusError(f"sampling top_p must be in (0, 1], got {self.top_p!r}")
+        if self.top_k is not None and (not _integer(self.top_k) or self.top_k < 1):
+            raise VisfocusError(f"sampling top_k must be an integer ≥ 1 or None (no top-k filter), got {self.top_k!r}")
+        if self.seed is not None and not _integer(self.seed):
+            raise VisfocusError(f"sampling seed must be an integer or None, got {self.seed!r}")
+
+    def generation_settings(self) -> dict[str, Any]:
+        """The runner's ``generation_defaults``; top_k=0 is how ``GenerationConfig`` says "no top-k filter"."""
+        return {"do_sample": True, "temperature": float(self.temperature), "top_p": float(self.top_p),
+                "top_k": self.top_k or 0}
+
+
+@dataclass
+class ContinuationScore:
+    """How a method rates a given continuation of a prompt (``VLM.score_continuations``), teacher forced."""
+
+    logprob: float  # the sum of token_logprobs (−inf when the method rules a token out, e.g. VCD's cut)
+    greedy: bool  # every token is its step's argmax: the method's greedy decoding gives exactly this continuation
+    token_logprobs: list[float]  # per token, its log-probability under the method's final scores at that step
+    tokens: list[int]  # the continuation's token ids
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _sampling_refused(method: Method) -> VisfocusError:
+    """The error for sampling under a method that decodes its own way (naming its own sampling switch, if any)."""
+    own = "sample" in {f.name for f in dataclasses.fields(method.Params)}
+    how = "it samples its own way: give it sample=true (and its seed) instead" if own else "it decodes greedily"
+    return VisfocusError(f"method '{method.name}' does not take sampling=...; {how}")
 
 
 def load_image(image: ImageLike) -> Image.Image:
@@ -101,10 +159,12 @@ class VLM:
         return self.adapter.num_heads
 
     def answer(self, image: ImageLike, question: str, method: Method | None = None, *, max_new_tokens: int = 16,
-               trace: bool = False, options: Sequence[str] | None = None, share_prefix: bool = True) -> Answer:
+               trace: bool = False, options: Sequence[str] | None = None, share_prefix: bool = True,
+               sampling: Sampling | None = None) -> Answer:
         """Answer one question about one image. ``options``: the answer words, for methods that use them."""
         return self.answer_batch([image], [question], method, max_new_tokens=max_new_tokens, trace=trace,
-                                 options=[options] if options is not None else None, share_prefix=share_prefix)[0]
+                                 options=[options] if options is not None else None, share_prefix=share_prefix,
+                                 sampling=sampling)[0]
 
     def prepare(self, images: Sequence[ImageLike], questions: Sequence[str],
                 options: Sequence[Sequence[str] | None] | None = None, *, record_trace: bool = False,
@@ -118,38 +178,28 @@ class VLM:
     def answer_batch(self, images: Sequence[ImageLike], questions: Sequence[str], method: Method | None = None, *,
                      max_new_tokens: int = 16, trace: bool = False,
                      options: Sequence[Sequence[str] | None] | None = None,
-                     share_prefix: bool = True) -> list[Answer]:
-        """Answer a batch (one image per question). Same answers as one at a time.
+                     share_prefix: bool = True, sampling: Sampling | None = None) -> list[Answer]:
+        """Answer a batch (one image per question). Same answers as one at a time (when sampling: the same
+        distributions; the draws depend on the batch).
 
         share_prefix: questions about one image (in this call, or in consecutive calls) share its prefill: the
         vision tower and the prompt up to the question run once per image (``visfocus.steer.prefix``); exact, and
-        ignored for methods that cannot share (VEA). ``vlm.prefix_store.clear()`` forgets the stored prefixes."""
-        if isinstance(questions, str) or len(images) != len(questions):
-            raise VisfocusError(f"answer_batch needs one image per question: got {len(images)} images and "
-                                f"{1 if isinstance(questions, str) else len(questions)} questions")
+        ignored for methods that cannot share (VEA). ``vlm.prefix_store.clear()`` forgets the stored prefixes.
+        sampling: sample instead of greedy decoding (``Sampling``); None decodes greedily."""
+        method = self._checked("answer_batch", images, questions, method, options, noun="question")
         if len(questions) == 0:
             return []
-        for q in questions:
-            if not isinstance(q, str) or not q.strip():
-                raise VisfocusError(f"a question must be a non-empty string, got {q!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise VisfocusError(f"max_new_tokens must be an integer ≥ 1, got {max_new_tokens!r}")
-        if method is not None and not isinstance(method, Method):
-            raise VisfocusError(f"method must come from visfocus.method(...), got {type(method).__name__}")
+        if sampling is not None and not isinstance(sampling, Sampling):
+            raise VisfocusError(f"sampling must be a visfocus.api.Sampling(...), got {type(sampling).__name__}")
+        if sampling is not None and not method.supports_sampling:
+            raise _sampling_refused(method)
         pil = [load_image(im) for im in images]
-        method = method or Baseline(Params())
-
-        if options is not None and len(options) != len(pil):
-            raise VisfocusError(f"options must give one entry per question: got {len(options)} for {len(pil)}")
 
         start = time.perf_counter()
-        store = self.prefix_store if share_prefix and method.shares_prefix else None
-        batch = Batch.build(self.adapter, pil, questions, options, record_trace=trace, prefix_store=store)
-        try:
-            result = method.run(batch, max_new_tokens=max_new_tokens)
-        finally:
-            if store is not None:
-                store.end_call()  # keeps only what this call used (a call that does not share leaves it as it is)
+        batch, result = self._run(pil, questions, method, options, max_new_tokens=max_new_tokens, trace=trace,
+                                  share_prefix=share_prefix, setup=_sampler(sampling))
         runner = batch.runner  # holds the cost and trace of every pass, also of a forked batch's
         runner.cost.seconds = time.perf_counter() - start
         final = (result.batch or batch).runner  # the batch the answer came from
@@ -173,6 +223,106 @@ class VLM:
                        layout=layouts[b], trace=full_trace.row(b) if full_trace is not None else None,
                        extras=result.extras[b] if result.extras else {})
                 for b in range(len(pil))]
+
+    def score_continuations(self, images: Sequence[ImageLike], contexts: Sequence[str], continuations: Sequence[str],
+                            method: Method | None = None, *, options: Sequence[Sequence[str] | None] | None = None,
+                            share_prefix: bool = True) -> list[ContinuationScore]:
+        """The log-probability of each continuation given its image and context under ``method``'s own next-token
+        distribution: the scores it decodes from (after its contrasts and penalties), teacher forced through its
+        usual run (``visfocus.steer.forced``). For lmms-eval's ``loglikelihood``.
+
+        The prompt is the one ``answer_batch`` builds with the context as the question, so the assistant's turn
+        starts right after the chat template's generation prompt: a continuation's leading whitespace (lmms-eval's
+        target delimiter " ") is dropped, then it is tokenized with ``tokenizer(text, add_special_tokens=False)``.
+        ``greedy``: the method's greedy decoding gives exactly these tokens. Rows of different lengths score as
+        they would alone."""
+        if isinstance(continuations, str) or isinstance(contexts, str) or len(continuations) != len(contexts):
+            raise VisfocusError(f"score_continuations needs one continuation per context: got "
+                                f"{1 if isinstance(continuations, str) else len(continuations)} continuations and "
+                                f"{1 if isinstance(contexts, str) else len(contexts)} contexts")
+        tokens = []
+        for text in continuations:
+            if not isinstance(text, str) or not text.strip():
+                raise VisfocusError(f"a continuation must be a non-empty string, got {text!r}")
+            tokens.append(self.processor.tokenizer(text.lstrip(), add_special_tokens=False)["input_ids"])
+        return self.score_tokens(images, contexts, tokens, method, options=options, share_prefix=share_prefix)
+
+    def score_tokens(self, images: Sequence[ImageLike], contexts: Sequence[str], tokens: Sequence[Sequence[int]],
+                     method: Method | None = None, *, options: Sequence[Sequence[str] | None] | None = None,
+                     share_prefix: bool = True) -> list[ContinuationScore]:
+        """``score_continuations`` for continuations given as token ids (e.g. a method's own generated tokens)."""
+        method = self._checked("score_continuations", images, contexts, method, options, noun="context")
+        if isinstance(tokens, str) or len(tokens) != len(contexts):
+            raise VisfocusError(f"score_continuations needs one continuation per context: got "
+                                f"{1 if isinstance(tokens, str) else len(tokens)} continuations and "
+                                f"{len(contexts)} contexts")
+        if len(contexts) == 0:
+            return []
+        rows = [self._continuation_ids(row) for row in tokens]
+        pil = [load_image(im) for im in images]
+        forced = []
+        self._run(pil, contexts, method, options, max_new_tokens=max(len(row) for row in rows), trace=False,
+                  share_prefix=share_prefix, setup=lambda runner: forced.append(runner.force(rows)))
+        logprobs, greedy = forced[0].token_logprobs(), forced[0].greedy()
+        return [ContinuationScore(logprob=sum(lp), greedy=g, token_logprobs=lp, tokens=row)
+                for lp, g, row in zip(logprobs, greedy, rows, strict=True)]
+
+    def _continuation_ids(self, row: Sequence[int]) -> list[int]:
+        """A continuation's token ids, checked: at least one, each in the vocabulary, no end-of-sequence token before
+        the last (decoding would stop there)."""
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        if isinstance(row, (str, bytes)) or len(row) == 0:
+            raise VisfocusError(f"a continuation must have at least one token, got {row!r}")
+        ids = [int(t) if _integer(t) or (isinstance(t, torch.Tensor) and t.numel() == 1) else None for t in row]
+        if any(t is None or not 0 <= t < vocab for t in ids):
+            raise VisfocusError(f"continuation token ids must be integers in [0, {vocab}), got {list(row)!r}")
+        eos = set(eos_token_ids(self.model.generation_config))
+        if any(t in eos for t in ids[:-1]):
+            raise VisfocusError(f"a continuation holds the end-of-sequence token before its end, where decoding "
+                                f"would stop: {ids}")
+        return ids
+
+    def _checked(self, call: str, images: Sequence[ImageLike], questions: Sequence[str], method: Method | None,
+                 options: Sequence | None, *, noun: str) -> Method:
+        """One clear error for a batch that is not one image and one non-empty ``noun`` (question or context) per
+        row, for a method not made by ``visfocus.method`` and for options not given per row; the method to run."""
+        if isinstance(questions, str) or len(images) != len(questions):
+            raise VisfocusError(f"{call} needs one image per {noun}: got {len(images)} images and "
+                                f"{1 if isinstance(questions, str) else len(questions)} {noun}s")
+        for q in questions:
+            if not isinstance(q, str) or not q.strip():
+                raise VisfocusError(f"a {noun} must be a non-empty string, got {q!r}")
+        if method is not None and not isinstance(method, Method):
+            raise VisfocusError(f"method must come from visfocus.method(...), got {type(method).__name__}")
+        if options is not None and len(options) != len(questions):
+            raise VisfocusError(f"options must give one entry per {noun}: got {len(options)} for {len(questions)}")
+        return method or Baseline(Params())
+
+    def _run(self, images: list[Image.Image], questions: Sequence[str], method: Method,
+             options: Sequence[Sequence[str] | None] | None, *, max_new_tokens: int, trace: bool,
+             share_prefix: bool, setup: Callable[[Runner], object]) -> tuple[Batch, MethodResult]:
+        """Build the batch (from the image prefixes in the store when sharing and the method can), let ``setup``
+        ready its runner (sampling, teacher forcing), and run the method on it."""
+        store = self.prefix_store if share_prefix and method.shares_prefix else None
+        batch = Batch.build(self.adapter, images, questions, options, record_trace=trace, prefix_store=store)
+        setup(batch.runner)
+        try:
+            result = method.run(batch, max_new_tokens=max_new_tokens)
+        finally:
+            if store is not None:
+                store.end_call()  # keeps only what this call used (a call that does not share leaves it as it is)
+        return batch, result
+
+
+def _sampler(sampling: Sampling | None) -> Callable[[Runner], None]:
+    """Readies a runner for ``sampling`` (None: greedy, nothing to do); the seed is set last, just before the run."""
+    def setup(runner: Runner) -> None:
+        if sampling is None:
+            return
+        runner.generation_defaults = sampling.generation_settings()
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+    return setup
 
 
 def load(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",

@@ -41,6 +41,10 @@ class Method:
     # The method's answers stay exact when a batch starts from stored image prefixes (its edits touch only rows after
     # the prefix). A method that changes the image or the prompt before the question sets this False.
     shares_prefix: ClassVar[bool] = True
+    # The method decodes through ``runner.generate`` without choosing greedy decoding itself, so the caller's sampling
+    # (``answer_batch(sampling=...)``, the runner's ``generation_defaults``) applies. A method that decodes its own
+    # way (greedy by definition, or sampling under its own parameters) sets this False.
+    supports_sampling: ClassVar[bool] = True
 
     def __init__(self, params: Params) -> None:
         params.validate()

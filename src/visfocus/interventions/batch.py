@@ -45,7 +45,8 @@ class Batch:
               options: Sequence[Sequence[str] | None] | None = None, *, record_trace: bool = False,
               share_with: Batch | None = None, prefix_store: PrefixStore | None = None) -> Batch:
         """Encode ``images`` and ``questions`` with the adapter's processor and prepare the engine's runner.
-        ``share_with``: add this batch's cost and trace to that batch's. ``prefix_store``: share image prefixes
+        ``share_with``: add this batch's cost and trace to that batch's, and decode as it does (its runner's
+        generation defaults, e.g. sampling, and teacher forcing). ``prefix_store``: share image prefixes
         through it (None: every row is prefilled whole)."""
         device = adapter.model.device
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
@@ -65,13 +66,16 @@ class Batch:
                         prefill_position_ids=adapter.prefill_position_ids(inputs), layouts=layouts,
                         record_trace=record_trace, sharing=sharing)
         if share_with is not None:
-            runner.cost, runner.recorder = share_with.runner.cost, share_with.runner.recorder
+            first = share_with.runner
+            runner.cost, runner.recorder = first.cost, first.recorder
+            runner.generation_defaults, runner.forced = dict(first.generation_defaults), first.forced
         rows = [tuple(o) if o is not None else None for o in options] if options is not None else [None] * len(images)
         return cls(images=list(images), questions=list(questions), options=rows, adapter=adapter, layouts=layouts,
                    runner=runner)
 
     def fork(self, images: Sequence[Image.Image] | None = None, questions: Sequence[str] | None = None) -> Batch:
-        """The same batch with other images and/or questions (same options); cost and trace add to this batch's."""
+        """The same batch with other images and/or questions (same options); cost and trace add to this batch's, and
+        it decodes as this batch does (sampling settings, teacher forcing)."""
         return Batch.build(self.adapter, images if images is not None else self.images,
                            questions if questions is not None else self.questions, self.options,
                            record_trace=self.runner.recorder is not None, share_with=self)

@@ -140,6 +140,7 @@ class DoLaParams(Params):
 @register_method
 class DoLa(Method):
     name = "dola"
+    supports_sampling = False  # greedy by definition
     search_grid = {"layers": ("low", "high"), "repetition_penalty": (1.0, 1.2)}
     Params = DoLaParams
 

@@ -136,6 +136,7 @@ class VCDParams(Params):
 class VCD(Method):
     name = "vcd"
     Params = VCDParams
+    supports_sampling = False  # it samples its own way: sample=True (warpers after the contrast, its seed)
     identity = {"alpha": 0.0}
     search_grid = {"alpha": (0.5, 1.0), "beta": (0.1, 0.2), "noise_step": (500, 999)}
 

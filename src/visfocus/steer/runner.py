@@ -9,11 +9,12 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessorList
 
 from visfocus.steer.compat import cache_argument, output_cache
 from visfocus.steer.context import Cost, SteerState, steering
 from visfocus.steer.edits import Edit
+from visfocus.steer.forced import ForcedContinuation, eos_token_ids
 from visfocus.steer.prefix import Sharing, assemble, build_cache, cache_layers, extract, leading_padding
 from visfocus.steer.trace import TraceRecorder
 
@@ -43,6 +44,10 @@ class Runner:
     prefill_position_ids: positions for a manual prefill, the same ones ``generate`` uses (None: the model's own).
     layouts: per row, the image-token geometry a finished trace carries (opaque to the engine).
     sharing: the shared-prefix plan of a batch laid out by ``prefix.split_layout`` (None: ordinary left padding).
+    generation_defaults: ``GenerationConfig`` settings every ``generate`` call starts from, before its own (e.g. the
+    caller's sampling: a method that passes ``do_sample`` itself still decides).
+    forced: set by ``force(tokens)``: every ``generate`` takes those tokens and records how the method rates them
+    (``visfocus.steer.forced``); None: the model's own choices.
     Methods receive a runner inside a ``visfocus.interventions.Batch``, which holds the rest of the batch.
     """
 
@@ -58,6 +63,16 @@ class Runner:
         self.cost = Cost()
         self.recorder = TraceRecorder() if record_trace else None
         self.sharing = sharing
+        self.generation_defaults: dict = {}
+        self.forced: ForcedContinuation | None = None
+
+    def force(self, tokens: list[list[int]]) -> ForcedContinuation:
+        """Teacher forcing from now on: row b's ``generate`` takes ``tokens[b]`` (then the end-of-sequence token) and
+        the returned processor records each forced token's log-probability under the method's final scores."""
+        eos = eos_token_ids(self.model.generation_config)
+        pad = self.model.generation_config.pad_token_id
+        self.forced = ForcedContinuation(tokens, end_token=eos[0] if eos else (pad if pad is not None else 0))
+        return self.forced
 
     @property
     def left_padding(self) -> torch.Tensor:
@@ -73,6 +88,7 @@ class Runner:
         pad = base.pad_token_id if base.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
         settings = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
                         bos_token_id=base.bos_token_id, return_dict_in_generate=True, output_logits=True)
+        settings.update(self.generation_defaults)  # the caller's (sampling), under the method's own
         settings.update(overrides)
         return GenerationConfig(**settings)
 
@@ -80,11 +96,13 @@ class Runner:
     def generate(self, edits: tuple[Edit, ...] = (), max_new_tokens: int = 1, prefix: Prefix | None = None,
                  logits_processor=None, first_logits_from: str = "logits", keep_prefix: bool = True,
                  **generation_settings) -> Generation:
-        """Decoding under ``edits`` (greedy unless ``generation_settings`` say ``do_sample=True``). With ``prefix``,
-        positions 0..S-2 come from its cache and only the last prompt token (and the decoding steps) run here.
+        """Decoding under ``edits`` (greedy unless ``generation_settings`` or the runner's ``generation_defaults`` say
+        ``do_sample=True``). With ``prefix``, positions 0..S-2 come from its cache and only the last prompt token
+        (and the decoding steps) run here.
         ``keep_prefix=False`` crops the prefix's own cache instead of a copy (the prefix is used up; saves a copy).
         ``logits_processor``: extra processors (a ``LogitsProcessorList``); ``first_logits_from="scores"`` reports
-        the processed first-token scores (what chose the token) instead of the raw logits."""
+        the processed first-token scores (what chose the token) instead of the raw logits. A forced runner
+        (``force``) appends its ``ForcedContinuation`` after them and resets its record here."""
         kwargs, cache = dict(self.inputs), None
         if prefix is None and self.sharing is not None:  # the prompt but its last token from the shared prefix
             if self.sharing.store.keep_prompts:  # the whole prompt, to keep it
@@ -100,8 +118,12 @@ class Runner:
             kwargs = {k: v for k, v in kwargs.items() if k not in self.drop_on_continue}
             kwargs[cache_argument(self.model)] = cache
         prompt_len = self.image_cols.shape[1]
+        processors = LogitsProcessorList(logits_processor or [])  # a copy: the caller's list stays as it is
+        if self.forced is not None:  # last, so it sees the method's final scores
+            self.forced.start(prompt_len)
+            processors.append(self.forced)
         with steering(self._state(tuple(edits))):
-            out = self.model.generate(**kwargs, logits_processor=logits_processor,
+            out = self.model.generate(**kwargs, logits_processor=processors,
                                       generation_config=self._generation_config(
                                           max_new_tokens, output_scores=first_logits_from == "scores",
                                           **generation_settings))
