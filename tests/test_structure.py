@@ -51,8 +51,14 @@ def test_the_package_has_its_layers():
             "visfocus.cli", "visfocus.interventions.vcd", "visfocus.benchmarks.whatsup"} <= set(MODULES)
 
 
+NEEDS_LMMS_EVAL = ("visfocus.integrations.lmms.model", "visfocus.integrations.lmms.manifest",
+                   "visfocus.integrations.lmms.tasks")  # importable with the [lmms] extra and lmms-eval (README)
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_every_module_imports_by_its_dotted_path(name):
+    if name in NEEDS_LMMS_EVAL:
+        pytest.importorskip("lmms_eval")
     module = importlib.import_module(name)
     reached = importlib.import_module(name.split(".")[0])
     for part in name.split(".")[1:]:  # `import visfocus.interventions.vcd as m` resolves attribute by attribute
@@ -96,6 +102,9 @@ def test_no_import_circle_among_the_modules():
     ("visfocus.interventions", ("visfocus.api", "visfocus.evaluate", "visfocus.sweep", "visfocus.cli",
                                 "visfocus.profile_layers", "visfocus.app")),
     ("visfocus.app", ("visfocus.steer", "visfocus.models", "visfocus.cli")),  # the public API and traces only
+    ("visfocus.integrations", ("visfocus.steer", "visfocus.models", "visfocus.cli", "visfocus.app")),  # the same
+    ("visfocus.evaluate", ("visfocus.integrations",)),
+    ("visfocus.api", ("visfocus.integrations",)),
 ])
 def test_layers_import_downward_only(lower, higher):
     upward = {(name, target) for name in MODULES if name == lower or name.startswith(lower + ".")

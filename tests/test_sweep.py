@@ -49,8 +49,8 @@ def test_a_sweep_loads_its_model_once_for_all_trials(tiny_dirs, tmp_path, monkey
     import visfocus.evaluate as evaluate_module
 
     loads = []
-    real = evaluate_module._load_model
-    monkeypatch.setattr(evaluate_module, "_load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    real = evaluate_module.load_model
+    monkeypatch.setattr(evaluate_module, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
     base = RunConfig(model=str(tiny_dirs["llava"]), limit=3, max_new_tokens=2, output_path=str(tmp_path))
     out = sweep(base, "synthetic_spatial", "synthetic_spatial", "scaling_vis", {"alpha": [0.5, 1.5, 2.0]})
     assert len(out["trials"]) == 3 and loads == [1]  # 1 baseline + 3 trials + 2 test runs, one load

@@ -161,3 +161,18 @@ def test_vsr_training_targets_follow_the_prompt_style():
         t = vsr.VSRTask("vsr_zeroshot_dev", variant="zeroshot", part="dev", data_root=DATA, prompt_style=style)
         assert {t.target_text(r) for r in t.records[:20]} == expected
         assert all(t.parse(t.target_text(r), r) == r.gold for r in t.records[:20])
+
+
+def test_vsr_from_the_hub_offline_is_one_clear_error(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'cambridgeltl/vsr_zeroshot' on the Hub (OfflineModeIsEnabled)\nmore")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.delenv("VISFOCUS_DATA_ROOT", raising=False)
+    with pytest.raises(VisfocusError) as err:
+        len(task("vsr_zeroshot_test"))
+    assert str(err.value).startswith("could not read cambridgeltl/vsr_zeroshot (test) from the Hub: ConnectionError: "
+                                     "Couldn't reach 'cambridgeltl/vsr_zeroshot' on the Hub (OfflineModeIsEnabled); "
+                                     "pass --data_root")

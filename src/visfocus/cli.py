@@ -152,6 +152,13 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lmms_tasks_path(args: argparse.Namespace) -> int:
+    from visfocus.integrations.lmms import TASK_FILES
+
+    print(TASK_FILES)
+    return 0
+
+
 # Sub-commands whose flags and work live in one module each: name → (module with run(args), module with
 # add_arguments(parser) — kept free of heavy imports where it matters —, help).
 MODULE_COMMANDS = {
@@ -231,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="registered methods, tasks and model families")
     ls.add_argument("what", nargs="?", default="all", choices=["all", "methods", "tasks", "models"])
     ls.set_defaults(func=_list)
+
+    tp = sub.add_parser("lmms-tasks-path", help="print the folder of visfocus's lmms-eval task files (for lmms-eval "
+                        "--include_path)")
+    tp.set_defaults(func=_lmms_tasks_path)
 
     for name, (module, flags_module, help_text) in MODULE_COMMANDS.items():
         command = sub.add_parser(name, help=help_text)

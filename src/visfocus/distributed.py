@@ -95,6 +95,15 @@ def current() -> Ranks:
     return _RANKS
 
 
+def environment_ranks() -> Ranks:
+    """This process's ranks as the launcher's environment gives them, starting nothing (for code running inside
+    another framework that owns the process group, e.g. lmms-eval)."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    return Ranks(int(env.get("RANK", "0")), world, int(env.get("LOCAL_RANK", "0")),
+                 int(env.get("LOCAL_WORLD_SIZE", str(world))))
+
+
 def shard(items: Sequence[T], ranks: Ranks, group_of: Callable[[T], Hashable]) -> list[T]:
     """This rank's share: items grouped by ``group_of`` (samples of one image stay together), groups taken in order of
     first appearance and dealt to ranks in turn (group g to rank g mod world size), each item keeping its order."""

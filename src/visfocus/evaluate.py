@@ -201,7 +201,7 @@ def evaluate_many(configs: list[RunConfig], after_batch: Callable[[str, int], No
         order = {name: group_by_image(records) for name, records in order.items()}
     vlm = None
     if any(order.values()):  # a bad model fails before anything is written
-        vlm = model() if model is not None else _load_model(base, ranks)
+        vlm = model() if model is not None else load_model(base, ranks)
     if ranks.is_main:
         for run in runs:
             run.folder.mkdir(parents=True, exist_ok=True)
@@ -265,7 +265,7 @@ class LoadOnce:
 
     def __call__(self):
         if self.vlm is None:
-            self.vlm = _load_model(self.config, distributed.current())
+            self.vlm = load_model(self.config, distributed.current())
         return self.vlm
 
 
@@ -274,7 +274,10 @@ def image_group(record: Record) -> str:
     return record.image_path if record.image is None and record.image_path else f"record:{record.id}"
 
 
-def _load_model(config: RunConfig, ranks: distributed.Ranks | None = None):
+def load_model(config: RunConfig, ranks: distributed.Ranks | None = None):
+    """The VLM of ``config.model`` (None: the model organism) with ``config.model_args`` (dtype, device, device_map,
+    max_memory, trust_remote_code); under several ranks, ``cuda`` is this rank's GPU and ``device_map`` shards over
+    this rank's share of the GPUs."""
     import torch
 
     import visfocus as vf

@@ -102,7 +102,12 @@ def _hub_rows(variant: str, part: str) -> list[dict]:
     except ImportError:
         raise VisfocusError(f"VSR {variant}/{part} needs its annotation files: {DATA_ROOT_HINT} "
                             f"(or install `datasets` to read cambridgeltl/vsr_{variant} from the Hub)") from None
-    dataset = datasets.load_dataset(f"cambridgeltl/vsr_{variant}", data_files={part: f"{part}.jsonl"})
+    try:
+        dataset = datasets.load_dataset(f"cambridgeltl/vsr_{variant}", data_files={part: f"{part}.jsonl"})
+    except Exception as error:  # datasets raises many kinds (offline, missing files); say which one
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise VisfocusError(f"could not read cambridgeltl/vsr_{variant} ({part}) from the Hub: "
+                            f"{type(error).__name__}: {reason}; {DATA_ROOT_HINT}") from error
     return [dict(row) for row in dataset[part]]
 
 
