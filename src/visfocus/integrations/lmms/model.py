@@ -202,8 +202,9 @@ def _keep_loglikelihood_pairs() -> None:
     lmms-eval does that, such pairs pass through unchanged; everything else goes to lmms-eval's own function."""
     from lmms_eval import evaluator
 
-    original = evaluator.unwrap_generation_output
-    if getattr(original, "visfocus_keeps_pairs", False) or not isinstance(original((0.0, True))[0], str):
+    original = getattr(evaluator, "unwrap_generation_output", None)  # lmms-eval 0.6 has none: nothing to undo
+    if original is None or getattr(original, "visfocus_keeps_pairs", False) \
+            or not isinstance(original((0.0, True))[0], str):
         return
 
     def unwrap(output):
