@@ -217,3 +217,36 @@ def test_docs_need_every_image_unless_missing_ones_are_skipped():
     assert all(Path(records[d["index"]].image_path).is_file() for d in docs)
     assert [d["id"] for d in docs] == [records[d["index"]].id for d in docs]
     assert {d["gold"] for d in docs} <= {"yes", "no"}
+
+
+def test_the_model_honours_stop_strings_and_refuses_what_it_cannot_answer():
+    from lmms_eval.api.instance import Instance
+
+    import visfocus as vf
+    from visfocus.errors import VisfocusError
+    from visfocus.integrations.lmms.model import VisFocusLmms
+
+    META = {"task": "t", "doc_id": 0, "repeats": 1}
+    record = vf.task("scenes_test")[1]
+    doc = {"question": record.question}
+    model = VisFocusLmms(method="dola")
+    model.task_dict = {"t": {"test": [doc]}}
+
+    def request(gen_kwargs, visuals=(record.image,)):
+        return Instance("generate_until", (record.question, gen_kwargs, lambda d: list(visuals), 0, "t", "test"), 0,
+                        META)
+
+    plain = model.vlm.answer(record.image, record.question, model.method, max_new_tokens=8).text
+    assert len(plain) > 1
+    stop = plain[1]  # cut after the answer's first character
+    assert model.generate_until([request({"max_new_tokens": 8, "until": [stop]})]) == [plain.split(stop, 1)[0]]
+    assert model.generate_until([request({"max_new_tokens": 8, "until": []})]) == [plain]
+    with pytest.raises(VisfocusError, match="method 'dola' does not take sampling"):
+        model.generate_until([request({"max_new_tokens": 8, "temperature": 0.7})])
+    with pytest.raises(VisfocusError, match="task t doc 0 has 2 images"):
+        model.generate_until([request({}, visuals=(record.image, record.image))])
+    agentic = Instance("generate_until", (record.question, lambda d: [], {}, 0, "t", "test"), 0, META)
+    with pytest.raises(VisfocusError, match="chat-style requests"):
+        model.generate_until([agentic])
+    with pytest.raises(VisfocusError, match="multi-round tasks are not supported"):
+        model.generate_until_multi_round([agentic])

@@ -109,7 +109,10 @@ class VisFocusLmms(lmms):
         return visuals[0]
 
     def _options(self, doc: dict) -> list[str] | None:
-        return list(doc["options"]) or None if "visfocus_task" in doc else None  # our tasks carry their options
+        """The answer words of a doc of our tasks (AdaptVis's option confidence reads them); None for others."""
+        if "visfocus_task" not in doc:
+            return None
+        return list(doc["options"]) or None
 
     def generate_until(self, requests) -> list[str]:
         with self._errors():
@@ -119,6 +122,9 @@ class VisFocusLmms(lmms):
         out: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}  # one decoding setting per group, requests in order
         for i, request in enumerate(requests):
+            if len(request.args) != 6 or not isinstance(request.args[1], dict):  # e.g. agentic tasks' chat requests
+                raise VisfocusError(f"task {request.args[-2]} sends chat-style requests (agentic or multi-round "
+                                    "tasks), which visfocus does not support; it answers one question per image")
             groups.setdefault(repr(sorted(request.args[1].items(), key=str)), []).append(i)
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="visfocus answers")
         for indices in groups.values():

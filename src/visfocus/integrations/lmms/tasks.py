@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -23,6 +22,7 @@ from lmms_eval.api.task import ConfigurableTask
 from visfocus.api import load_image
 from visfocus.benchmarks import Task, task
 from visfocus.errors import VisfocusError
+from visfocus.evaluate import image_problem
 from visfocus.integrations.lmms.settings import exit_with
 
 _LOADED: dict[str, Task] = {}  # task key (json of its settings) → the visfocus task, loaded once per process
@@ -49,14 +49,14 @@ def loaded(key: str) -> Task:
 
 def task_docs(key: str, skip_missing: bool = False) -> list[dict[str, Any]]:
     """One doc per record: what lmms-eval passes around (no image; ``doc_to_visual`` reads it from the record).
-    Records whose image is missing are an error, or with ``skip_missing`` left out (and counted on stderr), as
-    ``visfocus eval --skip_missing`` does."""
+    Records whose image is missing or unreadable (``evaluate.image_problem``) are an error, or with ``skip_missing``
+    left out (and counted on stderr), as ``visfocus eval --skip_missing`` does."""
     t = loaded(key)
-    missing = {i for i, r in enumerate(t.records)
-               if r.image is None and not (r.image_path and Path(r.image_path).is_file())}
+    problems = {i: problem for i, r in enumerate(t.records) if (problem := image_problem(r)) is not None}
+    missing = set(problems)
     if missing and not skip_missing:
-        first = t.records[min(missing)].image_path
-        raise VisfocusError(f"task {t.name}: {len(missing)} of {len(t)} images are missing (first: {first}); point "
+        first = problems[min(missing)]
+        raise VisfocusError(f"task {t.name}: {len(missing)} of {len(t)} images are missing ({first}); point "
                             "VISFOCUS_DATA_ROOT (or dataset_kwargs data_root) at them, or set dataset_kwargs "
                             "skip_missing: true")
     if missing:
