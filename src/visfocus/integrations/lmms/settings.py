@@ -78,7 +78,7 @@ def parse_settings(args: dict[str, Any]) -> LmmsSettings:
     known = methods().get(name)
     if known is None:
         raise VisfocusError(f"unknown method '{name}'; registered methods: {', '.join(sorted(methods()))}")
-    unknown = sorted(set(args) - set(known) - set(RUN_KEYS))
+    unknown = sorted(set(args) - set(known))
     if unknown:
         raise VisfocusError(f"method '{name}' has no parameter {', '.join(unknown)}; its parameters: "
                             f"{', '.join(sorted(known)) or 'none'}; model args: {', '.join(RUN_KEYS + LOAD_KEYS)}")
