@@ -171,15 +171,20 @@ def test_loglikelihood_scores_each_answer_word_under_the_method(tmp_path):
     assert results["acc,none"] == pytest.approx(sum(correct) / n)
 
 
-def test_bad_model_args_are_one_error_line(tmp_path):
-    proc, _, _ = run_lmms(tmp_path, "method=adaptvis,alpha_lo=0.5", limit=2, check=False)
+@pytest.mark.parametrize("model_args, message", [
+    ("method=adaptvs", "unknown method 'adaptvs'; registered methods: adaptvis, baseline, clvs, dola, scaling_vis, "
+                       "vcd, vea"),
+    ("method=adaptvis,alpha_lo=0.5", "method 'adaptvis' has no parameter alpha_lo; its parameters: alpha_high, "
+     "alpha_low, confidence, decode, layers, threshold; model args: pretrained, method, batch_size, max_batch_size, "
+     "trace, trace_dir, prefix_sharing, dtype, device, device_map, max_memory, trust_remote_code"),
+    ("method=adaptvis,alpha_low=-0.5", "alpha_low must be ≥ 0.0, got -0.5"),
+])
+def test_bad_model_args_are_one_error_line(tmp_path, model_args, message):
+    proc, _, _ = run_lmms(tmp_path, model_args, limit=2, check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("visfocus: error:")]
-    assert lines == ["visfocus: error: method 'adaptvis' has no parameter alpha_lo; its parameters: alpha_high, "
-                     "alpha_low, confidence, decode, layers, threshold; model args: pretrained, method, batch_size, "
-                     "max_batch_size, trace, trace_dir, prefix_sharing, dtype, device, device_map, max_memory, "
-                     "trust_remote_code"]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("visfocus: error:")] == \
+        [f"visfocus: error: {message}"]
 
 
 # (answer, gold): lmms-eval's POPE score, visfocus's (the README's table)
