@@ -92,3 +92,36 @@ def test_bad_parameters_are_rejected(tiny_vlms, image):
         vf.method("adaptvis", alpha_low=-0.1)
     with pytest.raises(vf.VisfocusError, match="needs the answer options"):
         tiny_vlms["llava"].answer(image, QUESTION, method=vf.method("adaptvis", confidence="option_prob"))
+
+
+def _official_branch(confidence: float, threshold: float) -> str:
+    """The official code's rule (llava15.py): C = np.round(C, 2); weight1 (smooth) if C < threshold."""
+    import numpy as np
+
+    return "smooth" if np.round(confidence, 2) < threshold else "sharpen"
+
+
+def test_two_decimal_rounding_takes_the_official_branch_exactly_where_rounding_matters(tiny_vlms, image):
+    vlm = tiny_vlms["llava"]
+    c = vlm.answer(image, QUESTION, max_new_tokens=1).confidence
+    rounded = round(c, 2)
+    assert rounded != c
+    # thresholds on both sides of C and of round(C, 2), and between them: only there do the two rules disagree
+    low, high = min(c, rounded), max(c, rounded)
+    between = (low + high) / 2
+    for threshold in (low - 0.01, between, high + 0.01, rounded, c):
+        params = {"alpha_low": 0.2, "alpha_high": 3.0, "threshold": threshold}
+        raw = vlm.answer(image, QUESTION, max_new_tokens=1, method=vf.method("adaptvis", **params))
+        official = vlm.answer(image, QUESTION, max_new_tokens=1,
+                              method=vf.method("adaptvis", confidence_decimals=2, **params))
+        assert official.extras["branch"] == _official_branch(c, threshold)
+        assert official.extras["confidence_compared"] == pytest.approx(rounded)
+        assert raw.extras["branch"] == ("smooth" if c < threshold else "sharpen")
+        assert (raw.extras["branch"] != official.extras["branch"]) == (low < threshold <= high)
+        assert official.alpha_used == (0.2 if official.extras["branch"] == "smooth" else 3.0)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
+def test_confidence_decimals_must_be_a_whole_number(value):
+    with pytest.raises(vf.VisfocusError, match="confidence_decimals must be an integer ≥ 0 or None"):
+        vf.method("adaptvis", confidence_decimals=value)

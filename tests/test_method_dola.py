@@ -81,10 +81,60 @@ def test_candidate_buckets():
         candidate_layers((28,), 28, tied_embeddings=False)  # 28 is the final layer itself
 
 
+def test_an_empty_bucket_is_one_clear_error_naming_the_layers_available():
+    # "low" on a 3-layer tied decoder: range(2, 1, 2) is empty; decoding it would keep no premature layer at all
+    with pytest.raises(vf.VisfocusError) as err:
+        candidate_layers("low", 3, tied_embeddings=True)
+    assert str(err.value) == ("layers='low' leaves no premature layer on this 3-layer decoder with tied embeddings "
+                              "(the embedding output is skipped); give hidden-state indices 0..2 or layers='high' (1)")
+
+
+def _transformers_layer_choice(candidates, final_logits, premature):
+    """transformers 4.49's ``_dola_select_contrast`` layer choice, ported line by line (a batch of one)."""
+    import torch.nn.functional as F  # noqa: N812
+
+    stacked = torch.stack([premature[j] for j in candidates], dim=0)  # (J, 1, V)
+    softmax_mature_layer = F.softmax(final_logits, dim=-1)
+    softmax_premature_layers = F.softmax(stacked, dim=-1)
+    avg_dist = 0.5 * (softmax_mature_layer[None, :, :] + softmax_premature_layers)
+    log_softmax_mature_layer = F.log_softmax(final_logits, dim=-1)
+    log_softmax_premature_layers = F.log_softmax(stacked, dim=-1)
+    kl1 = F.kl_div(log_softmax_mature_layer[None, :, :], avg_dist, reduction="none").mean(-1)
+    kl2 = F.kl_div(log_softmax_premature_layers, avg_dist, reduction="none").mean(-1)
+    js_divs = 0.5 * (kl1 + kl2)
+    js_divs = js_divs.mean(-1)  # average over the batch
+    return candidates[int(js_divs.argmax().cpu().item())]
+
+
+def test_the_transformers_divergence_picks_the_layer_transformers_picks():
+    disagree = 0
+    for seed in range(200):
+        gen = torch.Generator().manual_seed(seed)
+        candidates = [0, 2, 4, 6]
+        final = torch.randn(1, 50, generator=gen) * 2
+        # premature layers close to each other, so that the two scores can rank them differently
+        base = torch.randn(1, 50, generator=gen) * 2
+        premature = {j: base + 0.5 * torch.randn(1, 50, generator=gen) for j in candidates}
+        _, chosen = dola_scores(final, premature, relative_top=0.1, divergence="transformers")
+        assert chosen == [_transformers_layer_choice(candidates, final, premature)]
+        disagree += chosen != dola_scores(final, premature, relative_top=0.1)[1]
+    assert disagree > 0  # the option matters: the true JSD ranks some of these differently
+
+
+def test_the_transformers_divergence_chooses_per_row_as_for_a_batch_of_one():
+    gen = torch.Generator().manual_seed(0)
+    final, candidates = torch.randn(5, 40, generator=gen), [1, 3, 5]
+    premature = {j: torch.randn(5, 40, generator=gen) for j in candidates}
+    _, chosen = dola_scores(final, premature, relative_top=0.1, divergence="transformers")
+    assert chosen == [_transformers_layer_choice(candidates, final[b:b + 1], {j: p[b:b + 1] for j, p in
+                                                                              premature.items()}) for b in range(5)]
+
+
 # --- on the tiny models ---------------------------------------------------------------------------------------------
 
-def _first_step_by_hand(vlm, runner, layers, final_norm):
-    """DoLa's first-step scores from one separate forward with all hidden states (transformers' indexing)."""
+def _first_step_by_hand(vlm, runner, layers, final_norm, divergence="jsd"):
+    """DoLa's first-step scores from one separate forward with all hidden states (transformers' indexing), and the
+    premature logits it contrasted with."""
     kwargs = dict(runner.inputs)
     if runner.prefill_position_ids is not None:
         kwargs["position_ids"] = runner.prefill_position_ids
@@ -93,21 +143,27 @@ def _first_step_by_hand(vlm, runner, layers, final_norm):
         norm, lm_head = vlm.adapter.final_norm, vlm.adapter.lm_head
         premature = {j: lm_head(norm(out.hidden_states[j][:, -1]) if final_norm else out.hidden_states[j][:, -1])
                      for j in layers}
-    return dola_scores(out.logits[:, -1], premature, relative_top=0.1)
+    return (*dola_scores(out.logits[:, -1], premature, relative_top=0.1, divergence=divergence),
+            out.logits[:, -1], premature)
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
 @pytest.mark.parametrize("final_norm", [False, True])
-def test_run_scores_match_a_forward_with_all_hidden_states(family, final_norm, tiny_vlms, image, other_image):
+@pytest.mark.parametrize("divergence", ["jsd", "transformers"])
+def test_run_scores_match_a_forward_with_all_hidden_states(family, final_norm, divergence, tiny_vlms, image,
+                                                           other_image):
     vlm = tiny_vlms[family]
     batch = vlm.prepare([image, other_image], QUESTIONS)  # left padded
-    method = vf.method("dola", layers=(0, 1), repetition_penalty=1.0, final_norm=final_norm)
+    method = vf.method("dola", layers=(0, 1), repetition_penalty=1.0, final_norm=final_norm, divergence=divergence)
     result = method.run(batch, max_new_tokens=3)
-    expected, chosen = _first_step_by_hand(vlm, batch.runner, (0, 1), final_norm)
+    expected, chosen, final, premature = _first_step_by_hand(vlm, batch.runner, (0, 1), final_norm, divergence)
     torch.testing.assert_close(result.generation.first_logits, expected, atol=1e-5, rtol=0)
     assert torch.equal(result.generation.new_tokens[:, 0], expected.argmax(-1))
     assert [e["premature_layer"] for e in result.extras] == chosen
     assert result.extras[0]["candidate_layers"] == [0, 1] and result.alpha_used == [None, None]
+    if divergence == "transformers":  # each row as transformers would choose for it alone
+        assert chosen == [_transformers_layer_choice([0, 1], final[b:b + 1], {j: p[b:b + 1] for j, p in
+                                                                              premature.items()}) for b in range(2)]
 
 
 def test_defaults_use_the_high_bucket_and_one_forward_per_token(tiny_vlms, image):
@@ -145,14 +201,14 @@ def test_command_line_arguments_are_typed():
     assert parse_method_args("dola", "layers=0;1,repetition_penalty=1.1,relative_top=0.2,final_norm=true") == {
         "layers": (0, 1), "repetition_penalty": 1.1, "relative_top": 0.2, "final_norm": True}
     assert vf.methods()["dola"] == {"layers": "high", "repetition_penalty": 1.2, "relative_top": 0.1,
-                                    "final_norm": False}
+                                    "final_norm": False, "divergence": "jsd"}
 
 
 @pytest.mark.parametrize("kwargs, name", [
     ({"layers": "middle"}, "layers"), ({"layers": ()}, "layers"), ({"layers": (True,)}, "layers"),
     ({"layers": (0.5,)}, "layers"), ({"repetition_penalty": 0.9}, "repetition_penalty"),
     ({"relative_top": 0.0}, "relative_top"), ({"relative_top": 1.5}, "relative_top"),
-    ({"final_norm": "no"}, "final_norm"),
+    ({"final_norm": "no"}, "final_norm"), ({"divergence": "kl"}, "divergence"),
 ])
 def test_bad_parameters_raise_one_clear_error(kwargs, name):
     with pytest.raises(vf.VisfocusError, match=name) as err:

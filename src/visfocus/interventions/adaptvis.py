@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from visfocus.errors import VisfocusError
@@ -32,8 +33,16 @@ class AdaptVisParams(Params):
     confidence: str = param("max_prob", choices=CONFIDENCES)
     layers: tuple[int, ...] | None = None  # decoder layers to edit; None = all
     decode: bool = False  # also edit every decoding step's row (the official code does not)
+    # round the confidence to this many decimals before comparing it with the threshold; the official code rounds to
+    # 2 (``np.round(C, 2)``, METHODS §3.2), so samples within 0.005 of the threshold may take the other branch there.
+    # None: the raw value (default)
+    confidence_decimals: int | None = None
 
     def validate(self, num_layers: int | None = None) -> None:
+        if self.confidence_decimals is not None and (not isinstance(self.confidence_decimals, int)
+                                                     or isinstance(self.confidence_decimals, bool)
+                                                     or self.confidence_decimals < 0):
+            raise VisfocusError(f"confidence_decimals must be an integer ≥ 0 or None, got {self.confidence_decimals!r}")
         check_number("alpha_low", self.alpha_low, low=0.0)
         check_number("alpha_high", self.alpha_high, low=0.0)
         if self.confidence not in CONFIDENCES:
@@ -53,6 +62,15 @@ def option_token_ids(tokenizer, options: tuple[str, ...]) -> list[int]:
             if tokens:
                 ids.add(tokens[0])
     return sorted(ids)
+
+
+def smooth_branch(confidences: list[float], threshold: float, decimals: int | None = None) -> list[bool]:
+    """Per row, whether AdaptVis smooths (α_low): confidence < threshold, strictly (C == threshold sharpens, as in
+    both reference codes), the confidence first rounded to ``decimals`` as the official code does (``np.round``)
+    when given."""
+    if decimals is not None:
+        confidences = [float(np.round(c, decimals)) for c in confidences]
+    return [c < threshold for c in confidences]
 
 
 def confidence(first_logits: torch.Tensor, mode: str, option_ids: list[list[int]] | None = None) -> torch.Tensor:
@@ -83,12 +101,15 @@ class AdaptVis(Method):
                                     "(answer(..., options=[...]) or a task with options)")
             option_ids = [option_token_ids(batch.adapter.processor.tokenizer, o) for o in batch.options]
         prefix = batch.runner.prefill()  # unedited pass: α = 1
-        scores = confidence(prefix.first_logits, p.confidence, option_ids)  # (B,)
-        smooth = (scores < p.threshold).tolist()  # C == threshold sharpens, as in both reference codes
+        scores = confidence(prefix.first_logits, p.confidence, option_ids).tolist()  # (B,)
+        smooth = smooth_branch(scores, p.threshold, p.confidence_decimals)
         alphas = tuple(float(p.alpha_low if s else p.alpha_high) for s in smooth)
         edit = ScaleLogits(alpha=alphas, layers=frozenset(p.layers) if p.layers else None,
                            rows="last_prompt_and_decode" if p.decode else "last_prompt")
         generation = batch.runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix, keep_prefix=False)
         extras = [{"confidence_used": float(c), "confidence_mode": p.confidence,
-                   "branch": "smooth" if s else "sharpen"} for c, s in zip(scores.tolist(), smooth)]
+                   "branch": "smooth" if s else "sharpen"} for c, s in zip(scores, smooth)]
+        if p.confidence_decimals is not None:  # what was compared with the threshold
+            for extra, c in zip(extras, scores):
+                extra["confidence_compared"] = float(np.round(c, p.confidence_decimals))
         return MethodResult(generation, alpha_used=list(alphas), extras=extras)

@@ -1,9 +1,11 @@
 """DoLa, Decoding by Contrasting Layers (Chuang et al., ICLR 2024). Each step scores a token by how much the final
 layer's log-probability exceeds a premature layer's, F = log p_N − log p_M, on the head set V_head = {x : p_N(x) ≥
 relative_top · max p_N}, −inf elsewhere. M is picked per token and per batch row from the candidate layers J as the
-one furthest from the final distribution, argmax_j JSD(p_N ‖ p_j) (the true JSD in nats; the DoLa and transformers
-code average KL(m ‖ ·) over the vocabulary and pick one layer per batch). Then a repetition penalty (transformers'
-processor, 1.2 as the paper recommends) that replaces the model's own and skips left padding. Decoding is greedy.
+one furthest from the final distribution, argmax_j JSD(p_N ‖ p_j) (the true JSD in nats). The DoLa and transformers
+code score 0.5·(KL(m‖p_N) + KL(m‖p_j)) averaged over the vocabulary instead, and pick one layer per batch:
+``divergence="transformers"`` reproduces their choice (per row, i.e. theirs for a batch of one). Then a repetition
+penalty (transformers' processor, 1.2 as the paper recommends) that replaces the model's own and skips left padding.
+Decoding is greedy.
 
 Layers are hidden-state indices, as in transformers' ``dola_layers``: j is the input to decoder layer j (the output of
 the first j layers), 0 the embedding output; the final layer N = L gives the model's logits. For an L-layer decoder
@@ -40,8 +42,15 @@ def candidate_layers(spec: str | tuple[int, ...], num_layers: int, tied_embeddin
     L = num_layers
     start = 0 if not tied_embeddings else (2 if L > 2 else (1 if L == 2 else 0))
     if spec == "low":
-        return (start,) if start == L // 2 else tuple(range(start, L // 2 if L <= 40 else 20, 2))
-    return tuple(range(L // 2 if L <= 40 else L - 20, L, 2))
+        layers = (start,) if start == L // 2 else tuple(range(start, L // 2 if L <= 40 else 20, 2))
+    else:
+        layers = tuple(range(L // 2 if L <= 40 else L - 20, L, 2))
+    if not layers:  # e.g. "low" on a 3-layer decoder with tied embeddings: nothing to contrast with
+        high = candidate_layers("high", num_layers, tied_embeddings)
+        raise VisfocusError(f"layers={spec!r} leaves no premature layer on this {L}-layer decoder"
+                            f"{' with tied embeddings (the embedding output is skipped)' if tied_embeddings else ''}; "
+                            f"give hidden-state indices 0..{L - 1} or layers='high' ({', '.join(map(str, high))})")
+    return layers
 
 
 def jsd(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -58,19 +67,35 @@ def _jsd_of_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return 0.5 * kl_to_m(log_p) + 0.5 * kl_to_m(log_q)
 
 
+def transformers_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """(...,) transformers' (and the DoLa code's) layer-choice score: 0.5·(KL(m‖p) + KL(m‖q)) averaged over the
+    vocabulary, m = (p + q) / 2 — the KL terms the other way round from the JSD, as ``F.kl_div(log_x, m)`` computes
+    them. transformers also averages it over the batch and picks one layer for all rows; here each row picks its own,
+    which is transformers' choice for a batch of one."""
+    m = 0.5 * (log_p.exp() + log_q.exp())  # (..., V)
+    kl_m_p = torch.nn.functional.kl_div(log_p, m, reduction="none").mean(-1)  # (...,)
+    kl_m_q = torch.nn.functional.kl_div(log_q, m, reduction="none").mean(-1)  # (...,)
+    return 0.5 * (kl_m_p + kl_m_q)
+
+
+DIVERGENCES = {"jsd": _jsd_of_log_probs, "transformers": transformers_divergence}
+
+
 def dola_scores(final_logits: torch.Tensor, premature_logits_by_layer: dict[int, torch.Tensor],
-                relative_top: float) -> tuple[torch.Tensor, list[int]]:
-    """(B, V) F = log p_N − log p_M on V_head (−inf elsewhere), and M per row: the candidate furthest by JSD.
-    One candidate at a time, so the extra memory is a few (B, V) tensors whatever the number of candidates."""
+                relative_top: float, divergence: str = "jsd") -> tuple[torch.Tensor, list[int]]:
+    """(B, V) F = log p_N − log p_M on V_head (−inf elsewhere), and M per row: the candidate furthest from the final
+    distribution by ``divergence`` (``DIVERGENCES``). One candidate at a time, so the extra memory is a few (B, V)
+    tensors whatever the number of candidates."""
+    measure = DIVERGENCES[divergence]
     log_p_final = final_logits.float().log_softmax(-1)  # (B, V)
     best_div = torch.full(final_logits.shape[:1], -math.inf, device=final_logits.device)  # (B,)
     best_layer = torch.zeros(final_logits.shape[:1], dtype=torch.long)  # (B,)
     best_log_q = log_p_final
     for j, logits in premature_logits_by_layer.items():
         log_q = logits.float().log_softmax(-1)  # (B, V)
-        divergence = _jsd_of_log_probs(log_p_final, log_q)  # (B,)
-        better = divergence > best_div  # (B,) ties keep the earlier candidate
-        best_div = torch.where(better, divergence, best_div)
+        divergence_j = measure(log_p_final, log_q)  # (B,)
+        better = divergence_j > best_div  # (B,) ties keep the earlier candidate
+        best_div = torch.where(better, divergence_j, best_div)
         best_layer = torch.where(better.cpu(), torch.tensor(j), best_layer)
         best_log_q = torch.where(better[:, None], log_q, best_log_q)  # (B, V)
     head = log_p_final >= log_p_final.max(-1, keepdim=True).values + math.log(relative_top)  # (B, V)
@@ -80,10 +105,12 @@ def dola_scores(final_logits: torch.Tensor, premature_logits_by_layer: dict[int,
 class LayerContrast(LogitsProcessor):
     """Scores every step with ``dola_scores``; ``hooked()`` keeps the candidates' last-position hidden states."""
 
-    def __init__(self, adapter, layers: tuple[int, ...], relative_top: float, final_norm: bool) -> None:
+    def __init__(self, adapter, layers: tuple[int, ...], relative_top: float, final_norm: bool,
+                 divergence: str = "jsd") -> None:
         self.decoder_layers, self.norm, self.lm_head = adapter.decoder_layers(), adapter.final_norm, adapter.lm_head
         self.head_device = adapter.model.get_output_embeddings().weight.device  # with device_map, not layer j's
         self.layers, self.relative_top, self.final_norm = layers, relative_top, final_norm
+        self.divergence = divergence
         self.hidden: dict[int, torch.Tensor] = {}
         self.chosen: list[list[int]] = []  # per step, the premature layer of each row
 
@@ -106,7 +133,7 @@ class LayerContrast(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         premature = {j: self.lm_head(self.norm(self.hidden[j]) if self.final_norm else self.hidden[j]).to(scores.device)
                      for j in self.layers}  # {j: (B, V)} in the model's dtype
-        out, chosen = dola_scores(scores, premature, self.relative_top)
+        out, chosen = dola_scores(scores, premature, self.relative_top, self.divergence)
         self.chosen.append(chosen)
         return out
 
@@ -118,6 +145,10 @@ class DoLaParams(Params):
     # head set: keep tokens with p_N ≥ relative_top · max p_N
     relative_top: float = param(0.1, paper="α", low=0.0, high=1.0)
     final_norm: bool = False  # apply the final norm to premature hidden states (False: DoLa's convention)
+    # how the premature layer is picked: "jsd", the true Jensen–Shannon divergence the paper names (default), or
+    # "transformers", the score transformers' and the DoLa paper's code compute (``transformers_divergence``), to
+    # reproduce their layer choice; the two pick different layers when several candidates are close
+    divergence: str = param("jsd", choices=tuple(DIVERGENCES))
 
     def validate(self, num_layers: int | None = None) -> None:
         if isinstance(self.layers, str):
@@ -135,6 +166,8 @@ class DoLaParams(Params):
             raise VisfocusError(f"relative_top must be in (0, 1], got {self.relative_top}")
         if not isinstance(self.final_norm, bool):
             raise VisfocusError(f"final_norm must be true or false, got {self.final_norm!r}")
+        if self.divergence not in DIVERGENCES:
+            raise VisfocusError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
 
 
 @register_method
@@ -149,7 +182,7 @@ class DoLa(Method):
         p.validate(batch.num_layers)
         tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
         candidates = candidate_layers(p.layers, batch.num_layers, tied)
-        contrast = LayerContrast(batch.adapter, candidates, p.relative_top, p.final_norm)
+        contrast = LayerContrast(batch.adapter, candidates, p.relative_top, p.final_norm, p.divergence)
         processors = LogitsProcessorList([contrast])
         if p.repetition_penalty != 1.0:  # after the contrast; left padding is not penalised, as in generate
             processors.append(RepetitionPenaltyLogitsProcessor(p.repetition_penalty,
