@@ -155,3 +155,11 @@ def test_compare_counts_flips_and_mcnemar(tmp_path):
     assert result["mcnemar_p"] == pytest.approx(0.625)
     assert result["delta"] == pytest.approx(0.2)
     assert result["ci_low"] <= 0.2 <= result["ci_high"]
+
+
+def test_a_layer_fraction_is_recorded_as_the_layers_it_means_on_this_model(tiny_dirs, tmp_path):
+    out = evaluate(_config(tiny_dirs, tmp_path, limit=2, method="scaling_vis",
+                           method_args={"alpha": 2.0, "layers": "0.5:1"}))
+    saved = json.loads((Path(out["config"]["run_dir"]) / "results.json").read_text())
+    assert saved["method"]["args"]["layers"] == "0.5:1"
+    assert saved["method"]["resolved"] == {"layers": [1]}  # the tiny decoder has 2 layers: i/2 ≥ 0.5

@@ -202,6 +202,9 @@ def evaluate_many(configs: list[RunConfig], after_batch: Callable[[str, int], No
     vlm = None
     if any(order.values()):  # a bad model fails before anything is written
         vlm = model() if model is not None else load_model(base, ranks)
+        for run in runs:  # layer parameters given as fractions of the depth, as this model's layer indices
+            if run.method is not None and (resolved := run.method.resolved(vlm.num_layers)):
+                run.out["method"]["resolved"] = resolved
     if ranks.is_main:
         for run in runs:
             run.folder.mkdir(parents=True, exist_ok=True)

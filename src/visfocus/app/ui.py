@@ -21,7 +21,7 @@ from visfocus.api import load_image
 from visfocus.app import render, views
 from visfocus.app.compute import Example, Explorer, Result
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import ParamSpec, param_specs
+from visfocus.interventions.base import ParamSpec, fraction_range, param_specs
 
 DEFAULT_METHODS = ["baseline", "adaptvis"]
 
@@ -37,7 +37,8 @@ def control(spec: ParamSpec):
         return gr.Dropdown(choices=list(spec.choices), value=spec.default, label=label)
     if spec.kind in ("float", "int"):
         return gr.Number(value=spec.default, label=label, precision=0 if spec.kind == "int" else None)
-    hint = {"layers": "layer indices, e.g. 1;2;3 (empty: all)", "text": "a word or layer indices, e.g. 1;2"}.get(
+    hint = {"layers": "layer indices, e.g. 1;2;3, or a fraction of the depth, e.g. 0.28:0.45 (empty: all)",
+            "text": "a word or layer indices, e.g. 1;2"}.get(
         spec.kind, "")
     return gr.Textbox(value="" if spec.default is None else str(spec.default), label=label, placeholder=hint)
 
@@ -47,7 +48,9 @@ def read_params(method: str, values: list[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for spec, value in zip(param_specs(method), values, strict=True):
         items = [v.strip() for v in str(value or "").replace(",", ";").split(";") if v.strip()]
-        if spec.kind == "layers" or (spec.kind == "text" and items and all(v.lstrip("-").isdigit() for v in items)):
+        if spec.kind == "layers" and len(items) == 1 and fraction_range(items[0]) is not None:
+            value = items[0]  # a fraction range of the depth, e.g. 0.28:0.45
+        elif spec.kind == "layers" or (spec.kind == "text" and items and all(v.lstrip("-").isdigit() for v in items)):
             value = tuple(int(v) for v in items) or None  # layer indices (a "text" kind also takes a word)
         elif spec.kind == "int" and value is not None:
             value = int(value)

@@ -14,7 +14,17 @@ import numpy as np
 import torch
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, param, register_method
+from visfocus.interventions.base import (
+    LayerSpec,
+    Method,
+    MethodResult,
+    Params,
+    check_layers,
+    check_number,
+    param,
+    register_method,
+    resolve_layers,
+)
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
 
@@ -31,7 +41,7 @@ class AdaptVisParams(Params):
     alpha_high: float = param(1.2, paper="α2", low=0.0)  # α2, used otherwise (paper Table 8: 1.2)
     threshold: float = param(0.3, paper="β")  # β (paper Table 8: 0.3); on the logit scale for confidence="max_logit"
     confidence: str = param("max_prob", choices=CONFIDENCES)
-    layers: tuple[int, ...] | None = None  # decoder layers to edit; None = all
+    layers: LayerSpec = None  # decoder layers to edit; None = all
     decode: bool = False  # also edit every decoding step's row (the official code does not)
     # round the confidence to this many decimals before comparing it with the threshold; the official code rounds to
     # 2 (``np.round(C, 2)``, METHODS §3.2), so samples within 0.005 of the threshold may take the other branch there.
@@ -104,7 +114,8 @@ class AdaptVis(Method):
         scores = confidence(prefix.first_logits, p.confidence, option_ids).tolist()  # (B,)
         smooth = smooth_branch(scores, p.threshold, p.confidence_decimals)
         alphas = tuple(float(p.alpha_low if s else p.alpha_high) for s in smooth)
-        edit = ScaleLogits(alpha=alphas, layers=frozenset(p.layers) if p.layers else None,
+        layers = resolve_layers(p.layers, batch.num_layers)
+        edit = ScaleLogits(alpha=alphas, layers=frozenset(layers) if layers else None,
                            rows="last_prompt_and_decode" if p.decode else "last_prompt")
         generation = batch.runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix, keep_prefix=False)
         extras = [{"confidence_used": float(c), "confidence_mode": p.confidence,

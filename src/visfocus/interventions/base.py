@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -15,6 +16,8 @@ from visfocus.interventions.batch import Batch
 from visfocus.steer.runner import Generation
 
 METHODS: dict[str, type[Method]] = {}
+# a layer parameter: decoder layer indices, a fraction range "a:b" of the depth (``resolve_layers``), or None (all)
+LayerSpec = tuple[int, ...] | str | None
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,12 @@ class Method:
     def __init__(self, params: Params) -> None:
         params.validate()
         self.params = params
+
+    def resolved(self, num_layers: int) -> dict[str, list[int]]:
+        """The parameters given as a fraction range of the depth, as the layer indices they mean on a model of
+        ``num_layers`` layers (recorded in a run's results)."""
+        return {name: list(resolve_layers(value, num_layers))
+                for name, value in dataclasses.asdict(self.params).items() if fraction_range(value) is not None}
 
     def distance_from_identity(self) -> float:
         """How far the parameters are from doing nothing (a sweep breaks ties towards the smallest)."""
@@ -96,7 +105,7 @@ def param_specs(name: str) -> list[ParamSpec]:
     for f in dataclasses.fields(METHODS[name].Params):
         kinds = set(typing.get_args(hints[f.name])) or {hints[f.name]}
         if any(typing.get_origin(k) is tuple for k in kinds):
-            kind = "layers" if str not in kinds else "text"
+            kind = "layers" if str not in kinds or hints[f.name] == LayerSpec else "text"
         else:
             kind = next(k.__name__ for k in (bool, int, float, str) if k in kinds)
         meta = f.metadata
@@ -178,11 +187,55 @@ def check_number(name: str, value: float, *, low: float | None = None, high: flo
         raise VisfocusError(f"{name} must be {bounds}, got {value}")
 
 
-def check_layers(layers: tuple[int, ...] | None, num_layers: int | None) -> None:
+_FRACTION_RANGE = re.compile(r"^\s*(\d*\.?\d+)\s*:\s*(\d*\.?\d+)\s*$")
+
+
+def fraction_range(spec: Any) -> tuple[float, float] | None:
+    """``(a, b)`` when ``spec`` is a fraction range of the depth, the text ``"a:b"`` (0 ≤ a < b ≤ 1); else None."""
+    if not isinstance(spec, str) or not (match := _FRACTION_RANGE.match(spec)):
+        return None
+    low, high = float(match.group(1)), float(match.group(2))
+    if not 0 <= low < high <= 1:
+        raise VisfocusError(f"layers {spec!r}: a fraction range a:b of the depth needs 0 ≤ a < b ≤ 1")
+    return low, high
+
+
+def resolve_layers(spec: tuple[int, ...] | str | None, num_layers: int) -> tuple[int, ...] | None:
+    """The decoder layer indices a layer parameter means on a model of ``num_layers`` layers: None (all layers),
+    explicit indices, or a fraction range ``"a:b"`` of the depth — the layers i with a ≤ i/L < b, so that a default
+    tuned on a 32-layer decoder (e.g. layers 9–14 = ``"0.28:0.45"``) means the same part of the network on every
+    depth. On a decoder too shallow for the range to hold a layer (a few layers), the one layer whose span
+    [i/L, (i+1)/L) overlaps the range most."""
+    if spec is None:
+        return None
+    fractions = fraction_range(spec)
+    if fractions is None:
+        check_layers(spec, num_layers)
+        return tuple(spec)
+    low, high = fractions
+    layers = tuple(i for i in range(num_layers) if low <= i / num_layers < high)
+    if not layers:
+        overlap = [min(high, (i + 1) / num_layers) - max(low, i / num_layers) for i in range(num_layers)]
+        layers = (max(range(num_layers), key=overlap.__getitem__),)
+    return layers
+
+
+def check_layers(layers: tuple[int, ...] | str | None, num_layers: int | None) -> None:
+    """One clear error for a layer parameter that is not None, non-empty indices within the decoder, or a fraction
+    range ``"a:b"`` (``resolve_layers``)."""
     if layers is None:
+        return
+    if isinstance(layers, str):
+        if fraction_range(layers) is None:
+            raise VisfocusError(f"layers {layers!r}: give layer indices (e.g. 1;2;3), a fraction range of the depth "
+                                "(e.g. 0.28:0.45) or None for all layers")
+        if num_layers is not None:
+            resolve_layers(layers, num_layers)
         return
     if len(layers) == 0:
         raise VisfocusError("layers is empty; give layer indices or None for all layers")
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in layers):
+        raise VisfocusError(f"layers {list(layers)}: layer indices must be integers")
     if num_layers is not None and any(not 0 <= i < num_layers for i in layers):
         raise VisfocusError(f"layers {list(layers)} out of range: the text decoder has {num_layers} layers "
                             f"(0..{num_layers - 1})")

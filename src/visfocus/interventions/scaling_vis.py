@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, param, register_method
+from visfocus.interventions.base import (
+    LayerSpec,
+    Method,
+    MethodResult,
+    Params,
+    check_layers,
+    check_number,
+    param,
+    register_method,
+    resolve_layers,
+)
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
 
@@ -16,7 +26,7 @@ from visfocus.steer.edits import ScaleLogits
 class ScalingVisParams(Params):
     # the paper's best on the synthetic WhatsUp subsets; real images favour α > 1
     alpha: float = param(0.5, paper="α", low=0.0)
-    layers: tuple[int, ...] | None = None  # decoder layers to edit; None = all
+    layers: LayerSpec = None  # decoder layers to edit; None = all
     decode: bool = False  # also edit the query row of every decoding step (the official code does not)
 
     def validate(self, num_layers: int | None = None) -> None:
@@ -31,12 +41,13 @@ class ScalingVis(Method):
     identity = {"alpha": 1.0}
     search_grid = {"alpha": (0.5, 0.8, 1.2, 1.5, 2.0)}
 
-    def edit(self) -> ScaleLogits:
+    def edit(self, num_layers: int) -> ScaleLogits:
         p = self.params
-        return ScaleLogits(alpha=float(p.alpha), layers=frozenset(p.layers) if p.layers else None,
+        layers = resolve_layers(p.layers, num_layers)
+        return ScaleLogits(alpha=float(p.alpha), layers=frozenset(layers) if layers else None,
                            rows="last_prompt_and_decode" if p.decode else "last_prompt")
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         self.params.validate(batch.num_layers)
-        generation = batch.runner.generate((self.edit(),), max_new_tokens=max_new_tokens)
+        generation = batch.runner.generate((self.edit(batch.num_layers),), max_new_tokens=max_new_tokens)
         return MethodResult(generation, alpha_used=[float(self.params.alpha)] * generation.new_tokens.shape[0])

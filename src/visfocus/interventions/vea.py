@@ -25,7 +25,17 @@ import numpy as np
 from PIL import Image
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_layers, check_number, param, register_method
+from visfocus.interventions.base import (
+    LayerSpec,
+    Method,
+    MethodResult,
+    Params,
+    check_layers,
+    check_number,
+    param,
+    register_method,
+    resolve_layers,
+)
 from visfocus.interventions.batch import Batch
 
 HINT = " Pay attention to the highlighted region of the image."
@@ -39,7 +49,7 @@ class VEAParams(Params):
     highlight_floor: float = param(0.5, paper="α", low=0.0, high=1.0)
     # λ: a cell above λ × its largest neighbour is an attention sink
     denoise_lambda: float = param(10.0, paper="λ", low=1.0)
-    layers: tuple[int, ...] | None = None  # layers to read; None: the profile's, else the middle 10 %
+    layers: LayerSpec = None  # layers to read; None: the profile's, else the middle 10 %
     profile: str | None = None  # JSON from `visfocus profile-layers`; used when layers is None
     hint: bool = True  # append HINT to the question in pass 2
     keep_original: bool = False  # VEA*: also show the original image (needs two images per prompt)
@@ -172,7 +182,7 @@ class VEA(Method):
 
     def evidence_layers(self, num_layers: int) -> tuple[int, ...]:
         if self.params.layers is not None:
-            return tuple(self.params.layers)
+            return resolve_layers(self.params.layers, num_layers)
         if self.profile is None:
             return middle_layers(num_layers)
         if len(self.profile["auroc_per_layer"]) != num_layers:
