@@ -1,5 +1,11 @@
 """The visfocus attention function: SDPA for every row, then the one row an edit or the trace needs, recomputed
-explicitly and spliced in. Registered with transformers' AttentionInterface and AttentionMaskInterface."""
+explicitly and spliced in. Registered with transformers' AttentionInterface and AttentionMaskInterface.
+
+Edits on ``rows="post_image_prompt_and_decode"`` also need, in the forward that holds the prompt, every prompt row
+after the image: per batch row b, the real (unmasked) rows after its last image column. Their span is found from the
+image columns and the mask of each batch row, so left padding (and any layout) is exact; the rows between the first
+such row over the batch and the last prompt row are recomputed as one (B, H, R, K) block (R: tens of rows) and only
+the selected (b, row) pairs are spliced in. The last prompt row and the decoding rows take the one-row path below."""
 
 from __future__ import annotations
 
@@ -8,10 +14,12 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from visfocus.errors import VisfocusError
 from visfocus.steer.context import SteerState, active_state
-from visfocus.steer.edits import RowView
+from visfocus.steer.edits import Edit, RowView
 
 ATTN_NAME = "visfocus"
+POST_IMAGE = "post_image_prompt_and_decode"
 
 
 def _target_row(state: SteerState, q_len: int, kv_len: int) -> tuple[int, bool] | None:
@@ -36,6 +44,79 @@ def _row_mask(attention_mask: torch.Tensor | None, row: int, abs_pos: int, kv_le
     return torch.zeros(visible.shape, device=device).masked_fill(~visible, float("-inf"))
 
 
+def _rows_mask(attention_mask: torch.Tensor | None, start: int, stop: int, first_pos: int, kv_len: int,
+               device) -> torch.Tensor:
+    """Additive (B or 1, 1, R, K) float mask for query rows start..stop-1 of this forward: 0 visible, -inf not."""
+    if attention_mask is None:  # causal, no padding
+        positions = torch.arange(first_pos + start, first_pos + stop, device=device)  # (R,)
+        visible = (torch.arange(kv_len, device=device)[None, :] <= positions[:, None])[None, None]  # (1, 1, R, K)
+    elif attention_mask.dtype == torch.bool:
+        visible = attention_mask[:, :, start:stop, :kv_len]  # (B, 1, R, K)
+    else:
+        return attention_mask[:, :, start:stop, :kv_len].float()  # (B, 1, R, K) already additive
+    return torch.zeros(visible.shape, device=device).masked_fill(~visible, float("-inf"))
+
+
+def _real_rows(attention_mask: torch.Tensor | None, start: int, stop: int, first_pos: int, batch: int,
+               device) -> torch.Tensor:
+    """(B, R) bool: which query rows start..stop-1 are real tokens. A padding row cannot see its own column (the
+    mask's diagonal); without a mask every row is real."""
+    if attention_mask is None:
+        return torch.ones(batch, stop - start, dtype=torch.bool, device=device)
+    rows = torch.arange(start, stop, device=attention_mask.device)  # (R,)
+    diagonal = attention_mask[:, 0, rows, first_pos + rows]  # (B|1, R)
+    visible = diagonal if diagonal.dtype == torch.bool else diagonal == 0
+    return visible.expand(batch, -1).to(device)
+
+
+def _image_end(image_cols: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) the last image column of each batch row (-1 when it has none), and (B,) whether it has one."""
+    has_image = image_cols.any(-1)  # (B,)
+    last = image_cols.shape[1] - 1 - image_cols.flip(-1).long().argmax(-1)  # (B,)
+    return torch.where(has_image, last, -1).to(device), has_image.to(device)
+
+
+def _post_image_rows(state: SteerState, edits: list[Edit], query: torch.Tensor, key: torch.Tensor,
+                     value: torch.Tensor, attention_mask: torch.Tensor | None, scale: float, out: torch.Tensor) -> None:
+    """Recompute, under ``edits`` (all on rows="post_image_prompt_and_decode"), every prompt row of this forward
+    after each batch row's image but the last prompt row (the one-row path edits that one), and splice the
+    selected rows into ``out`` (B, Q, H, D) in place."""
+    for edit in edits:
+        if edit.changes_probs:
+            raise VisfocusError(f"{type(edit).__name__} edits probabilities, which only rows='last_prompt' or "
+                                f"'last_prompt_and_decode' support, not rows='{POST_IMAGE}'")
+    B, H, q_len, D = query.shape
+    kv_len, H_kv = key.shape[2], key.shape[1]
+    first_pos, last = kv_len - q_len, state.last_prompt_pos
+    end, has_image = _image_end(state.image_cols, query.device)  # (B,) last image column per batch row, (B,)
+    if not has_image.any():
+        return
+    starts = end + 1  # (B,) first post-image position per batch row
+    if bool((has_image & (starts < first_pos)).any()):
+        raise VisfocusError(f"an edit on rows='{POST_IMAGE}' needs every prompt row after the image in one forward, "
+                            f"but this forward starts at position {first_pos}, after the image ends at "
+                            f"{int(end[has_image].min())} (a stored image prefix or a re-run of the last prompt "
+                            "token only); run it without prefix sharing or prefix reuse")
+    start = int(starts[has_image].min()) - first_pos  # first row (within this forward's queries) to recompute
+    stop = min(last, kv_len) - first_pos  # the last prompt row is not part of the block
+    if stop <= start:
+        return
+    positions = torch.arange(first_pos + start, first_pos + stop, device=query.device)  # (R,) absolute
+    selected = has_image[:, None] & (positions[None, :] > end[:, None])  # (B, R)
+    selected &= _real_rows(attention_mask, start, stop, first_pos, B, query.device)
+    R, group = stop - start, H // H_kv
+    # Group the query heads by their KV head instead of repeating K/V (GQA).
+    q_rows = query[:, :, start:stop, :].float().reshape(B, H_kv, group * R, D)  # (B, Hkv, g·R, D)
+    scores = (torch.matmul(q_rows, key.float().transpose(-1, -2)) * scale).reshape(B, H, R, kv_len)  # (B, H, R, K)
+    image_cols = state.image_cols_for(kv_len).to(query.device)  # (B, K)
+    for edit in edits:
+        scores = edit.apply_rows(scores, image_cols)  # (B, H, R, K)
+    mask = _rows_mask(attention_mask, start, stop, first_pos, kv_len, query.device)  # (B|1, 1, R, K)
+    probs = torch.softmax(scores + mask, dim=-1).reshape(B, H_kv, group * R, kv_len)  # (B, Hkv, g·R, K)
+    rows_out = torch.matmul(probs, value.float()).reshape(B, H, R, D).transpose(1, 2)  # (B, R, H, D)
+    out[:, start:stop] = torch.where(selected[:, :, None, None], rows_out.to(out.dtype), out[:, start:stop])
+
+
 def visfocus_attention(
     module: torch.nn.Module,
     query: torch.Tensor,  # (B, H, Q, D), post-RoPE
@@ -55,6 +136,10 @@ def visfocus_attention(
     q_len, kv_len = query.shape[2], key.shape[2]
     if layer == 0:
         _count(state, q_len, kv_len)
+    post_image = [e for e in state.edits if e.rows == POST_IMAGE and e.applies_to(layer, False)]
+    if post_image and kv_len - q_len <= state.last_prompt_pos:  # this forward holds prompt rows
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        _post_image_rows(state, post_image, query, key, value, attention_mask, scale, out)
     target = _target_row(state, q_len, kv_len)
     if target is None:
         return out, None
@@ -80,7 +165,12 @@ def visfocus_attention(
     if any(e.changes_logits for e in edits):
         for edit in edits:
             if edit.changes_logits:
-                scores = edit.apply(scores, image_cols)  # (B, H, K)
+                edited = edit.apply(scores, image_cols)  # (B, H, K)
+                if edit.rows == POST_IMAGE:  # only the batch rows that have an image before this row
+                    end, has_image = _image_end(state.image_cols, query.device)  # (B,), (B,)
+                    after = has_image & (end < kv_len - q_len + row)  # (B,)
+                    edited = torch.where(after[:, None, None], edited, scores)
+                scores = edited
         probs = torch.softmax(scores + mask, dim=-1)  # (B, H, K)
     if any(e.changes_probs for e in edits):
         view = RowView(layer=layer, row=row, abs_pos=kv_len - q_len + row, is_decode=is_decode,

@@ -3,6 +3,10 @@
 Naming scheme (TransformerLens-style) for the sites the engine edits and records:
 ``text.layer[i].attn.last_row`` — the last prompt row's attention in decoder layer ``i``,
 scores ``(batch, heads, keys)`` float32.
+
+An edit may also select every prompt row after the image (``rows="post_image_prompt_and_decode"``, ClearSight/VAF):
+the engine then recomputes those tens of rows explicitly in one (B, H, R, K) block per layer (see
+``visfocus.steer.attention``).
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from typing import ClassVar, Literal
 
 import torch
 
-Rows = Literal["last_prompt", "last_prompt_and_decode"]
-Keys = Literal["image", "text"]
+Rows = Literal["last_prompt", "last_prompt_and_decode", "post_image_prompt_and_decode"]
+Keys = Literal["image", "text", "before_image"]
+# the row selections that also edit the query row of every decoding step
+DECODE_ROWS = ("last_prompt_and_decode", "post_image_prompt_and_decode")
 
 
 @dataclass
@@ -38,8 +44,15 @@ class Edit:
     layers: decoder layer indices to edit (None = all).
     heads: query-head indices to edit (None = all).
     rows: "last_prompt" edits only the last prompt token's row (the row that produces the first answer token);
-        "last_prompt_and_decode" also edits the query row of every decoding step.
-    keys: which key columns the edit may change: "image" tokens or all other ("text") tokens.
+        "last_prompt_and_decode" also edits the query row of every decoding step;
+        "post_image_prompt_and_decode" edits, per batch row, every real prompt row after that row's last image token
+        (the template text after the image, the question, the last prompt token) and every decoding row. A batch row
+        without image tokens is not edited. All those prompt rows must run in one forward (the engine raises
+        otherwise), so such an edit cannot start from a stored image prefix or a re-run of the last token only.
+        Logit edits only (``changes_probs`` edits take the last-row selections).
+    keys: which key columns the edit may change: "image" tokens, all other ("text") tokens, or "before_image": the
+        columns before the row's first image token (BOS, system prompt, template; left padding is masked anyway;
+        none in a row without image tokens).
     """
 
     layers: frozenset[int] | None = None
@@ -49,11 +62,14 @@ class Edit:
 
     changes_logits: ClassVar[bool] = True  # ``transform`` edits the pre-softmax logits
     changes_probs: ClassVar[bool] = False  # ``edit_probs`` edits the probabilities after the softmax
+    # ``transform`` treats every key column on its own (no reduction over the keys), so several query rows can go
+    # through it at once as one (B, H, R·K) block; otherwise ``apply_rows`` edits them one at a time
+    columnwise: ClassVar[bool] = False
 
     def applies_to(self, layer_idx: int, is_decode_row: bool) -> bool:
         if self.layers is not None and layer_idx not in self.layers:
             return False
-        return self.rows == "last_prompt_and_decode" or not is_decode_row
+        return self.rows in DECODE_ROWS or not is_decode_row
 
     def transform(self, scores: torch.Tensor, key_cols: torch.Tensor) -> torch.Tensor:
         """scores: (B, H, K) scaled logits q·k/√d before the mask; key_cols: (B, 1, K) bool. Returns (B, H, K)."""
@@ -63,15 +79,36 @@ class Edit:
         """probs: (B, H, K) the row's probabilities after the logit edits. Returns (B, H, K)."""
         return probs
 
+    def key_columns(self, image_cols: torch.Tensor) -> torch.Tensor:
+        """(B, K) bool: the key columns ``keys`` selects, from the image columns (B, K)."""
+        if self.keys == "image":
+            return image_cols
+        if self.keys == "before_image":
+            has_image = image_cols.any(-1, keepdim=True)  # (B, 1)
+            return (image_cols.long().cumsum(-1) == 0) & has_image  # (B, K)
+        return ~image_cols
+
     def apply(self, scores: torch.Tensor, image_cols: torch.Tensor) -> torch.Tensor:
         """Apply to the selected heads and key columns. scores (B, H, K); image_cols (B, K) bool."""
-        key_cols = image_cols if self.keys == "image" else ~image_cols  # (B, K)
-        edited = self.transform(scores, key_cols[:, None, :])  # (B, H, K)
+        return self._apply(scores, self.key_columns(image_cols))
+
+    def _apply(self, scores: torch.Tensor, key_cols: torch.Tensor) -> torch.Tensor:
+        """scores (B, H, N); key_cols (B, N) bool, the columns ``keys`` selects. Returns (B, H, N)."""
+        edited = self.transform(scores, key_cols[:, None, :])  # (B, H, N)
         if self.heads is None:
             return edited
         head_sel = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
         head_sel[list(self.heads)] = True
         return torch.where(head_sel[None, :, None], edited, scores)
+
+    def apply_rows(self, scores: torch.Tensor, image_cols: torch.Tensor) -> torch.Tensor:
+        """``apply`` on several query rows of one forward: scores (B, H, R, K); image_cols (B, K). Returns
+        (B, H, R, K)."""
+        B, H, R, K = scores.shape
+        if self.columnwise:  # one call on the rows side by side
+            key_cols = self.key_columns(image_cols).repeat(1, R)  # (B, R·K)
+            return self._apply(scores.reshape(B, H, R * K), key_cols).reshape(B, H, R, K)
+        return torch.stack([self.apply(scores[:, :, r], image_cols) for r in range(R)], dim=2)  # (B, H, R, K)
 
 
 @dataclass(frozen=True)
@@ -83,6 +120,8 @@ class ScaleLogits(Edit):
     """
 
     alpha: float | tuple[float, ...] = 1.0
+
+    columnwise: ClassVar[bool] = True
 
     def transform(self, scores: torch.Tensor, key_cols: torch.Tensor) -> torch.Tensor:
         if isinstance(self.alpha, tuple):

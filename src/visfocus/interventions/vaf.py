@@ -1,0 +1,98 @@
+"""ClearSight / VAF, "Visual Amplification Fusion" ("ClearSight: Visual Signal Enhancement for Object Hallucination
+Mitigation in Multimodal Large Language Models", Yin, Si, Wang; CVPR 2025; reference code ustc-hyin/ClearSight
+@5466c94, ``visaug/inference/AttnAdapter.py`` L71–78, layers in ``infer_pope.py``, settings in ``infer_pope.sh``).
+
+Attention edit on the raw scores q·k/√d (before the mask), in every head of the middle layers: the image key columns
+are multiplied by ``enhance`` (the reference's ``--enh-para 1.15``), the key columns before the image (BOS, system
+prompt, the template up to the image) by ``suppress`` (``--sup-para 0.95``); the text between the image and the end
+is left as it is. Edited query rows: at prefill every prompt row after the image (the template text after it, the
+question, the last prompt token: they all feed the keys and values later layers read), and the single row of every
+decoding step. It multiplies raw scores, so negative image scores get more negative: a sharpening within the image
+block rather than a uniform boost.
+
+Layers: the reference's ``if i > 8 and i < 15``, layers 9–14 of LLaVA-1.5's 32, here the fraction range
+``"0.28:0.45"`` of any depth (layer i when 0.28 ≤ i/L < 0.45: 9–14 of 32, 8–12 of 28, 11–16 of 36). Where the
+range holds no layer (decoders of 1, 2 or 4 layers, e.g. test models) the one layer whose span [i/L, (i+1)/L)
+overlaps it most is edited, so the default runs on every model.
+
+Reference quirks and how they are handled:
+- the spans are hard-coded for LLaVA-1.5's vicuna_v1 template (``SYS_LEN = 35`` columns before the image,
+  ``IMG_LEN = 576`` image tokens); here each batch row's real image columns and the columns before its first image
+  token, for every family (Qwen: ``<|vision_start|>`` is before the first image token, so it is suppressed too);
+- the paper speaks of selected visual-perception heads, the released code edits all heads: we follow the code;
+- the reference runs fp16 with eager attention; here the engine recomputes the edited rows in fp32.
+
+``rows="last"`` is a labelled approximation, not the reference: only the last prompt row and the decoding rows are
+edited (the question's earlier rows keep their unedited keys and values). It is cheaper (one row per layer) and can
+start from stored image prefixes; the faithful ``rows="post_image"`` cannot (the rows after the image that the shared
+prefix holds would not be re-edited), so that method runs without prefix sharing.
+
+Anchor (reference README, POPE random, accuracy): LLaVA-1.5-7B 87.8 → 89.7 with VAF (VCD: 88.4); LLaVA-1.5-13B
+87.6 → 90.1; Qwen-VL-7B 88.2 → 90.0. Identity: enhance = suppress = 1 (no edit at all)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from visfocus.errors import VisfocusError
+from visfocus.interventions.base import (
+    LayerSpec,
+    Method,
+    MethodResult,
+    Params,
+    check_layers,
+    check_number,
+    param,
+    register_method,
+    resolve_layers,
+)
+from visfocus.interventions.batch import Batch
+from visfocus.steer.edits import ScaleLogits
+
+ROWS = ("post_image", "last")
+ENGINE_ROWS = {"post_image": "post_image_prompt_and_decode", "last": "last_prompt_and_decode"}
+
+
+@dataclass(frozen=True)
+class VAFParams(Params):
+    enhance: float = param(1.15, paper="enh-para", low=0.0)  # multiplier of the image columns' raw scores
+    suppress: float = param(0.95, paper="sup-para", low=0.0)  # multiplier of the columns before the image
+    layers: LayerSpec = "0.28:0.45"  # layers 9–14 of 32, as a fraction of the depth; indices; None = all
+    rows: str = param("post_image", choices=ROWS)  # "last": the labelled approximation (last prompt + decoding rows)
+
+    def validate(self, num_layers: int | None = None) -> None:
+        check_number("enhance", self.enhance, low=0.0)
+        check_number("suppress", self.suppress, low=0.0)
+        check_layers(self.layers, num_layers)
+        if self.rows not in ROWS:
+            raise VisfocusError(f"rows must be one of {', '.join(ROWS)}, got {self.rows!r}")
+
+
+@register_method
+class VAF(Method):
+    name = "vaf"
+    Params = VAFParams
+    identity = {"enhance": 1.0, "suppress": 1.0}
+    search_grid = {"enhance": (1.05, 1.15, 1.25, 1.5), "suppress": (0.9, 0.95, 1.0)}
+    shares_prefix = False  # the prompt rows after the image in a stored prefix would not be re-edited
+
+    def __init__(self, params: VAFParams) -> None:
+        super().__init__(params)
+        self.shares_prefix = params.rows == "last"  # the approximation edits rows after the prefix only
+
+    def edits(self, num_layers: int) -> tuple[ScaleLogits, ...]:
+        """The image-column and before-image-column multipliers (an edit whose multiplier is 1 is left out)."""
+        p = self.params
+        layers = resolve_layers(p.layers, num_layers)
+        common = dict(rows=ENGINE_ROWS[p.rows], layers=frozenset(layers) if layers is not None else None)
+        edits = []
+        if p.enhance != 1:
+            edits.append(ScaleLogits(alpha=float(p.enhance), keys="image", **common))
+        if p.suppress != 1:
+            edits.append(ScaleLogits(alpha=float(p.suppress), keys="before_image", **common))
+        return tuple(edits)
+
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
+        self.params.validate(batch.num_layers)
+        generation = batch.runner.generate(self.edits(batch.num_layers), max_new_tokens=max_new_tokens)
+        return MethodResult(generation, alpha_used=[float(self.params.enhance)] * generation.new_tokens.shape[0])
