@@ -106,6 +106,16 @@ class Adapter:
         Returns (B, 1) here; M-RoPE families return (3, B, 1)."""
         return attention_mask.long().cumsum(-1)[:, -1:] - 1  # (B, 1)
 
+    # --- the prompt without its image (text-only streams: PAI's contrast, M3ID) ---------------------------------
+    def text_only_ids(self, row_ids: list[int]) -> list[int]:
+        """A prompt's token ids with its image taken out: the chat prompt the model would get with no image."""
+        return [t for t in row_ids if t != self.image_token_id]
+
+    def text_position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Positions of a left-padded text-only prompt (no image): (B, S); M-RoPE families (3, B, S), the text
+        position on every axis."""
+        return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)  # (B, S)
+
     # --- sharing the image prefix between questions ------------------------------------------------------------
     @cached_property
     def template_after_image(self) -> tuple[int, ...]:

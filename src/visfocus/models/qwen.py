@@ -30,6 +30,16 @@ class Qwen2VLAdapter(Adapter):
         deltas = self.model.model.rope_deltas  # (B, 1), set by the last forward that saw the image
         return (text + deltas.to(text.device)).unsqueeze(0).expand(3, -1, -1)  # (3, B, 1)
 
+    def text_only_ids(self, row_ids: list[int]) -> list[int]:
+        """Without the image: its ``<|image_pad|>`` tokens and the ``<|vision_start|>``/``<|vision_end|>`` around them
+        (what the chat template writes for a message with no image)."""
+        config = self.model.config
+        dropped = {self.image_token_id, int(config.vision_start_token_id), int(config.vision_end_token_id)}
+        return [t for t in row_ids if t not in dropped]
+
+    def text_position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        return super().text_position_ids(attention_mask).unsqueeze(0).expand(3, -1, -1)  # (3, B, S)
+
     def select_vision(self, inputs: dict, rows: list[int]) -> dict:
         grid = inputs["image_grid_thw"]  # (images, 3); each image's patches lie one after another in pixel_values
         chunks = inputs["pixel_values"].split(grid.prod(-1).tolist())

@@ -1,0 +1,79 @@
+"""M3ID, "Multi-Modal Hallucination Control by Visual Information Grounding" (Favero et al., CVPR 2024). Each
+decoding step t = 1, 2, … mixes the conditional log-probabilities l_c = log p(y | image, text) with the unconditional
+ones l_u = log p(y | text) as l_c + ((1−γ_t)/γ_t)·(l_c − l_u), γ_t = exp(−λ·t): the correction towards the image grows
+with the length of the answer, as the model forgets the image. Tokens whose conditional logit is below max + log β
+get −inf (the adaptive plausibility constraint, β 0.1). l_u comes from the text-only stream
+(``streams.TextOnlyStream``: the chat prompt with the image taken out, its own cache, no edit).
+
+No official code exists. The defaults (λ 0.02, β 0.1, t counted from 1 at the first answer token, the cutoff on the
+raw conditional logits) follow the re-implementation in AvisC (sangminwoo/AvisC, ``avisc_utils/avisc_sample.py``, the
+``use_m3id`` branch). That code updates the wrong variable after each step (``model_kwargs_cd = ...`` for the M3ID
+stream), so its text-only stream never keeps a cache; the numbers are the same as a cached stream for one unpadded
+sample, so it is not reproduced. It samples; here decoding is greedy by default (``sampling`` applies the warpers
+after the mixture). At t = 1 the correction is small ((1−γ_1)/γ_1 ≈ 0.02): a one-token answer (POPE) barely moves."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from visfocus.errors import VisfocusError
+from visfocus.interventions.base import Method, MethodResult, Params, check_number, param, register_method
+from visfocus.interventions.batch import Batch
+from visfocus.interventions.streams import TextOnlyStream
+
+
+def mutual_information_scores(conditional: torch.Tensor, unconditional: torch.Tensor, step: int, decay: float,
+                              beta: float) -> torch.Tensor:
+    """(B, V) l_c + ((1−γ_t)/γ_t)·(l_c − l_u), γ_t = exp(−decay·step), −inf where the conditional logit is below
+    its max + log β. conditional, unconditional: (B, V) raw logits; step: t ≥ 1."""
+    gamma_t = math.exp(-decay * step)
+    l_c = conditional.float().log_softmax(-1)  # (B, V)
+    l_u = unconditional.float().log_softmax(-1)  # (B, V)
+    cutoff = conditional.max(dim=-1, keepdim=True).values + math.log(beta)  # (B, 1)
+    mixed = l_c + ((1 - gamma_t) / gamma_t) * (l_c - l_u)  # (B, V)
+    return mixed.masked_fill(conditional < cutoff, float("-inf"))
+
+
+class MutualInformation(LogitsProcessor):
+    def __init__(self, stream: TextOnlyStream, prompt_len: int, decay: float, beta: float) -> None:
+        self.stream, self.prompt_len, self.decay, self.beta = stream, prompt_len, decay, beta
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_len + 1  # t = 1 at the first answer token
+        unconditional = self.stream.logits(input_ids).to(scores.device)  # (B, V)
+        return mutual_information_scores(scores, unconditional, step, self.decay, self.beta)
+
+
+@dataclass(frozen=True)
+class M3IDParams(Params):
+    decay: float = param(0.02, paper="λ", low=0.0)  # λ in γ_t = exp(−λ·t); 0 = no correction
+    beta: float = param(0.1, paper="β", low=0.0, high=1.0)  # plausibility cutoff: keep logits ≥ max + log β
+
+    def validate(self, num_layers: int | None = None) -> None:
+        check_number("decay", self.decay, low=0.0)
+        check_number("beta", self.beta)
+        if not 0 < self.beta <= 1:
+            raise VisfocusError(f"beta must be in (0, 1], got {self.beta}")
+
+
+@register_method
+class M3ID(Method):
+    name = "m3id"
+    Params = M3IDParams
+    identity = {"decay": 0.0}
+    search_grid = {"decay": (0.01, 0.02, 0.05, 0.1)}
+
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
+        p = self.params
+        p.validate(batch.num_layers)
+        if p.decay == 0:  # γ_t = 1: nothing to mix in, the plain model
+            generation = batch.runner.generate((), max_new_tokens)
+        else:
+            mixture = MutualInformation(TextOnlyStream(batch), batch.runner.image_cols.shape[1], p.decay, p.beta)
+            generation = batch.runner.generate((), max_new_tokens, logits_processor=LogitsProcessorList([mixture]),
+                                               first_logits_from="scores")
+        return MethodResult(generation, alpha_used=[None] * generation.new_tokens.shape[0])

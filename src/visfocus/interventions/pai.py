@@ -1,0 +1,130 @@
+"""PAI, "Paying More Attention to Image: A Training-Free Method for Alleviating Hallucination in LVLMs" (Liu, Zheng,
+Chen; ECCV 2024; reference code LALBJ/PAI, ``attention.py::llama_new_forward`` and ``CFG.py::CFGLogits``).
+
+Attention edit: on the image key columns of the last prompt row and of every decoding row, all heads, the
+pre-softmax logits become z + α·|z| (``magnitude="per_head"``), in the layers from the third to the last (the
+reference's ``range(2, 32)`` of 32, here the fraction range ``"0.0625:1"`` of any depth). The edit happens after the
+mask in the reference; on image columns the mask is 0, so editing before it is the same. ``magnitude="head_mean"``
+uses the head-mean magnitude z + α·mean_heads|z| of the "middle layers" follow-up (Jiang et al., CVPR 2025,
+``modify_attention.py``; their layers ≈ 5–18 of 32, ``layers="0.15:0.6"``, and α 0.5).
+
+Contrast (the reference's ``--use-cfg``, γ ≠ 1): log-softmax outputs γ·log p(y | image, text) − (γ−1)·log p(y | text),
+with tokens whose conditional log-probability is below log 0.1 + max set to −inf. p(y | text) comes from a text-only
+stream (``streams.TextOnlyStream``: the same chat prompt with the image taken out, its own cache, no edit); it costs
+one text-only forward per token. γ = 1 switches the contrast off entirely, as in the reference.
+
+Reference bug kept as an option: with the contrast on, the reference applies no edit to the first generated token (its
+``use_cfg`` flag is reset only after the first unconditional pass), which is exactly the answer token of POPE. By
+default every row is edited, as the paper intends; ``first_token_unedited=True`` reproduces the reference there (the
+last prompt row is left unedited, decoding rows are edited). Defaults: α 0.2 and γ 1.1 (the reference README); its
+scripts' argparse default is γ 2 and follow-up work on POPE often uses α 0.5 (in the search grid). Decoding is greedy
+by default; with ``sampling`` the warpers act on the contrasted scores."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from visfocus.errors import VisfocusError
+from visfocus.interventions.base import (
+    LayerSpec,
+    Method,
+    MethodResult,
+    Params,
+    check_layers,
+    check_number,
+    param,
+    register_method,
+    resolve_layers,
+)
+from visfocus.interventions.batch import Batch
+from visfocus.interventions.streams import TextOnlyStream
+from visfocus.steer.edits import Edit
+
+MAGNITUDES = ("per_head", "head_mean")
+PLAUSIBLE = math.log(0.1)  # keep tokens whose conditional log-probability is at least max + log 0.1
+
+
+@dataclass(frozen=True)
+class AddMagnitude(Edit):
+    """z + α·|z| on the selected columns (``head_mean``: z + α·mean over heads of |z|). With ``skip_last_prompt``
+    only decoding rows are edited (the reference's first-token behaviour)."""
+
+    alpha: float = 0.2
+    magnitude: str = "per_head"
+    skip_last_prompt: bool = False
+
+    def applies_to(self, layer_idx: int, is_decode_row: bool) -> bool:
+        if self.skip_last_prompt and not is_decode_row:
+            return False
+        return super().applies_to(layer_idx, is_decode_row)
+
+    def transform(self, scores: torch.Tensor, key_cols: torch.Tensor) -> torch.Tensor:
+        magnitude = scores.abs()  # (B, H, K)
+        if self.magnitude == "head_mean":
+            magnitude = magnitude.mean(dim=1, keepdim=True)  # (B, 1, K)
+        return torch.where(key_cols, scores + self.alpha * magnitude, scores)  # (B, H, K)
+
+
+def guided(conditional: torch.Tensor, unconditional: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(B, V) γ·l_c − (γ−1)·l_u on log-softmax outputs, −inf where l_c < max l_c + log 0.1 (the reference's CFG)."""
+    l_c = conditional.float().log_softmax(-1)  # (B, V)
+    l_u = unconditional.float().log_softmax(-1)  # (B, V)
+    cutoff = l_c.max(dim=-1, keepdim=True).values + PLAUSIBLE  # (B, 1)
+    return (gamma * (l_c - l_u) + l_u).masked_fill(l_c < cutoff, float("-inf"))
+
+
+class TextGuidance(LogitsProcessor):
+    """Contrasts every step's scores with the text-only stream's (``guided``)."""
+
+    def __init__(self, stream: TextOnlyStream, gamma: float) -> None:
+        self.stream, self.gamma = stream, gamma
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return guided(scores, self.stream.logits(input_ids).to(scores.device), self.gamma)
+
+
+@dataclass(frozen=True)
+class PAIParams(Params):
+    alpha: float = param(0.2, paper="α", low=0.0)  # α: strength of the image-attention boost
+    gamma: float = param(1.1, paper="γ", low=1.0)  # γ: contrast with the text-only prompt; 1 = no contrast
+    layers: LayerSpec = "0.0625:1"  # from the third layer of 32 to the last, as a fraction of the depth
+    magnitude: str = param("per_head", choices=MAGNITUDES)  # |z| per head, or its mean over heads (CVPR 2025)
+    first_token_unedited: bool = False  # the reference's bug with the contrast on: the first token's row unedited
+
+    def validate(self, num_layers: int | None = None) -> None:
+        check_number("alpha", self.alpha, low=0.0)
+        check_number("gamma", self.gamma, low=1.0)
+        check_layers(self.layers, num_layers)
+        if self.magnitude not in MAGNITUDES:
+            raise VisfocusError(f"magnitude must be one of {', '.join(MAGNITUDES)}, got {self.magnitude!r}")
+        if not isinstance(self.first_token_unedited, bool):
+            raise VisfocusError(f"first_token_unedited must be true or false, got {self.first_token_unedited!r}")
+
+
+@register_method
+class PAI(Method):
+    name = "pai"
+    Params = PAIParams
+    identity = {"alpha": 0.0, "gamma": 1.0}
+    search_grid = {"alpha": (0.2, 0.5, 0.8), "gamma": (1.0, 1.1, 2.0)}
+
+    def edit(self, num_layers: int) -> AddMagnitude:
+        p = self.params
+        layers = resolve_layers(p.layers, num_layers)
+        return AddMagnitude(alpha=float(p.alpha), magnitude=p.magnitude, rows="last_prompt_and_decode",
+                            layers=frozenset(layers) if layers is not None else None,
+                            skip_last_prompt=p.first_token_unedited)
+
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
+        p = self.params
+        p.validate(batch.num_layers)
+        edits = (self.edit(batch.num_layers),) if p.alpha != 0 else ()
+        processors = LogitsProcessorList([TextGuidance(TextOnlyStream(batch), p.gamma)] if p.gamma != 1 else [])
+        generation = batch.runner.generate(edits, max_new_tokens, logits_processor=processors,
+                                           first_logits_from="scores" if p.gamma != 1 else "logits")
+        rows = generation.new_tokens.shape[0]
+        return MethodResult(generation, alpha_used=[None] * rows)
