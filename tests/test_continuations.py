@@ -27,6 +27,9 @@ METHOD_KWARGS = {
     "dola": {},
     "vcd": {},
     "vea": {},
+    "pai": {"alpha": 0.5, "gamma": 1.5, "layers": None},
+    "m3id": {"decay": 0.5},
+    "vaf": {"enhance": 1.5, "suppress": 0.8, "layers": None},
 }
 SCORING_FAMILIES = ["qwen2_5_vl", "llava"]
 

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from eager_reference import SETTINGS, load_reference, reference_last_logits
+from eager_reference import (
+    SETTINGS,
+    append_tokens,
+    load_reference,
+    post_image_selection,
+    reference_last_logits,
+    reference_scaled_logits,
+)
 
 import visfocus as vf
+import visfocus.interventions.vaf  # noqa: F401  (registration; not yet in interventions/__init__)
 from visfocus.steer import Runner, ScaleLogits, SteerState, steering
 from visfocus.testing import FAMILIES
 
@@ -38,7 +46,8 @@ def test_scaling_vis_matches_eager_reference(family, alpha, tiny_vlms, reference
 
 # Every method with an identity point, and how close to the plain model it must land there (CLVS's β = 1 skips the
 # recomputation entirely, so it is exact; VEA's hint is off, since a hint changes the prompt by design).
-IDENTITY_TOLERANCE = {"scaling_vis": 1e-5, "clvs": 0.0, "adaptvis": 1e-4, "vcd": 1e-4, "vea": 1e-5}
+IDENTITY_TOLERANCE = {"scaling_vis": 1e-5, "clvs": 0.0, "adaptvis": 1e-4, "vcd": 1e-4, "vea": 1e-5, "vaf": 1e-5,
+                      "pai": 0.0, "m3id": 0.0}
 IDENTITY_EXTRA = {"vea": {"hint": False}}
 
 
@@ -215,3 +224,95 @@ def test_batched_trace_rows_equal_single_traces(family, tiny_vlms, image, other_
         assert (batch[b].trace.last_row - alone.last_row).abs().max().item() <= 1e-5
         assert torch.equal(batch[b].trace.image_cols, alone.image_cols)
         assert batch[b].trace.image_map(layer=1) == pytest.approx(alone.image_map(layer=1), abs=1e-5)
+
+
+# --- rows="post_image_prompt_and_decode": every prompt row after the image, and every decoding row ---------------
+POST_IMAGE = "post_image_prompt_and_decode"
+PADDED_QUESTIONS = [QUESTION, "Is the dog on the table or under the table, left of the cat? Answer with yes or no."]
+
+
+def _post_image_edits(image_factor=2.0, before_factor=0.5, layers=None):
+    return (ScaleLogits(alpha=image_factor, keys="image", rows=POST_IMAGE, layers=layers),
+            ScaleLogits(alpha=before_factor, keys="before_image", rows=POST_IMAGE, layers=layers))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("padded", [False, True], ids=["single", "left_padded"])
+def test_post_image_rows_match_eager_reference(family, padded, tiny_vlms, references, image, other_image):
+    vlm = tiny_vlms[family]
+    images, questions = ([image, other_image], PADDED_QUESTIONS) if padded else ([image], [QUESTION])
+    inputs, image_cols, positions = _prepare(vlm, images, questions)
+    assert (inputs["attention_mask"] == 0).any() == padded
+    rows, factors = post_image_selection(inputs["input_ids"], inputs["attention_mask"], vlm.adapter.image_token_id,
+                                         image_factor=2.0, before_factor=0.5)
+    assert 3 <= int(rows.sum(-1).min()) and int(rows.sum(-1).max()) < 0.5 * rows.shape[1]  # tens of rows, not all
+    edits = _post_image_edits()
+    kwargs = dict(inputs, position_ids=positions) if positions is not None else dict(inputs)
+    with torch.no_grad():
+        plain = vlm.model(**kwargs).logits.float()  # (B, S, V)
+        with steering(SteerState(image_cols=image_cols, edits=edits)):
+            full = vlm.model(**kwargs).logits.float()  # (B, S, V): every position of the prefill
+    expected = reference_scaled_logits(references[family], inputs, positions, image_cols, rows=rows, factors=factors,
+                                       decode=True)
+    real = inputs["attention_mask"].bool()  # (B, S)
+    assert (full - expected)[real].abs().max().item() <= 1e-4
+    untouched = real & ~rows.cumsum(-1).bool()  # up to and including each row's last image token
+    assert torch.equal(full[untouched], plain[untouched])
+    assert ((full - plain)[rows].abs().amax(-1) > 1e-4).all()  # every selected row moves
+    # generate: the prefill's last row, then the first decoding step (one row on the cache) against a full forward
+    runner = Runner(vlm.model, inputs, image_cols, drop_on_continue=vlm.adapter.drop_on_continue,
+                    prefill_position_ids=positions)
+    out = runner.generate(edits, max_new_tokens=2, min_new_tokens=2)
+    assert (out.step_logits[0].float() - expected[:, -1]).abs().max().item() <= 1e-4
+    fed = append_tokens(inputs, out.new_tokens[:, :1])
+    decoded = reference_scaled_logits(references[family], fed, vlm.adapter.prefill_position_ids(fed), image_cols,
+                                      rows=rows, factors=factors, decode=True)[:, -1]  # (B, V)
+    assert (out.step_logits[1].float() - decoded).abs().max().item() <= 1e-4
+    unedited_decode = reference_scaled_logits(references[family], fed, vlm.adapter.prefill_position_ids(fed),
+                                              image_cols, rows=rows, factors=factors, decode=False)[:, -1]
+    assert (decoded - unedited_decode).abs().max().item() > 1e-4  # the decoding row is edited too
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_next"])
+def test_post_image_rows_in_one_layer_match_eager_reference(family, tiny_vlms, references, image, other_image):
+    vlm = tiny_vlms[family]
+    inputs, image_cols, positions = _prepare(vlm, [image, other_image], PADDED_QUESTIONS)
+    rows, factors = post_image_selection(inputs["input_ids"], inputs["attention_mask"], vlm.adapter.image_token_id,
+                                         image_factor=0.0, before_factor=3.0)
+    runner = Runner(vlm.model, inputs, image_cols, drop_on_continue=vlm.adapter.drop_on_continue,
+                    prefill_position_ids=positions)
+    out = runner.generate(_post_image_edits(0.0, 3.0, layers=frozenset({0})), max_new_tokens=1)
+    expected = reference_scaled_logits(references[family], inputs, positions, image_cols, rows=rows, factors=factors,
+                                       decode=True, layers={0})[:, -1]
+    assert torch.isfinite(out.first_logits).all()
+    assert (out.first_logits - expected).abs().max().item() <= 1e-4
+
+
+def test_post_image_rows_refuse_a_rerun_of_the_last_token_only(tiny_vlms, image):
+    vlm = tiny_vlms["llava"]
+    inputs, image_cols, positions = _prepare(vlm, [image], [QUESTION])
+    runner = Runner(vlm.model, inputs, image_cols, drop_on_continue=vlm.adapter.drop_on_continue,
+                    prefill_position_ids=positions)
+    prefix = runner.prefill()
+    with pytest.raises(vf.VisfocusError, match="every prompt row after the image in one forward"):
+        runner.generate(_post_image_edits(), prefix=prefix)
+    assert torch.isfinite(runner.generate((ScaleLogits(alpha=2.0),), prefix=prefix).first_logits).all()  # usable
+
+
+def test_before_image_columns_and_row_blocks_equal_row_by_row():
+    image_cols = torch.tensor([[0, 0, 0, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    before = ScaleLogits(keys="before_image").key_columns(image_cols)
+    assert before.int().tolist() == [[1, 1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0], [0] * 7]
+
+    class RowByRow(ScaleLogits):
+        columnwise = False
+
+    scores = torch.randn(3, 4, 5, 7)  # (B, H, R, K)
+    for keys in ("image", "text", "before_image"):
+        for alpha, heads in ((0.5, None), ((2.0, 0.0, 3.0), (1, 3))):
+            block = ScaleLogits(alpha=alpha, keys=keys, heads=heads).apply_rows(scores, image_cols)
+            one_by_one = RowByRow(alpha=alpha, keys=keys, heads=heads).apply_rows(scores, image_cols)
+            assert torch.equal(block, one_by_one)
+            for r in range(5):
+                assert torch.equal(block[:, :, r], ScaleLogits(alpha=alpha, keys=keys, heads=heads).apply(
+                    scores[:, :, r], image_cols))

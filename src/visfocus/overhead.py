@@ -112,6 +112,10 @@ CONFIGS: dict[str, tuple[str, tuple[str, dict] | None, bool]] = {
     "vea": ("visfocus", ("vea", {}), False),
     "vcd": ("visfocus", ("vcd", {}), False),
     "dola": ("visfocus", ("dola", {}), False),
+    "pai": ("visfocus", ("pai", {"gamma": 1.0}), False),  # the attention edit alone
+    "pai_contrast": ("visfocus", ("pai", {}), False),  # with the text-only contrast (γ 1.1)
+    "m3id": ("visfocus", ("m3id", {}), False),
+    "vaf": ("visfocus", ("vaf", {}), False),
     "eager": ("eager", None, False),
 }
 
