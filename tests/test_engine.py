@@ -47,7 +47,7 @@ def test_scaling_vis_matches_eager_reference(family, alpha, tiny_vlms, reference
 # Every method with an identity point, and how close to the plain model it must land there (CLVS's β = 1 skips the
 # recomputation entirely, so it is exact; VEA's hint is off, since a hint changes the prompt by design).
 IDENTITY_TOLERANCE = {"scaling_vis": 1e-5, "clvs": 0.0, "adaptvis": 1e-4, "vcd": 1e-4, "vea": 1e-5, "vaf": 1e-5,
-                      "pai": 0.0, "m3id": 0.0}
+                      "pai": 0.0, "m3id": 0.0, "deco": 1e-5}
 IDENTITY_EXTRA = {"vea": {"hint": False}}
 
 
@@ -64,8 +64,8 @@ def test_every_method_at_its_identity_point_equals_the_unedited_model(name, fami
     same = vlm.answer(image, QUESTION, method=vf.method(name, **cls.identity, **IDENTITY_EXTRA.get(name, {})),
                       max_new_tokens=3)
     assert same.text == plain.text
-    kept = same.first_token_logits.isfinite()  # VCD reports its scores after the plausibility cut (-inf elsewhere)
-    assert kept[plain.first_token_logits.argmax()] and (kept.all() or name == "vcd")
+    kept = same.first_token_logits.isfinite()  # VCD and DeCo report their scores after their cut (-inf elsewhere)
+    assert kept[plain.first_token_logits.argmax()] and (kept.all() or name in ("vcd", "deco"))
     gap = (same.first_token_logits[kept] - plain.first_token_logits[kept]).abs().max().item()
     assert gap <= IDENTITY_TOLERANCE[name]
 

@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("lmms_eval")
 
+import visfocus as vf  # noqa: E402
 from visfocus.evaluate import RunConfig, evaluate  # noqa: E402
 from visfocus.integrations.lmms import TASK_FILES  # noqa: E402
 
@@ -105,7 +106,6 @@ def _yaml(path: Path) -> dict:
 
 @pytest.mark.parametrize("path", sorted(TASK_FILES.glob("[a-z]*.yaml")), ids=lambda p: p.stem)
 def test_each_task_file_serves_its_visfocus_task_with_that_tasks_metrics(path):
-    import visfocus as vf
     from visfocus.integrations.lmms.tasks import metrics_for
 
     config = _yaml(path)
@@ -152,7 +152,6 @@ def test_two_processes_give_the_same_numbers(tmp_path):
 
 
 def test_loglikelihood_scores_each_answer_word_under_the_method(tmp_path):
-    import visfocus as vf
     from visfocus.organism import organism_path
 
     n = 8
@@ -172,10 +171,9 @@ def test_loglikelihood_scores_each_answer_word_under_the_method(tmp_path):
 
 
 @pytest.mark.parametrize("model_args, message", [
-    ("method=adaptvs", "unknown method 'adaptvs'; registered methods: adaptvis, baseline, clvs, dola, scaling_vis, "
-                       "vcd, vea"),
-    ("method=adaptvis,alpha_lo=0.5", "method 'adaptvis' has no parameter alpha_lo; its parameters: alpha_high, "
-     "alpha_low, confidence, decode, layers, threshold; model args: pretrained, method, batch_size, max_batch_size, "
+    ("method=adaptvs", "unknown method 'adaptvs'; registered methods: " + ", ".join(sorted(vf.METHODS))),
+    ("method=adaptvis,alpha_lo=0.5", "method 'adaptvis' has no parameter alpha_lo; its parameters: "
+     + ", ".join(sorted(vf.methods()["adaptvis"])) + "; model args: pretrained, method, batch_size, max_batch_size, "
      "trace, trace_dir, prefix_sharing, dtype, device, device_map, max_memory, trust_remote_code"),
     ("method=adaptvis,alpha_low=-0.5", "alpha_low must be ≥ 0.0, got -0.5"),
 ])
@@ -216,7 +214,6 @@ def test_docs_need_every_image_unless_missing_ones_are_skipped():
     docs = task_docs(task_key("vsr_random_test", {"data_root": str(SHARED_DATA), "skip_missing": True}),
                      skip_missing=True)
     assert len(docs) == 3  # the staged COCO images (BENCHMARKS.md)
-    import visfocus as vf
 
     records = vf.task("vsr_random_test", data_root=SHARED_DATA).records
     assert all(Path(records[d["index"]].image_path).is_file() for d in docs)
@@ -227,7 +224,6 @@ def test_docs_need_every_image_unless_missing_ones_are_skipped():
 def test_the_model_honours_stop_strings_and_refuses_what_it_cannot_answer():
     from lmms_eval.api.instance import Instance
 
-    import visfocus as vf
     from visfocus.errors import VisfocusError
     from visfocus.integrations.lmms.model import VisFocusLmms
 

@@ -116,6 +116,7 @@ CONFIGS: dict[str, tuple[str, tuple[str, dict] | None, bool]] = {
     "pai_contrast": ("visfocus", ("pai", {}), False),  # with the text-only contrast (γ 1.1)
     "m3id": ("visfocus", ("m3id", {}), False),
     "vaf": ("visfocus", ("vaf", {}), False),
+    "deco": ("visfocus", ("deco", {}), False),
     "eager": ("eager", None, False),
 }
 
