@@ -21,11 +21,11 @@ At every decoding step, for each batch row (the reference decodes one sample at 
 
 Layers are hidden-state indices as in transformers' ``output_hidden_states`` and the reference's
 ``outputs.hidden_states[l]``: l is the input of decoder layer l, i.e. the output of the first l layers (0 = the
-embedding output), so the reference's layers 20..28 are the outputs of blocks 19..27. DoLa's ``LayerContrast`` pre-hook
-on decoder layer l captures exactly that input (Qwen3-VL's DeepStack adds visual features only at image positions,
-never at the last, text position read here). Valid indices are 0..L−1; a fraction range "a:b" means the layers i with
-a ≤ i/L < b (``resolve_layers``; on a decoder too shallow for the range to hold a layer, the one layer overlapping it
-most, e.g. layer 1 of 2 for the default), None every layer.
+embedding output), so the reference's layers 20..28 are the outputs of blocks 19..27. The pre-hook of DoLa's
+``HiddenStateKeeper`` on decoder layer l captures exactly that input (Qwen3-VL's DeepStack adds visual features only
+at image positions, never at the last, text position read here). Valid indices are 0..L−1; a fraction range "a:b"
+means the layers i with a ≤ i/L < b (``resolve_layers``; on a decoder too shallow for the range to hold a layer, the
+one layer overlapping it most, e.g. layer 1 of 2 for the default), None every layer.
 
 Decoding is greedy unless the caller samples (``answer_batch(sampling=...)``): the caller's temperature, top-k and top-p
 warpers then act on the DeCo scores, after the correction, as in the reference's ``_deco_sample_decoding``. At α = 0
@@ -57,7 +57,7 @@ from visfocus.interventions.base import (
     resolve_layers,
 )
 from visfocus.interventions.batch import Batch
-from visfocus.interventions.dola import LayerContrast
+from visfocus.interventions.dola import HiddenStateKeeper
 from visfocus.interventions.vcd import NO_PENALTY, NO_WARPERS, after_contrast
 from visfocus.steer.forced import eos_token_ids
 
@@ -97,13 +97,13 @@ def deco_scores(final_logits: torch.Tensor, anchor_logits_by_layer: dict[int, to
     return scores, best_layer.tolist(), best_prob.tolist()
 
 
-class DynamicCorrection(LayerContrast):
-    """Scores every step with ``deco_scores``; DoLa's ``hooked()`` keeps the anchor candidates' last-position hidden
-    states (the input of decoder layer l = transformers' ``hidden_states[l]``). ``chosen``: per step, l* of each row;
+class DynamicCorrection(HiddenStateKeeper):
+    """Scores every step with ``deco_scores``; ``hooked()`` keeps the anchor candidates' last-position hidden states
+    (the input of decoder layer l = transformers' ``hidden_states[l]``). ``chosen``: per step, l* of each row;
     ``max_probs``: per step, m of each row."""
 
     def __init__(self, adapter, layers: tuple[int, ...], alpha: float, top_k: int, top_p: float) -> None:
-        super().__init__(adapter, layers, relative_top=1.0, final_norm=True)  # relative_top is DoLa's; unused here
+        super().__init__(adapter, layers)
         self.alpha, self.top_k, self.top_p = alpha, top_k, top_p
         self.max_probs: list[list[float]] = []
 

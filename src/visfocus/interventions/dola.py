@@ -102,17 +102,17 @@ def dola_scores(final_logits: torch.Tensor, premature_logits_by_layer: dict[int,
     return (log_p_final - best_log_q).masked_fill(~head, -math.inf), best_layer.tolist()
 
 
-class LayerContrast(LogitsProcessor):
-    """Scores every step with ``dola_scores``; ``hooked()`` keeps the candidates' last-position hidden states."""
+class HiddenStateKeeper(LogitsProcessor):
+    """A logits processor that reads early layers: ``hooked()`` keeps, at every forward, the last-position hidden
+    state of each layer in ``layers`` (hidden-state index j = the input of decoder layer j) in ``hidden``, on the LM
+    head's device. ``chosen``: per step, the layer each row picked (subclasses fill it)."""
 
-    def __init__(self, adapter, layers: tuple[int, ...], relative_top: float, final_norm: bool,
-                 divergence: str = "jsd") -> None:
+    def __init__(self, adapter, layers: tuple[int, ...]) -> None:
         self.decoder_layers, self.norm, self.lm_head = adapter.decoder_layers(), adapter.final_norm, adapter.lm_head
         self.head_device = adapter.model.get_output_embeddings().weight.device  # with device_map, not layer j's
-        self.layers, self.relative_top, self.final_norm = layers, relative_top, final_norm
-        self.divergence = divergence
+        self.layers = layers
         self.hidden: dict[int, torch.Tensor] = {}
-        self.chosen: list[list[int]] = []  # per step, the premature layer of each row
+        self.chosen: list[list[int]] = []
 
     @contextlib.contextmanager
     def hooked(self):
@@ -129,6 +129,15 @@ class LayerContrast(LogitsProcessor):
             hidden = args[0] if args else kwargs["hidden_states"]  # (B, Q, D) input of decoder layer j
             self.hidden[j] = hidden[:, -1].to(self.head_device)  # (B, D)
         return keep
+
+
+class LayerContrast(HiddenStateKeeper):
+    """Scores every step with ``dola_scores``; ``chosen``: per step, the premature layer of each row."""
+
+    def __init__(self, adapter, layers: tuple[int, ...], relative_top: float, final_norm: bool,
+                 divergence: str = "jsd") -> None:
+        super().__init__(adapter, layers)
+        self.relative_top, self.final_norm, self.divergence = relative_top, final_norm, divergence
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         premature = {j: self.lm_head(self.norm(self.hidden[j]) if self.final_norm else self.hidden[j]).to(scores.device)
