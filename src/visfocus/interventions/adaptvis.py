@@ -19,11 +19,12 @@ from visfocus.interventions.base import (
     Method,
     MethodResult,
     Params,
+    check_choice,
     check_layers,
     check_number,
+    edit_layers,
     param,
     register_method,
-    resolve_layers,
 )
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
@@ -55,8 +56,7 @@ class AdaptVisParams(Params):
             raise VisfocusError(f"confidence_decimals must be an integer ≥ 0 or None, got {self.confidence_decimals!r}")
         check_number("alpha_low", self.alpha_low, low=0.0)
         check_number("alpha_high", self.alpha_high, low=0.0)
-        if self.confidence not in CONFIDENCES:
-            raise VisfocusError(f"confidence must be one of {', '.join(CONFIDENCES)}, got {self.confidence!r}")
+        check_choice("confidence", self.confidence, CONFIDENCES)
         bounds = {} if self.confidence == "max_logit" else {"low": 0.0, "high": 1.0}
         check_number("threshold", self.threshold, **bounds)
         check_layers(self.layers, num_layers)
@@ -114,8 +114,7 @@ class AdaptVis(Method):
         scores = confidence(prefix.first_logits, p.confidence, option_ids).tolist()  # (B,)
         smooth = smooth_branch(scores, p.threshold, p.confidence_decimals)
         alphas = tuple(float(p.alpha_low if s else p.alpha_high) for s in smooth)
-        layers = resolve_layers(p.layers, batch.num_layers)
-        edit = ScaleLogits(alpha=alphas, layers=frozenset(layers) if layers else None,
+        edit = ScaleLogits(alpha=alphas, layers=edit_layers(p.layers, batch.num_layers),
                            rows="last_prompt_and_decode" if p.decode else "last_prompt")
         generation = batch.runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix, keep_prefix=False)
         extras = [{"confidence_used": float(c), "confidence_mode": p.confidence,

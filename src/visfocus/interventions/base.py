@@ -220,6 +220,18 @@ def resolve_layers(spec: tuple[int, ...] | str | None, num_layers: int) -> tuple
     return layers
 
 
+def edit_layers(spec: tuple[int, ...] | str | None, num_layers: int) -> frozenset[int] | None:
+    """The layer set an ``Edit`` takes for a layer parameter (``resolve_layers``; None: every layer)."""
+    layers = resolve_layers(spec, num_layers)
+    return frozenset(layers) if layers is not None else None
+
+
+def check_choice(name: str, value: Any, choices: Any) -> None:
+    """One clear error for a value that is not one of ``choices``."""
+    if value not in choices:
+        raise VisfocusError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def check_layers(layers: tuple[int, ...] | str | None, num_layers: int | None) -> None:
     """One clear error for a layer parameter that is not None, non-empty indices within the decoder, or a fraction
     range ``"a:b"`` (``resolve_layers``)."""

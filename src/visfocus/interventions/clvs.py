@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_number, param, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_choice, check_number, param, register_method
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import Edit, RowView
 
@@ -47,8 +47,7 @@ class CLVSParams(Params):
     variant: str = param("official", choices=VARIANTS)  # "survey": the survey repository's CLVS (module docstring)
 
     def validate(self, num_layers: int | None = None) -> None:
-        if self.variant not in VARIANTS:
-            raise VisfocusError(f"CLVS variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        check_choice("CLVS variant", self.variant, VARIANTS)
         check_number("smoothing", self.smoothing, low=0.0)
         check_number("memory_decay", self.memory_decay, low=0.0, high=1.0)
         survey = self.variant == "survey"  # the survey's U sums over positions: any δ ≥ 0

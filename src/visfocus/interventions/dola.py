@@ -28,7 +28,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_number, param, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, check_choice, check_number, param, register_method
 from visfocus.interventions.batch import Batch
 
 
@@ -175,8 +175,7 @@ class DoLaParams(Params):
             raise VisfocusError(f"relative_top must be in (0, 1], got {self.relative_top}")
         if not isinstance(self.final_norm, bool):
             raise VisfocusError(f"final_norm must be true or false, got {self.final_norm!r}")
-        if self.divergence not in DIVERGENCES:
-            raise VisfocusError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
+        check_choice("divergence", self.divergence, tuple(DIVERGENCES))
 
 
 @register_method

@@ -34,11 +34,12 @@ from visfocus.interventions.base import (
     Method,
     MethodResult,
     Params,
+    check_choice,
     check_layers,
     check_number,
+    edit_layers,
     param,
     register_method,
-    resolve_layers,
 )
 from visfocus.interventions.batch import Batch
 from visfocus.interventions.streams import TextOnlyStream
@@ -99,8 +100,7 @@ class PAIParams(Params):
         check_number("alpha", self.alpha, low=0.0)
         check_number("gamma", self.gamma, low=1.0)
         check_layers(self.layers, num_layers)
-        if self.magnitude not in MAGNITUDES:
-            raise VisfocusError(f"magnitude must be one of {', '.join(MAGNITUDES)}, got {self.magnitude!r}")
+        check_choice("magnitude", self.magnitude, MAGNITUDES)
         if not isinstance(self.first_token_unedited, bool):
             raise VisfocusError(f"first_token_unedited must be true or false, got {self.first_token_unedited!r}")
 
@@ -114,9 +114,8 @@ class PAI(Method):
 
     def edit(self, num_layers: int) -> AddMagnitude:
         p = self.params
-        layers = resolve_layers(p.layers, num_layers)
         return AddMagnitude(alpha=float(p.alpha), magnitude=p.magnitude, rows="last_prompt_and_decode",
-                            layers=frozenset(layers) if layers is not None else None,
+                            layers=edit_layers(p.layers, num_layers),
                             skip_last_prompt=p.first_token_unedited)
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:

@@ -14,9 +14,9 @@ from visfocus.interventions.base import (
     Params,
     check_layers,
     check_number,
+    edit_layers,
     param,
     register_method,
-    resolve_layers,
 )
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
@@ -43,8 +43,7 @@ class ScalingVis(Method):
 
     def edit(self, num_layers: int) -> ScaleLogits:
         p = self.params
-        layers = resolve_layers(p.layers, num_layers)
-        return ScaleLogits(alpha=float(p.alpha), layers=frozenset(layers) if layers else None,
+        return ScaleLogits(alpha=float(p.alpha), layers=edit_layers(p.layers, num_layers),
                            rows="last_prompt_and_decode" if p.decode else "last_prompt")
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:

@@ -34,17 +34,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from visfocus.errors import VisfocusError
 from visfocus.interventions.base import (
     LayerSpec,
     Method,
     MethodResult,
     Params,
+    check_choice,
     check_layers,
     check_number,
+    edit_layers,
     param,
     register_method,
-    resolve_layers,
 )
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
@@ -64,8 +64,7 @@ class VAFParams(Params):
         check_number("enhance", self.enhance, low=0.0)
         check_number("suppress", self.suppress, low=0.0)
         check_layers(self.layers, num_layers)
-        if self.rows not in ROWS:
-            raise VisfocusError(f"rows must be one of {', '.join(ROWS)}, got {self.rows!r}")
+        check_choice("rows", self.rows, ROWS)
 
 
 @register_method
@@ -83,8 +82,7 @@ class VAF(Method):
     def edits(self, num_layers: int) -> tuple[ScaleLogits, ...]:
         """The image-column and before-image-column multipliers (an edit whose multiplier is 1 is left out)."""
         p = self.params
-        layers = resolve_layers(p.layers, num_layers)
-        common = dict(rows=ENGINE_ROWS[p.rows], layers=frozenset(layers) if layers is not None else None)
+        common = dict(rows=ENGINE_ROWS[p.rows], layers=edit_layers(p.layers, num_layers))
         edits = []
         if p.enhance != 1:
             edits.append(ScaleLogits(alpha=float(p.enhance), keys="image", **common))
