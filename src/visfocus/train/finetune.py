@@ -2,9 +2,14 @@
 master weights, linear warmup/decay, gradient accumulation, clipping 1.0, seeded order, resumable checkpoints and
 periodic evaluation with the eval task's own parsing and metrics (the best model is kept, merged, in ``best/``).
 
-Layout of ``output_dir``: ``train_log.jsonl`` (one line per step, plus eval lines), ``checkpoint/`` (trainable
-weights, optimizer, scheduler, step, RNG states, best metric; written every ``save_every`` steps — default: at each
-evaluation — and at the end), ``best/`` (a ``visfocus.load``-able model + processor), ``tensorboard/`` on request.
+Layout of ``output_dir``: ``train_log.jsonl`` (one line per step, plus eval lines), ``checkpoint/`` (written every
+``save_every`` steps — default: at each evaluation — and at the end; nothing pickled: ``trainable.safetensors`` with
+the trainable weights, ``optimizer.safetensors`` + ``optimizer.json`` with the optimizer, scheduler and RNG states,
+``state.json`` with the step, losses, best metric and config), ``best/`` (a ``visfocus.load``-able model + processor),
+``tensorboard/`` on request. A save goes to ``checkpoint.tmp/`` first and is swapped in through ``checkpoint.old/``,
+so a kill at any instant leaves one complete checkpoint, which the next run resumes from (see
+``visfocus.train.checkpoint``). A checkpoint written by an older visfocus (pickled ``trainable.pt``/``optimizer.pt``)
+is refused, never unpickled: move it away to start fresh.
 
 Steps are optimizer steps (``grad_accum`` micro-batches of ``batch_size`` each). The sample order of epoch e is a
 permutation seeded by ``seed + e``, so a resumed run sees exactly the batches the uninterrupted one would."""
@@ -27,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from visfocus.errors import VisfocusError
-from visfocus.train.config import IDENTITY_KEYS, LORA_TARGETS, SDPA, FinetuneConfig, add_arguments, config_from_args
+from visfocus.train.checkpoint import load_checkpoint, read_state, recover, save_checkpoint
+from visfocus.train.config import LORA_TARGETS, SDPA, FinetuneConfig, add_arguments, config_from_args
 from visfocus.train.labels import build_example, collate
 
 
@@ -120,53 +126,7 @@ def batch_loss(model, adapter, batch: dict[str, torch.Tensor], autocast_dtype: t
         return model(**batch, **extra, use_cache=False).loss
 
 
-# --- checkpoints ----------------------------------------------------------------------------------------------------
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict[str, Any]) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(_trainable_state(model), tmp / "trainable.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
-               tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-    if folder.exists():  # replace atomically enough: the old one stays until the new one is complete
-        old = folder.with_name(folder.name + ".old")
-        folder.rename(old)
-        tmp.rename(folder)
-        for path in old.iterdir():
-            path.unlink()
-        old.rmdir()
-    else:
-        tmp.rename(folder)
-
-
-def _load_checkpoint(folder: Path, model, optimizer, scheduler, config: FinetuneConfig) -> dict[str, Any]:
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    old, new = state["config"], dataclasses.asdict(config)
-    changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
-    if changed:
-        raise VisfocusError(f"{folder} holds a checkpoint of another configuration ({'; '.join(changed)}); use "
-                            "another --output_dir or remove that folder")
-    weights = torch.load(folder / "trainable.pt", map_location="cpu")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    rest = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(rest["optimizer"])
-    scheduler.load_state_dict(rest["scheduler"])
-    torch.set_rng_state(rest["rng"]["torch"])
-    random.setstate(rest["rng"]["python"])
-    if rest["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rest["rng"]["cuda"])
-    return state
-
-
+# --- the best model -----------------------------------------------------------------------------------------------
 def save_model(folder: Path, vlm, trainable, lora: bool) -> None:
     """A ``visfocus.load``-able copy of the current weights (LoRA merged into a copy; training goes on unmerged)."""
     model = copy.deepcopy(trainable).merge_and_unload() if lora else vlm.model
@@ -249,6 +209,8 @@ def finetune(config: FinetuneConfig, stop_after_steps: int | None = None) -> dic
 
     config.validate()
     output_dir = Path(config.output_dir)
+    checkpoint, best_dir = output_dir / "checkpoint", output_dir / "best"
+    resumed = read_state(checkpoint, config) if recover(checkpoint) else None  # refusals come before the slow loading
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     train_task, records = _records(config.task, config, config.limit)
@@ -278,14 +240,13 @@ def finetune(config: FinetuneConfig, stop_after_steps: int | None = None) -> dic
         return max(0.0, (steps - step) / max(1, steps - config.warmup_steps))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    checkpoint, best_dir = output_dir / "checkpoint", output_dir / "best"
     output_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"step": 0, "best_metric": None, "best_step": None, "evaluated_step": None,
                              "last_loss": None,
                              "config": dataclasses.asdict(config)}
-    if (checkpoint / "state.json").exists():
-        state = _load_checkpoint(checkpoint, model, optimizer, scheduler, config)
-        state["config"] = dataclasses.asdict(config)
+    if resumed is not None:
+        load_checkpoint(checkpoint, model, optimizer, scheduler)
+        state = {**resumed, "config": dataclasses.asdict(config)}
     metric_name = eval_task.main_metric if eval_task else None
     attention = register()
     loggers = Loggers(output_dir, tuple(config.log_to), config)
@@ -339,14 +300,14 @@ def finetune(config: FinetuneConfig, stop_after_steps: int | None = None) -> dic
             if config.eval_every and done % config.eval_every == 0 and done < steps:
                 evaluate_and_keep_best(done)
             if (save_every and done % save_every == 0) or done == stop_after_steps:
-                _save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+                save_checkpoint(checkpoint, model, optimizer, scheduler, state)
             if done == stop_after_steps and done < steps:
                 raise KeyboardInterrupt(f"stopped after step {done} (stop_after_steps)")
         if eval_task is not None and state["evaluated_step"] != state["step"]:
             evaluate_and_keep_best(state["step"])
         if eval_task is None:
             save_model(best_dir, vlm, model, config.lora)
-        _save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+        save_checkpoint(checkpoint, model, optimizer, scheduler, state)
     finally:
         bar.close()
         loggers.close()
