@@ -9,26 +9,27 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import cached_property
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from visfocus.errors import VisfocusError
+from visfocus.images import ImageSource, open_image
 from visfocus.interventions import Batch, Method
 from visfocus.interventions.base import MethodResult, Params
 from visfocus.interventions.baseline import Baseline
 from visfocus.models.base import Adapter
 from visfocus.models.layout import RowLayout
 from visfocus.models.loading import load_adapter
+from visfocus.questions import text_problem, too_long, unicode_problem
 from visfocus.steer.forced import eos_token_ids
 from visfocus.steer.prefix import PrefixStore
 from visfocus.steer.runner import Runner
 from visfocus.steer.trace import Trace
 
-ImageLike = Image.Image | str | Path | np.ndarray
+ImageLike = ImageSource
 
 
 @dataclass
@@ -101,25 +102,9 @@ def _sampling_refused(method: Method) -> VisfocusError:
 
 
 def load_image(image: ImageLike) -> Image.Image:
-    """An RGB PIL image from a PIL image, a path or an (H, W, 3) uint8 array; one clear error otherwise."""
-    if image is None:
-        raise VisfocusError("a question needs an image, got None")
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise VisfocusError(f"an image array must be (H, W, 3); got shape {image.shape}")
-        return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise VisfocusError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (UnidentifiedImageError, OSError) as err:
-            raise VisfocusError(f"not a readable image file: {path} ({type(err).__name__})") from err
-    raise VisfocusError(f"unsupported image type {type(image).__name__}; give a PIL image, a path or an array")
+    """An RGB PIL image, upright, from a PIL image, a path or an array: ``visfocus.images.open_image``, the one
+    loader (allowed formats, EXIF orientation, pixel limit, dtype scaling); one clear error otherwise."""
+    return open_image(image)
 
 
 class VLM:
@@ -158,6 +143,68 @@ class VLM:
         """Query heads per decoder layer (the trace's H)."""
         return self.adapter.num_heads
 
+    @property
+    def context_length(self) -> int | None:
+        """The text model's context in tokens (``max_position_embeddings`` of its config), or None when unknown."""
+        value = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return value if _integer(value) and value > 0 else None
+
+    @cached_property
+    def special_token_texts(self) -> tuple[str, ...]:
+        """Every text the tokenizer reads as a special token, longest first: the added tokens marked special (image
+        placeholders, chat markers), the named special tokens (BOS, EOS, pad…) and the processor's image/video
+        token strings (which the processor expands into the image's tokens)."""
+        tokenizer = self.processor.tokenizer
+        texts = {str(t.content) for t in tokenizer.added_tokens_decoder.values() if t.special}
+        texts |= {str(t) for t in tokenizer.all_special_tokens}
+        for name in ("image_token", "video_token"):
+            for owner in (self.processor, tokenizer):
+                value = getattr(owner, name, None)
+                if isinstance(value, str):
+                    texts.add(value)
+        return tuple(sorted((t for t in texts if t), key=lambda t: (-len(t), t)))
+
+    def question_problems(self, questions: Sequence[str], *, max_new_tokens: int | None = 0,
+                          noun: str = "question") -> list[str | None]:
+        """Per question, why it cannot be asked (one line naming it), or None: not a non-empty string, invalid
+        Unicode (a lone surrogate), text the tokenizer reads as a special token, or a prompt that with
+        ``max_new_tokens`` cannot fit the model's context (``context_length``). The length counts the chat prompt
+        with the image placeholder as one token (the image's own tokens depend on the image; ``answer_batch``
+        checks the whole prompt before its first forward pass); ``max_new_tokens=None`` skips the length.
+
+        Special tokens are refused, not escaped: an image placeholder (``<|image_pad|>``, ``<image>``) would make
+        the processor expect another image, and a chat marker (``<|im_start|>``, ``</s>``) would change the
+        prompt's structure; no tokenizer option keeps them as plain text for every family."""
+        problems = [text_problem(q, noun, self.special_token_texts) for q in questions]
+        limit = self.context_length
+        fine = [i for i, problem in enumerate(problems) if problem is None]
+        if limit is not None and fine and max_new_tokens is not None:
+            prompts = [self.adapter.build_prompt(questions[i]) for i in fine]
+            lengths = [len(ids) for ids in self.processor.tokenizer(prompts, verbose=False)["input_ids"]]
+            for i, length in zip(fine, lengths, strict=True):
+                if length + max_new_tokens > limit:
+                    problems[i] = too_long(noun, questions[i], length, max_new_tokens, limit, with_image=False)
+        return problems
+
+    def check_questions(self, questions: Sequence[str], *, max_new_tokens: int | None = 0,
+                        noun: str = "question") -> None:
+        """One ``VisfocusError`` for the first question that cannot be asked (``question_problems``); for checking
+        every question of a run before its first forward pass."""
+        for problem in self.question_problems(questions, max_new_tokens=max_new_tokens, noun=noun):
+            if problem is not None:
+                raise VisfocusError(problem)
+
+    def _check_context(self, batch: Batch, questions: Sequence[str], new_tokens: int, noun: str) -> None:
+        """One clear error, before any forward pass, for an encoded prompt (image tokens included) that with
+        ``new_tokens`` more does not fit the model's context."""
+        limit = self.context_length
+        if limit is None:
+            return
+        lengths = batch.runner.inputs["attention_mask"].sum(-1).tolist()  # (B,) real tokens per row
+        for question, length in zip(questions, lengths, strict=True):
+            if length + new_tokens > limit:
+                raise VisfocusError(too_long(noun, question, int(length), new_tokens, limit, with_image=True))
+
     def answer(self, image: ImageLike, question: str, method: Method | None = None, *, max_new_tokens: int = 16,
                trace: bool = False, options: Sequence[str] | None = None, share_prefix: bool = True,
                sampling: Sampling | None = None) -> Answer:
@@ -172,6 +219,7 @@ class VLM:
         """Encode a batch for a method (``Method.run``): the images, questions and options as given, the adapter,
         each row's image-token layout, and the engine's runner over the encoded tensors. ``share_prefix``: lay the
         batch out to start from the image prefixes in ``self.prefix_store``."""
+        self.check_questions(questions)
         return Batch.build(self.adapter, [load_image(im) for im in images], questions, options,
                            record_trace=record_trace, prefix_store=self.prefix_store if share_prefix else None)
 
@@ -244,6 +292,9 @@ class VLM:
         for text in continuations:
             if not isinstance(text, str) or not text.strip():
                 raise VisfocusError(f"a continuation must be a non-empty string, got {text!r}")
+            invalid = unicode_problem(text, "continuation")
+            if invalid is not None:
+                raise VisfocusError(invalid)
             tokens.append(self.processor.tokenizer(text.lstrip(), add_special_tokens=False)["input_ids"])
         return self.score_tokens(images, contexts, tokens, method, options=options, share_prefix=share_prefix)
 
@@ -262,7 +313,7 @@ class VLM:
         pil = [load_image(im) for im in images]
         forced = []
         self._run(pil, contexts, method, options, max_new_tokens=max(len(row) for row in rows), trace=False,
-                  share_prefix=share_prefix, setup=lambda runner: forced.append(runner.force(rows)))
+                  share_prefix=share_prefix, setup=lambda runner: forced.append(runner.force(rows)), noun="context")
         logprobs, greedy = forced[0].token_logprobs(), forced[0].greedy()
         return [ContinuationScore(logprob=sum(lp), greedy=g, token_logprobs=lp, tokens=row)
                 for lp, g, row in zip(logprobs, greedy, rows, strict=True)]
@@ -284,14 +335,13 @@ class VLM:
 
     def _checked(self, call: str, images: Sequence[ImageLike], questions: Sequence[str], method: Method | None,
                  options: Sequence | None, *, noun: str) -> Method:
-        """One clear error for a batch that is not one image and one non-empty ``noun`` (question or context) per
-        row, for a method not made by ``visfocus.method`` and for options not given per row; the method to run."""
+        """One clear error for a batch that is not one image and one ``noun`` (question or context) per row, for a
+        question that cannot be asked (``question_problems``: empty, invalid Unicode, a special token), for a
+        method not made by ``visfocus.method`` and for options not given per row; the method to run."""
         if isinstance(questions, str) or len(images) != len(questions):
             raise VisfocusError(f"{call} needs one image per {noun}: got {len(images)} images and "
                                 f"{1 if isinstance(questions, str) else len(questions)} {noun}s")
-        for q in questions:
-            if not isinstance(q, str) or not q.strip():
-                raise VisfocusError(f"a {noun} must be a non-empty string, got {q!r}")
+        self.check_questions(questions, max_new_tokens=None, noun=noun)  # the length: on the encoded prompt (_run)
         if method is not None and not isinstance(method, Method):
             raise VisfocusError(f"method must come from visfocus.method(...), got {type(method).__name__}")
         if options is not None and len(options) != len(questions):
@@ -300,11 +350,14 @@ class VLM:
 
     def _run(self, images: list[Image.Image], questions: Sequence[str], method: Method,
              options: Sequence[Sequence[str] | None] | None, *, max_new_tokens: int, trace: bool,
-             share_prefix: bool, setup: Callable[[Runner], object]) -> tuple[Batch, MethodResult]:
-        """Build the batch (from the image prefixes in the store when sharing and the method can), let ``setup``
-        ready its runner (sampling, teacher forcing), and run the method on it."""
+             share_prefix: bool, setup: Callable[[Runner], object],
+             noun: str = "question") -> tuple[Batch, MethodResult]:
+        """Build the batch (from the image prefixes in the store when sharing and the method can), check that every
+        prompt with ``max_new_tokens`` fits the context, let ``setup`` ready its runner (sampling, teacher forcing),
+        and run the method on it."""
         store = self.prefix_store if share_prefix and method.shares_prefix else None
         batch = Batch.build(self.adapter, images, questions, options, record_trace=trace, prefix_store=store)
+        self._check_context(batch, questions, max_new_tokens, noun)
         setup(batch.runner)
         try:
             result = method.run(batch, max_new_tokens=max_new_tokens)
@@ -326,10 +379,12 @@ def _sampler(sampling: Sampling | None) -> Callable[[Runner], None]:
 
 
 def load(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
-         trust_remote_code: bool = False, device_map: str | dict | None = None, max_memory: dict | None = None) -> VLM:
+         trust_remote_code: bool = False, device_map: str | dict | None = None, max_memory: dict | None = None,
+         revision: str | None = None) -> VLM:
     """Load a VLM by Hub id or local path, with the visfocus attention function on its text decoder and SDPA on its
-    vision tower. ``dtype="auto"`` keeps the checkpoint's; ``trust_remote_code`` is off unless asked for.
-    ``device_map``/``max_memory``: shard a model too large for one device (transformers' own placement)."""
+    vision tower. ``dtype="auto"`` keeps the checkpoint's; ``trust_remote_code`` is off unless it is ``True`` (then
+    announced on stderr). ``device_map``/``max_memory``: shard a model too large for one device (transformers' own
+    placement). ``revision``: a Hub branch, tag or commit."""
     adapter = load_adapter(id_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                           device_map=device_map, max_memory=max_memory)
+                           device_map=device_map, max_memory=max_memory, revision=revision)
     return VLM(adapter.model, adapter.processor, adapter)

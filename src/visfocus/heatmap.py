@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from visfocus.errors import VisfocusError
+from visfocus.images import open_image
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -56,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
     """``visfocus heatmap --model M --image IMG --question Q [--method NAME --method_args k=v] [--layers 8,14]
     --out fig.png``: writes the figure and prints its path."""
     from visfocus.analysis.figures import layer_heatmaps_figure, save
-    from visfocus.api import load, load_image
+    from visfocus.api import load
     from visfocus.interventions import method, parse_method_args
     from visfocus.tracefile import sample_arrays
 
-    image = load_image(args.image)  # checked before the model loads
+    image = open_image(args.image)  # the one loader (upright, RGB), checked before the model loads
     layers = parse_layers(args.layers)
     if args.method_args and not args.method:
         raise VisfocusError("--method_args given without --method")

@@ -30,20 +30,20 @@ def parse_bool(value: Any, what: str) -> bool:
         if word in FALSE_WORDS:
             return False
     raise VisfocusError(f"{what} must be true or false ({'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}), "
-                        f"got {_shown(value)}")
+                        f"got {shown(value)}")
 
 
-def parse_int(value: Any, what: str, *, low: int | None = None) -> int:
-    """An integer (or the text of one, e.g. ``"8"``), at least ``low``; booleans and fractions are errors."""
+def parse_int(value: Any, what: str, *, low: float | None = None, high: float | None = None) -> int:
+    """An integer (or the text of one, e.g. ``"8"``) within [low, high]; booleans and fractions are errors."""
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() and value.strip().isascii():
         number = int(value.strip())
     if number is None:
-        raise VisfocusError(f"{what} must be an integer{_bound(low, None)}, got {_shown(value)}")
-    if low is not None and number < low:
-        raise VisfocusError(f"{what} must be an integer{_bound(low, None)}, got {number}")
+        raise VisfocusError(f"{what} must be an integer{_bound(low, high)}, got {shown(value)}")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise VisfocusError(f"{what} must be an integer{_bound(low, high)}, got {number}")
     return number
 
 
@@ -58,7 +58,7 @@ def parse_float(value: Any, what: str, *, low: float | None = None, high: float 
         except ValueError:
             number = None
     if number is None or not math.isfinite(number):
-        raise VisfocusError(f"{what} must be a finite number{_bound(low, high)}, got {_shown(value)}")
+        raise VisfocusError(f"{what} must be a finite number{_bound(low, high)}, got {shown(value)}")
     if (low is not None and number < low) or (high is not None and number > high):
         raise VisfocusError(f"{what} must be a number{_bound(low, high)}, got {number:g}")
     return number
@@ -67,9 +67,9 @@ def parse_float(value: Any, what: str, *, low: float | None = None, high: float 
 def parse_text(value: Any, what: str, *, choices: tuple[str, ...] | None = None) -> str:
     """A string (a YAML number or list is not a name), one of ``choices`` when given."""
     if not isinstance(value, str):
-        raise VisfocusError(f"{what} must be text, got {_shown(value)}")
+        raise VisfocusError(f"{what} must be text, got {shown(value)}")
     if choices is not None and value not in choices:
-        raise VisfocusError(f"{what} must be one of {', '.join(choices)}, got {_shown(value)}")
+        raise VisfocusError(f"{what} must be one of {', '.join(choices)}, got {shown(value)}")
     return value
 
 
@@ -79,7 +79,7 @@ def parse_names(value: Any, what: str) -> list[str]:
         return [item.strip() for item in value.split(",") if item.strip()]
     if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
         return [item.strip() for item in value if item.strip()]
-    raise VisfocusError(f"{what} must be a comma-separated text or a list of names, got {_shown(value)}")
+    raise VisfocusError(f"{what} must be a comma-separated text or a list of names, got {shown(value)}")
 
 
 def parse_key_values(value: Any, what: str) -> dict[str, Any]:
@@ -91,15 +91,15 @@ def parse_key_values(value: Any, what: str) -> dict[str, Any]:
     if isinstance(value, Mapping):
         bad = [key for key in value if not isinstance(key, str) or not key.strip()]
         if bad:
-            raise VisfocusError(f"{what}s must have text keys, got {_shown(bad[0])}")
+            raise VisfocusError(f"{what}s must have text keys, got {shown(bad[0])}")
         return {key.strip(): item for key, item in value.items()}
     if not isinstance(value, str):
-        raise VisfocusError(f"{what}s must be KEY=VALUE,... or a mapping, got {_shown(value)}")
+        raise VisfocusError(f"{what}s must be KEY=VALUE,... or a mapping, got {shown(value)}")
     out: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in value.split(","))):
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise VisfocusError(f"cannot read {what} {_shown(item)}: expected KEY=VALUE")
+            raise VisfocusError(f"cannot read {what} {shown(item)}: expected KEY=VALUE")
         if key.strip() in out:
             raise VisfocusError(f"{what} {key.strip()!r} is given twice")
         out[key.strip()] = text.strip()
@@ -139,13 +139,18 @@ def _bound(low: float | None, high: float | None) -> str:
     if low is None and high is None:
         return ""
     if high is None:
-        return f" ≥ {low:g}"
+        return f" ≥ {_number(low)}"
     if low is None:
-        return f" ≤ {high:g}"
-    return f" in [{low:g}, {high:g}]"
+        return f" ≤ {_number(high)}"
+    return f" in [{_number(low)}, {_number(high)}]"
 
 
-def _shown(value: Any) -> str:
+def _number(value: float) -> str:
+    """A bound as a message shows it: integers in full, other numbers short (0.5, 1e-06)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def shown(value: Any) -> str:
     """A value as an error message shows it: its repr, cut to 80 characters."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
