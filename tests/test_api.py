@@ -187,7 +187,7 @@ def test_cli_eval_reads_a_yaml_config(capsys, tmp_path):
     (["eval", "--method", "scaling_vis", "--method_args", "alpha"], "KEY=VALUE"),
     (["eval", "--method", "nope"], "unknown method"),
     (["eval", "--batch_size", "0"], "--batch_size"),
-    (["eval", "--model_args", "dtype=float8", "--limit", "1"], "unknown dtype"),
+    (["eval", "--model_args", "dtype=float8", "--limit", "1"], "model argument dtype must be one of auto, float32"),
 ])
 def test_cli_bad_input_is_one_error_line(argv, message, capsys, tmp_path):
     assert cli_main([*argv, "--output_path", str(tmp_path)]) == 2

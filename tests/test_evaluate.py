@@ -98,7 +98,7 @@ def test_missing_images_stop_the_run_before_any_forward_pass(tiny_dirs, tmp_path
     image.save(tmp_path / "0.png")
     (tmp_path / "1.png").write_text("not an image")
     config = _config(tiny_dirs, tmp_path, tasks=["test_missing"], data_root=str(tmp_path))
-    with pytest.raises(VisfocusError, match="2 of 3 images are missing or unreadable") as err:
+    with pytest.raises(VisfocusError, match="2 of 3 images are missing or unusable") as err:
         evaluate(config)
     assert "unreadable" in str(err.value) and "missing" in str(err.value)
     assert not list((tmp_path / "runs").rglob("samples_*.jsonl"))
@@ -114,11 +114,11 @@ def test_eval_where_every_image_is_missing_says_nothing_was_evaluated(tiny_dirs,
             str(tmp_path / "empty"), "--skip_missing", "--output_path", str(tmp_path / "runs")]
     assert cli_main(argv) == 2
     out, err = capsys.readouterr()
-    assert "test_missing: nothing evaluated — all 3 selected samples have missing or unreadable images" in out
+    assert "test_missing: nothing evaluated — all 3 selected samples have missing or unusable images" in out
     assert "nan" not in out
     errors = [line for line in err.splitlines() if line.startswith("visfocus: error:")]
     assert errors == ["visfocus: error: nothing was evaluated on test_missing (all 3 selected samples have missing or "
-                      "unreadable images); the results file records the counts"]
+                      "unusable images); the results file records the counts"]
     results = json.loads(next((tmp_path / "runs").rglob("results.json")).read_text())
     assert results["tasks"]["test_missing"]["n_samples"]["missing_images"] == 3  # what was found is kept
     assert cli_main([*argv[:-2], "--offset", "5", "--output_path", str(tmp_path / "runs2")]) == 2

@@ -16,8 +16,10 @@ import pytest
 pytest.importorskip("lmms_eval")
 
 import visfocus as vf  # noqa: E402
+from visfocus.errors import VisfocusError  # noqa: E402
 from visfocus.evaluate import RunConfig, evaluate  # noqa: E402
 from visfocus.integrations.lmms import TASK_FILES  # noqa: E402
+from visfocus.integrations.lmms.settings import parse_settings  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LIMIT = 24
@@ -138,8 +140,26 @@ def test_an_lmms_eval_run_equals_visfocus_eval_on_the_same_samples(tmp_path, met
     # trace=mean wrote visfocus trace files next to lmms-eval's outputs, one sample per doc
     from visfocus.tracefile import load_traces
 
-    traces = load_traces(tmp_path / "out" / "visfocus_traces", "scenes_test")
+    (folder,) = {path.parent.parent for path in (tmp_path / "out" / "visfocus_traces").rglob("*.npz")}
+    label = "baseline" if method is None else "adaptvis_" + "_".join(f"{k}-{v}" for k, v in sorted(method_args.items()))
+    assert folder == tmp_path / "out" / "visfocus_traces" / "organism" / label  # one folder per model and method
+    traces = load_traces(folder, "scenes_test")
     assert sorted(traces, key=int) == [str(i) for i in range(LIMIT)]
+
+
+def test_trace_files_of_an_earlier_run_are_refused_not_mixed(tmp_path):
+    from visfocus.integrations.lmms.model import trace_folder
+
+    settings = parse_settings({"method": "scaling_vis", "alpha": 0.5, "trace": "mean"})
+    folder = trace_folder(settings, str(tmp_path), rank=1)
+    assert folder == tmp_path / "visfocus_traces" / "organism" / "scaling_vis_alpha-0.5"
+    (folder / "traces_scenes_test").mkdir(parents=True)
+    (folder / "traces_scenes_test" / "rank1_doc0.npz").write_bytes(b"")
+    assert trace_folder(settings, str(tmp_path), rank=0) == folder  # another rank's shards: this launch's own
+    with pytest.raises(VisfocusError, match="already holds trace files of an earlier run"):
+        trace_folder(settings, str(tmp_path), rank=1)
+    other = parse_settings({"method": "scaling_vis", "alpha": 0.8, "trace": "mean"})
+    assert trace_folder(other, str(tmp_path), rank=1) == folder.with_name("scaling_vis_alpha-0.8")
 
 
 def test_two_processes_give_the_same_numbers(tmp_path):
@@ -174,7 +194,7 @@ def test_loglikelihood_scores_each_answer_word_under_the_method(tmp_path):
     ("method=adaptvs", "unknown method 'adaptvs'; registered methods: " + ", ".join(sorted(vf.METHODS))),
     ("method=adaptvis,alpha_lo=0.5", "method 'adaptvis' has no parameter alpha_lo; its parameters: "
      + ", ".join(sorted(vf.methods()["adaptvis"])) + "; model args: pretrained, method, batch_size, max_batch_size, "
-     "trace, trace_dir, prefix_sharing, dtype, device, device_map, max_memory, trust_remote_code"),
+     "trace, trace_dir, prefix_sharing, dtype, device, device_map, max_memory, revision, trust_remote_code"),
     ("method=adaptvis,alpha_low=-0.5", "alpha_low must be ≥ 0.0, got -0.5"),
 ])
 def test_bad_model_args_are_one_error_line(tmp_path, model_args, message):

@@ -35,10 +35,12 @@ def test_defaults_are_the_organism_under_the_plain_model():
     ({"method": "adaptvs"}, "unknown method 'adaptvs'; registered methods: adaptvis, baseline"),
     ({"method": "adaptvis", "alpha": 0.5}, "method 'adaptvis' has no parameter alpha; its parameters: alpha_high"),
     ({"method": "adaptvis", "alpha_low": -1}, "alpha_low must be ≥ 0.0, got -1"),
-    ({"method": "scaling_vis", "alpha": "lots"}, "method argument alpha='lots' is not a valid"),
+    ({"method": "scaling_vis", "alpha": "lots"}, "method argument alpha must be a finite number, got 'lots'"),
     ({"batch_size": "auto"}, "batch_size must be an integer ≥ 1, got 'auto'"),
     ({"trace": "all"}, "trace must be heads or mean, got 'all'"),
-    ({"prefix_sharing": "maybe"}, "prefix_sharing must be true or false, got 'maybe'"),
+    ({"prefix_sharing": "maybe"}, "prefix_sharing must be true or false (true/1/yes/on or false/0/no/off), got "
+                                  "'maybe'"),
+    ({"trust_remote_code": "maybe"}, "model argument trust_remote_code must be true or false"),
 ])
 def test_bad_model_args_are_one_clear_error(args, message):
     with pytest.raises(VisfocusError) as err:

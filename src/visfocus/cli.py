@@ -8,62 +8,22 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from visfocus import distributed
 from visfocus.errors import VisfocusError
 
-EVAL_FLAGS = ("model", "model_args", "tasks", "method", "method_args", "data_root", "limit", "offset", "seed",
-              "batch_size", "max_new_tokens", "prompt_style", "scorer", "output_path", "log_samples", "skip_missing",
-              "trace", "prefix_sharing")
-
-
-def _key_values(text: str | dict | None, what: str) -> dict[str, Any]:
-    """``"dtype=bfloat16,device=cuda"`` → dict (values stay strings except true/false)."""
-    if isinstance(text, dict):
-        return dict(text)
-    out: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in (text or "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise VisfocusError(f"cannot read {what} '{item}': expected KEY=VALUE")
-        out[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
-    return out
-
-
-def _read_config(path: str) -> dict[str, Any]:
-    import yaml
-
-    file = Path(path)
-    if not file.is_file():
-        raise VisfocusError(f"config file not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise VisfocusError(f"config file {file} is not valid YAML ({str(err).splitlines()[0]})") from err
-    unknown = sorted(set(data) - set(EVAL_FLAGS))
-    if not isinstance(data, dict) or unknown:
-        raise VisfocusError(f"config file {file}: unknown keys {unknown}; allowed: {', '.join(EVAL_FLAGS)}")
-    return data
-
+# the flags of `visfocus sweep` that are RunConfig fields (the others say what to search)
+SWEEP_RUN_FLAGS = ("model", "model_args", "data_root", "limit", "seed", "batch_size", "max_new_tokens", "prompt_style",
+                   "scorer", "output_path", "skip_missing", "prefix_sharing")
 
 def _eval(args: argparse.Namespace) -> int:
-    from visfocus.evaluate import RunConfig, evaluate
-    from visfocus.interventions import parse_method_args
+    from visfocus.evaluate import evaluate
+    from visfocus.runconfig import FIELDS, RunConfig, read_config_file
 
-    values = _read_config(args.config) if args.config else {}
-    values.update({k: getattr(args, k) for k in EVAL_FLAGS if getattr(args, k) is not None})
-    if isinstance(values.get("tasks"), str):
-        values["tasks"] = [t.strip() for t in values["tasks"].split(",") if t.strip()]
-    values["model_args"] = _key_values(values.get("model_args"), "model argument")
-    method = values.get("method")
-    if method == "baseline":
-        values["method"] = method = None
-    margs = values.get("method_args") or {}
-    values["method_args"] = parse_method_args(method, margs) if method and isinstance(margs, str) else dict(margs)
-    if not method and values["method_args"]:
-        raise VisfocusError("--method_args given without --method")
-    out = evaluate(RunConfig(**values))
+    values = read_config_file(args.config) if args.config else {}
+    values.update({k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None})
+    out = evaluate(RunConfig.from_values(values, f"config file {args.config}" if args.config else "visfocus eval"))
     if not distributed.current().is_main:  # rank 0 reports for all
         return 0
     print(f"\nresults: {out['config']['run_dir']}/results.json")
@@ -73,7 +33,7 @@ def _eval(args: argparse.Namespace) -> int:
         m = result["metrics"]
         n = result["n_samples"]
         if n["effective"] == 0:
-            why = (f"all {n['selected']} selected samples have missing or unreadable images" if n["selected"]
+            why = (f"all {n['selected']} selected samples have missing or unusable images" if n["selected"]
                    else "no sample selected (see --offset and --limit)")
             empty.append(f"{name} ({why})")
             print(f"  {name}: nothing evaluated — {why}")
@@ -100,14 +60,11 @@ def _relation_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from visfocus.evaluate import RunConfig
+    from visfocus.runconfig import RunConfig
     from visfocus.sweep import parse_grid, sweep
 
-    base = RunConfig(model=args.model, model_args=_key_values(args.model_args, "model argument"),
-                     data_root=args.data_root, limit=args.limit, seed=args.seed, batch_size=args.batch_size,
-                     max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style, scorer=args.scorer,
-                     output_path=args.output_path, skip_missing=args.skip_missing,
-                     prefix_sharing=args.prefix_sharing)
+    base = RunConfig.from_values({k: v for k, v in vars(args).items() if k in SWEEP_RUN_FLAGS and v is not None},
+                                 "visfocus sweep")
     grid = parse_grid(args.method, args.grid) if args.grid else None
     out = sweep(base, args.task, args.eval_task, args.method, grid)
     if not distributed.current().is_main:
@@ -126,11 +83,12 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from visfocus.compare import compare_runs, format_table
+    from visfocus.durable import replace_file
 
     comparison = compare_runs(args.run_a, args.run_b, n_boot=args.n_boot, seed=args.seed)
     print(format_table(comparison))
     out = Path(args.output) if args.output else Path(args.run_b) / f"compare_vs_{Path(args.run_a).name}.json"
-    out.write_text(json.dumps(comparison, indent=2) + "\n", encoding="utf-8")
+    replace_file(out, json.dumps(comparison, indent=2) + "\n")
     print(f"\nwritten: {out}")
     return 0
 
@@ -177,8 +135,17 @@ MODULE_COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with our error format: a bad flag is one ``visfocus: error:`` line (exit status 2), like every other
+    bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"visfocus: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visfocus", description=__doc__)
+    parser = Parser(prog="visfocus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("eval", help="evaluate a model (optionally under a method) on tasks; resumable")
@@ -216,13 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--grid", help="KEY=V1|V2|...,KEY2=... (default: the method's search grid)")
     sw.add_argument("--data_root")
     sw.add_argument("--limit", type=int)
-    sw.add_argument("--seed", type=int, default=0)
-    sw.add_argument("--batch_size", type=int, default=1)
-    sw.add_argument("--max_new_tokens", type=int, default=8)
+    sw.add_argument("--seed", type=int)
+    sw.add_argument("--batch_size", type=int)
+    sw.add_argument("--max_new_tokens", type=int)
     sw.add_argument("--prompt_style")
-    sw.add_argument("--scorer", choices=["exact", "adaptvis"], default="exact")
-    sw.add_argument("--output_path", default="runs")
-    sw.add_argument("--skip_missing", action="store_true")
+    sw.add_argument("--scorer", choices=["exact", "adaptvis"])
+    sw.add_argument("--output_path")
+    sw.add_argument("--skip_missing", action="store_true", default=None)
     sw.add_argument("--no_prefix_sharing", dest="prefix_sharing", action="store_false",
                     help="prefill every sample whole in every trial (default: the trials share each sample's prefill)")
     sw.set_defaults(func=_sweep)

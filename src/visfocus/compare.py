@@ -3,12 +3,13 @@ accuracy delta (B − A) with a bootstrap 95 % CI, McNemar's exact p-value and t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from visfocus import metrics
 from visfocus.errors import VisfocusError
+from visfocus.results import read_json, read_samples
+from visfocus.values import parse_int
 
 
 def load_run(folder: str | Path) -> tuple[dict, dict[str, dict[str, dict]]]:
@@ -17,13 +18,14 @@ def load_run(folder: str | Path) -> tuple[dict, dict[str, dict[str, dict]]]:
     path = folder / "results.json"
     if not path.is_file():
         raise VisfocusError(f"{folder} is not a visfocus run folder (no results.json)")
-    results = json.loads(path.read_text(encoding="utf-8"))
+    results = read_json(path, "results file")
+    if not isinstance(results, dict) or not isinstance(results.get("tasks", {}), dict):
+        raise VisfocusError(f"{path} is not a visfocus results file")
     samples = {}
     for name in results.get("tasks", {}):
         file = folder / f"samples_{name}.jsonl"
-        if file.is_file():
-            rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-            samples[name] = {row["id"]: row for row in rows}
+        if file.is_file():  # read as it is: a torn last line (a killed run) is left out, not repaired here
+            samples[name] = read_samples(file).rows
     return results, samples
 
 
@@ -41,6 +43,8 @@ def compare_samples(rows_a: dict[str, dict], rows_b: dict[str, dict], n_boot: in
 
 
 def compare_runs(folder_a: str | Path, folder_b: str | Path, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    n_boot = parse_int(n_boot, "--n_boot (bootstrap resamples)", low=1)
+    seed = parse_int(seed, "--seed", low=0)
     results_a, samples_a = load_run(folder_a)
     results_b, samples_b = load_run(folder_b)
     shared_tasks = sorted(set(samples_a) & set(samples_b))

@@ -32,7 +32,7 @@ def parse_grid(method_name: str, text: str | None) -> dict[str, list]:
     for item in filter(None, (s.strip() for s in (text or "").split(","))):
         key, sep, values = item.partition("=")
         if not sep:
-            raise VisfocusError(f"cannot read grid entry '{item}'; expected KEY=V1|V2|...")
+            raise VisfocusError(f"cannot read grid entry {item!r}; expected KEY=V1|V2|...")
         grid[key.strip()] = [parse_method_args(method_name, f"{key.strip()}={v}")[key.strip()]
                              for v in values.split("|")]
     return grid
@@ -107,6 +107,6 @@ def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: st
 def _confidence_quantiles(base: RunConfig, dev_task: str) -> list[float]:
     """AdaptVis thresholds from the dev set's own (unedited, max-probability) confidences."""
     folder = run_dir(dataclasses.replace(base, method=None, method_args={}), {})
-    log = res.SampleLog(Path(folder) / f"samples_{dev_task}.jsonl")
-    confidences = [row["confidence"] for row in log.rows.values()]
+    rows = res.read_samples(Path(folder) / f"samples_{dev_task}.jsonl").rows
+    confidences = [row["confidence"] for row in rows.values() if row.get("confidence") is not None]
     return [round(float(q), 4) for q in np.quantile(confidences, QUANTILES)] if confidences else []

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from visfocus import durable
 from visfocus.errors import VisfocusError
 from visfocus.steer.trace import Trace
 
@@ -57,12 +58,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_shard(folder: Path, name: str, samples: dict[str, dict[str, np.ndarray]]) -> Path:
-    """Write one shard: ``samples`` maps a sample id to its arrays."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write one shard, atomically and durably: ``samples`` maps a sample id to its arrays."""
+    durable.make_folder(folder)
     path = folder / f"{name}.npz"
-    tmp = folder / f".{name}.tmp.npz"
-    np.savez_compressed(tmp, **{f"{sid}__{key}": arr for sid, arrays in samples.items() for key, arr in arrays.items()})
-    tmp.replace(path)
+    arrays = {f"{sid}__{key}": arr for sid, arrays in samples.items() for key, arr in arrays.items()}
+    durable.replace_with(path, lambda f: np.savez_compressed(f, **arrays))
     return path
 
 

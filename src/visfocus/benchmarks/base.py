@@ -47,6 +47,7 @@ class Task:
     answer_type: ClassVar[AnswerType] = "option"
     prompt_styles: ClassVar[tuple[str, ...]] = ("default",)
     main_metric: ClassVar[str] = "accuracy"  # what a sweep maximises
+    reads_data: ClassVar[bool] = True  # its records come from files under the data root (False: generated)
 
     def __init__(self, name: str, data_root: str | Path | None = None, prompt_style: str | None = None,
                  scorer: str = "exact") -> None:
@@ -103,9 +104,10 @@ class Task:
         return {}
 
     def describe(self) -> dict[str, Any]:
+        """What a run records of the task (``data_root``: absolute, and None for a generated task)."""
+        root = self.data_root.resolve() if self.data_root and self.reads_data else None
         return {"name": self.name, "answer_type": self.answer_type, "prompt_style": self.prompt_style,
-                "scorer": self.scorer,
-                "data_root": str(self.data_root) if self.data_root else None}
+                "scorer": self.scorer, "data_root": str(root) if root else None}
 
 
 def _env_data_root() -> Path | None:

@@ -189,6 +189,8 @@ def scene_record(split: str, index: int, scene: Scene) -> Record:
 class ScenesTask(OptionTask):
     """One split of the rendered scenes; ``n_records`` and ``seed`` default to the split's standard size and 0."""
 
+    reads_data = False
+
     def __init__(self, name: str, split: str, n_records: int | None = None, seed: int = 0, **kwargs) -> None:
         super().__init__(name, **kwargs)
         self.split, self.seed = split, seed

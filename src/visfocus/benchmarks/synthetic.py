@@ -95,6 +95,8 @@ def scene_record(index: int, scene: Scene) -> Record:
 class SyntheticSpatialTask(OptionTask):
     """``n_records`` rendered scenes (default 64, seed 0); works without any data root."""
 
+    reads_data = False
+
     def __init__(self, name: str, n_records: int = 64, seed: int = 0, **kwargs) -> None:
         super().__init__(name, **kwargs)
         self.n_records, self.seed = n_records, seed

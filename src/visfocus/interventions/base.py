@@ -8,12 +8,14 @@ import dataclasses
 import math
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from visfocus.errors import VisfocusError
 from visfocus.interventions.batch import Batch
 from visfocus.steer.runner import Generation
+from visfocus.values import parse_bool, parse_float, parse_int, parse_key_values
 
 METHODS: dict[str, type[Method]] = {}
 # a layer parameter: decoder layer indices, a fraction range "a:b" of the depth (``resolve_layers``), or None (all)
@@ -98,9 +100,7 @@ class ParamSpec:
 
 def param_specs(name: str) -> list[ParamSpec]:
     """The parameters of method ``name`` as controls, in declaration order, from its parameter dataclass."""
-    if name not in METHODS:
-        raise VisfocusError(f"unknown method '{name}'; registered methods: {', '.join(sorted(METHODS))}")
-    hints = typing.get_type_hints(METHODS[name].Params)
+    hints = typing.get_type_hints(METHODS[_known(name)].Params)
     specs = []
     for f in dataclasses.fields(METHODS[name].Params):
         kinds = set(typing.get_args(hints[f.name])) or {hints[f.name]}
@@ -121,10 +121,9 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def method(name: str, **kwargs: Any) -> Method:
-    """Build a registered method with validated parameters, e.g. ``method("scaling_vis", alpha=0.5)``."""
-    if name not in METHODS:
-        raise VisfocusError(f"unknown method '{name}'; registered methods: {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
+    """Build a registered method with validated parameters, e.g. ``method("scaling_vis", alpha=0.5)``. Python values
+    are taken as they are (``validate`` refuses a wrong type); text from a user goes through ``typed_method_args``."""
+    cls = METHODS[_known(name)]
     fields = {f.name for f in dataclasses.fields(cls.Params)}
     unknown = sorted(set(kwargs) - fields)
     if unknown:
@@ -138,44 +137,76 @@ def methods() -> dict[str, dict[str, Any]]:
     return {name: {f.name: f.default for f in dataclasses.fields(cls.Params)} for name, cls in sorted(METHODS.items())}
 
 
+def _known(name: Any) -> str:
+    if not isinstance(name, str) or name not in METHODS:
+        raise VisfocusError(f"unknown method {name!r}; registered methods: {', '.join(sorted(METHODS))}")
+    return name
+
+
 def parse_method_args(name: str, text: str) -> dict[str, Any]:
     """``"alpha=0.5,layers=1;2"`` → typed kwargs for method ``name`` (tuples use ';' between items)."""
-    if name not in METHODS:
-        raise VisfocusError(f"unknown method '{name}'; registered methods: {', '.join(sorted(METHODS))}")
-    hints = typing.get_type_hints(METHODS[name].Params)
-    out: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in (text or "").split(","))):
-        key, sep, raw = item.partition("=")
-        if not sep or key.strip() not in hints:
-            raise VisfocusError(f"cannot read method argument '{item}' for '{name}'; expected KEY=VALUE with KEY in "
-                                f"{', '.join(sorted(hints)) or 'none'}")
-        out[key.strip()] = _coerce(raw.strip(), hints[key.strip()], key.strip())
-    return out
+    return typed_method_args(name, text)
+
+
+def typed_method_args(name: str, given: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parameters of method ``name`` — from ``"KEY=VALUE,..."`` or a mapping (YAML, the API, the app) — each
+    typed by its declared type: booleans through ``parse_bool``, numbers through ``parse_int``/``parse_float``, layer
+    tuples from ``1;2;3`` or a list, ``None`` from none/null for an optional one. An unknown key or an untypable value
+    is one error; ranges are the method's ``validate``."""
+    hints = typing.get_type_hints(METHODS[_known(name)].Params)
+    items = parse_key_values(given, f"'{name}' method argument")
+    unknown = sorted(set(items) - set(hints))
+    if unknown:
+        raise VisfocusError(f"method '{name}' has no parameter {', '.join(unknown)}; its parameters: "
+                            f"{', '.join(sorted(hints)) or 'none'}")
+    return {key: _typed(value, hints[key], key) for key, value in items.items()}
+
+
+def _typed(value: Any, hint: Any, key: str) -> Any:
+    """One parameter value as its declared type (``hint``); text goes through ``_coerce``."""
+    if isinstance(value, str):
+        return _coerce(value.strip(), hint, key)
+    kinds = set(typing.get_args(hint)) or {hint}
+    if value is None and type(None) in kinds:
+        return None
+    if bool in kinds:
+        return parse_bool(value, f"method argument {key}")
+    if any(typing.get_origin(k) is tuple for k in kinds) and isinstance(value, (list, tuple)):
+        return tuple(parse_int(v, f"method argument {key} (a layer index)") for v in value)
+    if int in kinds and float not in kinds:
+        return parse_int(value, f"method argument {key}")
+    if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise VisfocusError(f"method argument {key}={value!r} is not a valid {_type_name(hint)}")
 
 
 def _coerce(raw: str, hint: Any, key: str) -> Any:
     kinds = set(typing.get_args(hint)) or {hint}
+    what = f"method argument {key}"
     if raw.lower() in ("none", "null", "") and type(None) in kinds:
         return None
-    try:
-        if bool in kinds:
-            if raw.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1")
-        if any(typing.get_origin(k) is tuple for k in kinds):
-            try:
-                return tuple(int(v) for v in raw.split(";") if v)
-            except ValueError:
-                if str not in kinds:  # e.g. DoLa's layers: "high" or indices
-                    raise
-                return raw
-        if int in kinds and float not in kinds:
-            return int(raw)
-        if float in kinds:
-            return float(raw)
-    except ValueError as err:
-        raise VisfocusError(f"method argument {key}={raw!r} is not a valid {hint}") from err
+    if bool in kinds:
+        return parse_bool(raw, what)
+    if any(typing.get_origin(k) is tuple for k in kinds):
+        items = [v.strip() for v in raw.split(";") if v.strip()]
+        if items and all(v.lstrip("+-").isdigit() for v in items):
+            return tuple(parse_int(v, f"{what} (a layer index)") for v in items)
+        if str not in kinds:  # e.g. DoLa's layers: "high" or indices
+            raise VisfocusError(f"{what}={raw!r} is not a valid {_type_name(hint)}")
+        return raw
+    if int in kinds and float not in kinds:
+        return parse_int(raw, what)
+    if float in kinds:
+        return parse_float(raw, what)
     return raw
+
+
+def _type_name(hint: Any) -> str:
+    """A parameter type as a user reads it: ``float``, ``layer indices (1;2;3) or text``, …"""
+    kinds = [k for k in (set(typing.get_args(hint)) or {hint}) if k is not type(None)]
+    names = sorted("layer indices (e.g. 1;2;3)" if typing.get_origin(k) is tuple else getattr(k, "__name__", str(k))
+                   for k in kinds)
+    return " or ".join(names)
 
 
 def check_number(name: str, value: float, *, low: float | None = None, high: float | None = None) -> None:

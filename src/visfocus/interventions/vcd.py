@@ -108,6 +108,9 @@ def after_contrast(config, padding: torch.Tensor, sample: bool) -> list[LogitsPr
     return processors
 
 
+SEED_MAX = 2**63 - 1  # what torch's generators take
+
+
 @dataclass(frozen=True)
 class VCDParams(Params):
     # α: contrast strength (the paper's setting; the VCD code falls back to 0.5)
@@ -116,7 +119,7 @@ class VCDParams(Params):
     beta: float = param(0.1, paper="β", low=0.0, high=1.0)
     noise_step: int = param(500, paper="T", low=0, high=NUM_STEPS - 1)  # T: diffusion step of the noise, 0..999
     sample: bool = False  # sample (as the VCD code does) instead of greedy decoding
-    seed: int = 0  # seeds the noise and, when sampling, torch's global generator
+    seed: int = param(0, low=0, high=SEED_MAX)  # seeds the noise and, when sampling, torch's global generator
 
     def validate(self, num_layers: int | None = None) -> None:
         check_number("alpha", self.alpha, low=0.0)
@@ -128,8 +131,8 @@ class VCDParams(Params):
             raise VisfocusError(f"noise_step must be an integer in [0, {NUM_STEPS - 1}], got {self.noise_step!r}")
         if not isinstance(self.sample, bool):
             raise VisfocusError(f"sample must be true or false, got {self.sample!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise VisfocusError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= SEED_MAX:
+            raise VisfocusError(f"seed must be an integer in [0, {SEED_MAX}], got {self.seed!r}")
 
 
 @register_method

@@ -28,7 +28,8 @@ from visfocus import distributed
 from visfocus.errors import VisfocusError
 from visfocus.evaluate import RunConfig, load_model
 from visfocus.integrations.lmms.decoding import Decoding, cut_at_stop, decoding
-from visfocus.integrations.lmms.settings import exit_with, parse_settings
+from visfocus.integrations.lmms.settings import LmmsSettings, exit_with, parse_settings
+from visfocus.runconfig import run_dir
 from visfocus.tracefile import sample_arrays, write_shard
 
 
@@ -40,6 +41,24 @@ def _output_path_from_argv(argv: list[str]) -> str | None:
         if arg.startswith("--output_path="):
             return arg.split("=", 1)[1]
     return None
+
+
+def trace_folder(settings: LmmsSettings, output_path: str | None, rank: int) -> Path:
+    """Where this launch writes its trace files: ``<trace_dir or --output_path/visfocus_traces>/<model>/<method and
+    its arguments>/traces_<task>/``, one folder per model and method (as ``visfocus eval`` names its run folders).
+    Shards are named by rank, so ranks never write the same file; a folder that already holds this rank's shards
+    belongs to an earlier launch, and is refused rather than mixed with this one."""
+    root = settings.trace_dir or output_path
+    if root is None:
+        raise VisfocusError(f"trace={settings.trace} needs --output_path or trace_dir=<folder>")
+    base = Path(root) if settings.trace_dir else Path(root) / "visfocus_traces"
+    folder = run_dir(RunConfig(model=settings.pretrained, method=None if settings.method_name == "baseline" else
+                               settings.method_name, output_path=str(base)), settings.method_args)
+    earlier = sorted(folder.glob(f"traces_*/rank{rank}_*.npz"))
+    if earlier:
+        raise VisfocusError(f"{folder} already holds trace files of an earlier run (e.g. {earlier[0]}); remove "
+                            "that folder or pass another trace_dir= or --output_path, so that runs are not mixed")
+    return folder
 
 
 class VisFocusLmms(lmms):
@@ -60,10 +79,7 @@ class VisFocusLmms(lmms):
         self.method = self.settings.build_method()
         self.trace_root = None
         if self.settings.trace is not None:
-            root = self.settings.trace_dir or _output_path_from_argv(sys.argv)
-            if root is None:
-                raise VisfocusError(f"trace={self.settings.trace} needs --output_path or trace_dir=<folder>")
-            self.trace_root = Path(root) if self.settings.trace_dir else Path(root) / "visfocus_traces"
+            self.trace_root = trace_folder(self.settings, _output_path_from_argv(sys.argv), ranks.rank)
         load = dict(self.settings.load)
         load.setdefault("device", _default_device())
         self.vlm = load_model(RunConfig(model=self.settings.pretrained, model_args=load), ranks)

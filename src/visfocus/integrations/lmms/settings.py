@@ -13,10 +13,12 @@ from typing import Any, NoReturn
 
 from visfocus.distributed import environment_ranks
 from visfocus.errors import VisfocusError
+from visfocus.evaluate import MODEL_ARGS, parse_model_args
 from visfocus.interventions import Method, method, methods, parse_method_args
+from visfocus.values import parse_bool
 
 # model_args that are not the method's: how to load the model and how to run it
-LOAD_KEYS = ("dtype", "device", "device_map", "max_memory", "trust_remote_code")
+LOAD_KEYS = tuple(MODEL_ARGS)
 RUN_KEYS = ("pretrained", "method", "batch_size", "max_batch_size", "trace", "trace_dir", "prefix_sharing")
 ORGANISM = ("organism", "", None)  # pretrained values that mean the built-in model organism
 
@@ -42,14 +44,6 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def _flag(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "1", "false", "0"):
-        return str(value).lower() in ("true", "1")
-    raise VisfocusError(f"{key} must be true or false, got {value!r}")
-
-
 def parse_settings(args: dict[str, Any]) -> LmmsSettings:
     """Validate everything given in ``--model_args`` (plus lmms-eval's ``batch_size``/``device``): an unknown method,
     a parameter the method does not have, or a value out of its range is one ``VisfocusError``."""
@@ -68,12 +62,12 @@ def parse_settings(args: dict[str, Any]) -> LmmsSettings:
     if trace is not None and trace not in ("heads", "mean"):
         raise VisfocusError(f"trace must be heads or mean, got {trace!r}")
     trace_dir = args.pop("trace_dir", None)
-    prefix_sharing = _flag("prefix_sharing", args.pop("prefix_sharing", True))
+    prefix_sharing = parse_bool(args.pop("prefix_sharing", True), "prefix_sharing")
     load = {key: args.pop(key) for key in LOAD_KEYS if args.get(key) is not None}
     for key in LOAD_KEYS:
         args.pop(key, None)
-    if "trust_remote_code" in load:
-        load["trust_remote_code"] = _flag("trust_remote_code", load["trust_remote_code"])
+    typed = parse_model_args(load)  # a bad value (e.g. trust_remote_code=maybe) fails here, before the model loads
+    load = {key: typed[key] for key in load}
     # what is left belongs to the method: typed by its parameter dataclass, then validated by building it
     known = methods().get(name)
     if known is None:

@@ -19,10 +19,10 @@ from typing import Any
 import datasets
 from lmms_eval.api.task import ConfigurableTask
 
-from visfocus.api import load_image
 from visfocus.benchmarks import Task, task
 from visfocus.errors import VisfocusError
 from visfocus.evaluate import image_problem
+from visfocus.images import open_image
 from visfocus.integrations.lmms.settings import exit_with
 
 _LOADED: dict[str, Task] = {}  # task key (json of its settings) → the visfocus task, loaded once per process
@@ -93,7 +93,7 @@ def _record(doc: dict[str, Any]):
 
 def doc_to_visual(doc: dict[str, Any]) -> list:
     record = _record(doc)
-    return [record.image.convert("RGB") if record.image is not None else load_image(record.image_path)]
+    return [open_image(record.image if record.image is not None else record.image_path)]
 
 
 def doc_to_text(doc: dict[str, Any]) -> str:
