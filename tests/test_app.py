@@ -14,6 +14,7 @@ from PIL import Image
 import visfocus as vf
 from visfocus.app import compute
 from visfocus.app.compute import Explorer
+from visfocus.app.params import PROFILE_PARAMETER, ProfileFolder
 from visfocus.errors import VisfocusError
 from visfocus.interventions.base import METHODS, Method, Params, ParamSpec, param, param_specs
 
@@ -32,6 +33,15 @@ def ui():
 @pytest.fixture
 def explorer(tiny_vlms):
     return Explorer(tiny_vlms["qwen3_vl"], max_results=2)
+
+
+@pytest.fixture
+def profiles(tmp_path) -> ProfileFolder:
+    """An operator's profile folder with one profile, "mid" (for a 2-layer decoder)."""
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "mid.json").write_text(json.dumps({"layers": [1], "auroc_per_layer": [0.5, 0.9]}))
+    return ProfileFolder.open(folder)
 
 
 # --- compute: the Explorer ---------------------------------------------------------------------------------------
@@ -171,14 +181,14 @@ def _expected_control(ui, spec: ParamSpec):
     gr = ui.gr
     if spec.kind == "bool":
         return gr.Checkbox
-    if spec.choices:
+    if spec.choices or spec.name == PROFILE_PARAMETER:  # a profile is picked by name from the operator's folder
         return gr.Dropdown
     return gr.Number if spec.kind in ("float", "int") else gr.Textbox
 
 
-def _controls(ui, name: str) -> list:
+def _controls(ui, name: str, profiles: ProfileFolder | None = None) -> list:
     with ui.gr.Blocks():
-        return [ui.control(spec) for spec in param_specs(name)]
+        return [ui.control(spec, profiles) for spec in param_specs(name)]
 
 
 def _changed(spec: ParamSpec) -> tuple[object, object]:
@@ -187,6 +197,8 @@ def _changed(spec: ParamSpec) -> tuple[object, object]:
         return (not spec.default,) * 2
     if spec.choices:
         return (next(c for c in spec.choices if c != spec.default),) * 2
+    if spec.name == PROFILE_PARAMETER:
+        return "mid", "mid"  # the ``profiles`` fixture's one profile
     if spec.kind in ("layers", "text"):
         return "0; 1", (0, 1)
     if spec.kind == "str":
@@ -218,6 +230,7 @@ def test_every_method_gets_one_control_per_parameter_of_the_right_kind(ui, name)
             assert widget.label.endswith("]")
         if spec.kind in ("float", "int") and not spec.choices:
             assert widget.precision == (0 if spec.kind == "int" else None)
+            assert (widget.minimum, widget.maximum) == (spec.low, spec.high)  # the page refuses values beyond them
 
 
 @pytest.mark.parametrize("name", sorted(vf.METHODS))
@@ -228,16 +241,16 @@ def test_every_method_controls_at_their_defaults_read_back_as_no_parameters(ui, 
 
 
 @pytest.mark.parametrize("name", [name for name in sorted(vf.METHODS)])
-def test_every_method_controls_read_back_exactly_the_changed_typed_parameters(ui, name):
+def test_every_method_controls_read_back_exactly_the_changed_typed_parameters(ui, name, profiles):
     specs = param_specs(name)
     for changed in specs:  # one parameter away from its default at a time
         value, typed = _changed(changed)
-        values = [value if spec is changed else widget.value for spec, widget in zip(specs, _controls(ui, name),
-                                                                                    strict=True)]
-        out = ui.read_params(name, values)
+        values = [value if spec is changed else widget.value
+                  for spec, widget in zip(specs, _controls(ui, name, profiles), strict=True)]
+        out = ui.read_params(name, values, profiles)
         assert out == {changed.name: typed} and type(out[changed.name]) is type(typed), changed
     values, expected = zip(*(_changed(spec) for spec in specs), strict=True) if specs else ((), ())
-    out = ui.read_params(name, list(values))
+    out = ui.read_params(name, list(values), profiles)
     assert out == {spec.name: typed for spec, typed in zip(specs, expected, strict=True)}
 
 
@@ -246,7 +259,8 @@ def test_read_params_reads_layer_indices_with_commas_or_semicolons_and_empty_as_
     assert ui.read_params("scaling_vis", [0.5, " 1 ; 0 ", False]) == {"layers": (1, 0)}
     assert ui.read_params("scaling_vis", [0.5, "", False]) == {}
     assert ui.read_params("scaling_vis", [0.5, None, False]) == {}
-    with pytest.raises(ValueError):
+    assert ui.read_params("scaling_vis", [0.5, "0.25:0.75", False]) == {"layers": "0.25:0.75"}
+    with pytest.raises(VisfocusError, match=r"scaling_vis parameter layers must be layer indices .* got 'one'"):
         ui.read_params("scaling_vis", [0.5, "one", False])
 
 
@@ -275,7 +289,7 @@ def test_a_newly_registered_method_gets_its_controls_with_no_app_change(ui, monk
     assert mode.value == "soft" and layers.value == "" and sharpen.value is False
     assert ui.read_params(_Probe.name, [1.5, 4.0, "hard", "1", True]) == {
         "strength": 1.5, "steps": 4, "mode": "hard", "layers": (1,), "sharpen": True}
-    demo = ui.build(SimpleNamespace(vlm=SimpleNamespace(num_layers=2, num_heads=4)), [])
+    demo = ui.build(SimpleNamespace(vlm=SimpleNamespace(num_layers=2, num_heads=4), profiles=None), [])
     labels = {getattr(block, "label", None) for block in demo.blocks.values()}
     assert {"probe_method parameters", "strength (γ) [0.0, 2.0]", "probe_method: attention on the image"} <= labels
     methods = next(block for block in demo.blocks.values() if getattr(block, "label", None) == "methods to compare")

@@ -1,5 +1,6 @@
 """``visfocus app`` end to end: the app runs in a subprocess on a free localhost port and is called through
-``gradio_client`` as a browser session would, against the built-in model organism."""
+``gradio_client`` as a browser session would, against the built-in model organism; a second one with a login and a
+profile folder (two app processes in all)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -14,17 +17,19 @@ from PIL import Image
 
 pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402 (only with gradio installed)
-from gradio_client.exceptions import AppError  # noqa: E402
+from gradio_client.exceptions import AppError, AuthenticationError  # noqa: E402
 
 import visfocus as vf  # noqa: E402
 import visfocus.organism  # noqa: E402
 from visfocus.app.compute import MAX_NEW_TOKENS, Explorer, parse_answer  # noqa: E402
+from visfocus.app.launch import PASSWORD_VARIABLE  # noqa: E402
 from visfocus.errors import VisfocusError  # noqa: E402
 from visfocus.testing.app_server import log_tail, running_app  # noqa: E402
 
 STARTUP_S = 90
 # the app shows one column per registered method, the baseline first (ui.build)
 NAMES = sorted(vf.METHODS, key=lambda n: (n != "baseline", n))
+REFUSED = "is not one of the profiles this app offers"
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +74,9 @@ def test_the_cli_runs_as_a_module():
                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     assert "--port" in done.stdout and "--max_results" in done.stdout
+    for flag in ("--auth", PASSWORD_VARIABLE, "--profiles", "--max_upload_mb", "--max_queue", "--max_sessions",
+                 "--session_ttl_min", "--export_ttl_min"):
+        assert flag in done.stdout, flag
 
 
 def test_an_example_scene_gets_the_answers_of_the_public_api(app_url, organism, scenes, tmp_path):
@@ -145,3 +153,57 @@ def test_two_sessions_keep_their_own_results(app_url, organism, scenes, tmp_path
         own = np.abs(drawn - expected[name]).mean()
         other = np.abs(drawn - expected["b" if name == "a" else "a"]).mean()
         assert own < 3 and own < other / 3, (name, own, other)  # the app sends lossy WebP
+
+
+def test_a_request_naming_a_server_path_or_a_value_beyond_its_bounds_is_refused_and_the_app_keeps_serving(
+        app_url, scenes, tmp_path):
+    client = _client(app_url)
+    path = tmp_path / "scene.png"
+    scenes[0].image.save(path)
+    refusals = []
+    for profile in ("/etc/shadow", "/nope"):  # a file that exists and one that does not: the same answer
+        with pytest.raises(AppError) as caught:
+            _compare(client, path, scenes[0], ["vea"], {"vea": {"profile": profile}})
+        message = str(caught.value)
+        assert REFUSED in message and "JSON" not in message and "not found" not in message, message
+        refusals.append(message.replace(repr(profile), "<profile>"))
+    assert refusals[0] == refusals[1] and "started without --profiles DIR" in refusals[0]
+    with pytest.raises(AppError, match="scaling_vis parameter alpha must be a number ≥ 0, got -1"):
+        _compare(client, path, scenes[0], ["scaling_vis"], {"scaling_vis": {"alpha": -1}})
+    with pytest.raises(AppError, match=r"vcd parameter noise_step must be an integer in \[0, 999\], got 5000"):
+        _compare(client, path, scenes[0], ["vcd"], {"vcd": {"noise_step": 5000}})
+    out = _compare(client, path, scenes[0], ["baseline"])
+    assert list(out) == ["baseline"] and out["baseline"]["text"]
+
+
+def test_with_a_login_only_a_signed_in_client_gets_in_and_a_profile_is_named_from_the_folder(organism, scenes,
+                                                                                            tmp_path):
+    """``--auth USER`` with the password in the environment, and ``--profiles DIR`` with one profile."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    late = organism.num_layers - 1
+    (profiles / "late.json").write_text(json.dumps({"layers": [late],
+                                                    "auroc_per_layer": [0.5] * organism.num_layers}))
+    log_path = tmp_path / "app.log"
+    try:
+        with running_app(log_path, "--auth", "alice", "--profiles", str(profiles), startup_s=STARTUP_S,
+                         env={PASSWORD_VARIABLE: "s3cret"}) as url:
+            with pytest.raises(AuthenticationError, match="credentials were not provided"):
+                Client(url, verbose=False)
+            with pytest.raises(ValueError, match="Could not login"):
+                Client(url, auth=("alice", "wrong"), verbose=False)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + "gradio_api/info", timeout=10)
+            assert refused.value.code == 401
+            client = Client(url, auth=("alice", "s3cret"), verbose=False)
+            path = tmp_path / "scene.png"
+            scenes[0].image.save(path)
+            out = _compare(client, path, scenes[0], ["vea"], {"vea": {"profile": "late"}})
+            assert out["vea"]["params"] == {"profile": "late"} and out["vea"]["extras"]["evidence_layers"] == [late]
+            with pytest.raises(AppError, match=rf"layer profile '\.\./late' {REFUSED} \(late\)"):
+                _compare(client, path, scenes[0], ["vea"], {"vea": {"profile": "../late"}})
+    except VisfocusError as err:
+        pytest.fail(str(err))
+    log = log_tail(log_path)
+    assert "[visfocus] warning" not in log  # local, and with a login
+    assert "s3cret" not in log

@@ -1,6 +1,7 @@
 """The app's model side: answers one (image, question, method, parameters) once through the public API with a trace,
 keeps the result in a bounded in-memory LRU shared by all sessions (results are read-only), and lists the examples
-(rendered scenes, and records of VSR / WhatsUp / POPE found under a data root)."""
+(rendered scenes, and records of VSR / WhatsUp / POPE found under a data root). A layer profile is named, never a
+path: the Explorer resolves the name inside the operator's profile folder (``visfocus.app.params.ProfileFolder``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,10 @@ import torch
 from PIL import Image
 
 import visfocus as vf
+from visfocus.app.params import PROFILE_PARAMETER, ProfileFolder, refusal
 from visfocus.app.views import cache_key, image_hash, top_k
 from visfocus.errors import VisfocusError
+from visfocus.images import image_file_problem, open_image
 from visfocus.interventions.base import param_specs
 from visfocus.parsing import parse_binary, parse_option, synonyms_for
 from visfocus.tracefile import sample_arrays
@@ -79,12 +81,15 @@ def parse_answer(text: str, options: Sequence[str] | None) -> str | None:
 
 class Explorer:
     """Answers through one loaded VLM, one call at a time (forward hooks of some methods make the model
-    single-threaded), caching up to ``max_results`` results by content."""
+    single-threaded), caching up to ``max_results`` results by content. A ``profile`` parameter is a name from
+    ``profiles`` (None: no profile is accepted)."""
 
-    def __init__(self, vlm, max_results: int = 64, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
+    def __init__(self, vlm, max_results: int = 64, max_new_tokens: int = MAX_NEW_TOKENS,
+                 profiles: ProfileFolder | None = None) -> None:
         self.vlm = vlm
         self.max_results = max_results
         self.max_new_tokens = max_new_tokens
+        self.profiles = profiles
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._lock = threading.Lock()
         self.forward_calls = 0  # answers computed (not served from the cache)
@@ -94,7 +99,7 @@ class Explorer:
         """The cached result, or a new one. Bad input raises a ``VisfocusError`` before the model runs."""
         if not isinstance(question, str) or not question.strip():
             raise VisfocusError("the question is empty")
-        built = vf.method(method, **(params or {})) if method != "baseline" else None  # validates the parameters
+        built = vf.method(method, **self._method_args(params or {})) if method != "baseline" else None  # validates
         if built is not None:
             built.params.validate(self.vlm.num_layers)
         defaults = {spec.name: spec.default for spec in param_specs(method)}
@@ -118,6 +123,20 @@ class Explorer:
         # the verdict belongs to this request's gold label, not to the cached answer
         correct = None if gold is None else result.parsed is not None and result.parsed.lower() == gold.strip().lower()
         return replace(result, correct=correct)
+
+    def _method_args(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The method's arguments: a profile name becomes its checked file inside the profile folder."""
+        name = params.get(PROFILE_PARAMETER)
+        if name is None:
+            return params
+        if self.profiles is None:
+            raise refusal(name, None)
+        profile = self.profiles.load(name)
+        made_for = len(profile["auroc_per_layer"])
+        if made_for != self.vlm.num_layers:
+            raise VisfocusError(f"layer profile {name!r} was made for a model with {made_for} layers; this one has "
+                                f"{self.vlm.num_layers}: pick another profile or leave it empty")
+        return {**params, PROFILE_PARAMETER: str(self.profiles.path(name))}
 
     def _result(self, key, method, params, answer, options, seconds) -> Result:
         arrays = sample_arrays(answer.trace, answer.extras, "heads")
@@ -158,9 +177,8 @@ def examples(data_root: str | None = None, scenes: int = 6, per_task: int = 20) 
             records = list(vf.task(name, data_root=data_root))
         except VisfocusError:
             continue  # this benchmark's files are not under the data root
-        found = [r for r in records if r.image_path and Path(r.image_path).is_file()][:per_task]
+        found = [r for r in records if r.image_path and image_file_problem(r.image_path) is None][:per_task]
         for r in found:
-            with Image.open(r.image_path) as img:
-                image = img.convert("RGB")
-            out.append(Example(f"{name} #{r.id} ({r.gold})", image, r.question, tuple(r.options), r.gold))
+            out.append(Example(f"{name} #{r.id} ({r.gold})", open_image(r.image_path), r.question, tuple(r.options),
+                               r.gold))
     return out

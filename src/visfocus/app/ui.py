@@ -3,13 +3,13 @@ method's parameter dataclass), one column per chosen method, the shared view con
 
 The model runs only in ``compare`` (one forward per new (image, question, method, parameters); the ``Explorer``
 caches). Every view control redraws from the session's stored results (``gr.State``, private to each browser
-session) and never runs the model."""
+session, kept ``session_ttl_s``) and never runs the model. Every parameter a request sets is typed and bounded
+(``visfocus.app.params``): numeric controls carry their method's bounds, and the server checks them again; a layer
+profile is a name from the operator's folder. Exports go to the app's own folder and expire (``exports``)."""
 
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -20,47 +20,44 @@ import visfocus as vf
 from visfocus.api import load_image
 from visfocus.app import render, views
 from visfocus.app.compute import Example, Explorer, Result
+from visfocus.app.exports import ExportFolder
+from visfocus.app.launch import DEFAULT_EXPORT_TTL_MIN
+from visfocus.app.params import PROFILE_PARAMETER, ProfileFolder, read_params, request_json, request_params
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import ParamSpec, fraction_range, param_specs
+from visfocus.interventions.base import ParamSpec, param_specs
 
 DEFAULT_METHODS = ["baseline", "adaptvis"]
+MAX_TEXT_CHARS = 2_000  # question, options and gold answer: a question is a sentence, not a document
+NO_PROFILE = ("(none)", "")
 
 
-def control(spec: ParamSpec):
-    """A Gradio input for one method parameter, labelled with the paper's name and bounds."""
+def profile_control(label: str, profiles: ProfileFolder | None):
+    """VEA's layer profile: a dropdown of the operator's profile names; disabled when the app offers none."""
+    if profiles is None:
+        return gr.Dropdown(choices=[NO_PROFILE], value="", interactive=False,
+                           label=f"{label} (none offered: start the app with --profiles DIR)")
+    return gr.Dropdown(choices=[NO_PROFILE, *profiles.names()], value="", label=label)
+
+
+def control(spec: ParamSpec, profiles: ProfileFolder | None = None):
+    """A Gradio input for one method parameter, labelled with the paper's name and bounds (a number control also
+    refuses values outside them)."""
     bounds = "" if spec.low is None and spec.high is None else \
         f" [{'' if spec.low is None else spec.low}, {'' if spec.high is None else spec.high}]"
     label = spec.label + bounds
+    if spec.name == PROFILE_PARAMETER and spec.kind == "str":
+        return profile_control(label, profiles)
     if spec.kind == "bool":
         return gr.Checkbox(value=bool(spec.default), label=label)
     if spec.choices:
         return gr.Dropdown(choices=list(spec.choices), value=spec.default, label=label)
     if spec.kind in ("float", "int"):
-        return gr.Number(value=spec.default, label=label, precision=0 if spec.kind == "int" else None)
+        return gr.Number(value=spec.default, label=label, precision=0 if spec.kind == "int" else None,
+                         minimum=spec.low, maximum=spec.high)
     hint = {"layers": "layer indices, e.g. 1;2;3, or a fraction of the depth, e.g. 0.28:0.45 (empty: all)",
             "text": "a word or layer indices, e.g. 1;2"}.get(
         spec.kind, "")
     return gr.Textbox(value="" if spec.default is None else str(spec.default), label=label, placeholder=hint)
-
-
-def read_params(method: str, values: list[Any]) -> dict[str, Any]:
-    """Typed parameters from the controls' values (only those that differ from the defaults)."""
-    out: dict[str, Any] = {}
-    for spec, value in zip(param_specs(method), values, strict=True):
-        items = [v.strip() for v in str(value or "").replace(",", ";").split(";") if v.strip()]
-        if spec.kind == "layers" and len(items) == 1 and fraction_range(items[0]) is not None:
-            value = items[0]  # a fraction range of the depth, e.g. 0.28:0.45
-        elif spec.kind == "layers" or (spec.kind == "text" and items and all(v.lstrip("-").isdigit() for v in items)):
-            value = tuple(int(v) for v in items) or None  # layer indices (a "text" kind also takes a word)
-        elif spec.kind == "int" and value is not None:
-            value = int(value)
-        elif spec.kind == "float" and value is not None:
-            value = float(value)
-        elif spec.kind in ("str", "text") and value == "":
-            value = None
-        if value != spec.default:
-            out[spec.name] = value
-    return out
 
 
 def compare(explorer: Explorer, image: Image.Image, question: str, options: str, gold: str,
@@ -70,6 +67,9 @@ def compare(explorer: Explorer, image: Image.Image, question: str, options: str,
         raise VisfocusError("no image: upload one or pick an example")
     if not methods:
         raise VisfocusError("choose at least one method")
+    for what, text in (("question", question), ("answer options", options), ("gold answer", gold)):
+        if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
+            raise VisfocusError(f"the {what} is {len(text)} characters; the app takes at most {MAX_TEXT_CHARS}")
     unknown = sorted(set(methods) - set(vf.METHODS))
     if unknown:
         raise VisfocusError(f"unknown methods {unknown}; registered: {', '.join(sorted(vf.METHODS))}")
@@ -131,16 +131,23 @@ def heatmap(result: Result, image: Image.Image, layer: int, head: str, head_inde
     return render.overlay(image, views.view_grid(masked, view), view, cmap, float(opacity)), note
 
 
-def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
+def build(explorer: Explorer, example_list: list[Example], *, exports: ExportFolder | None = None,
+          session_ttl_s: float | None = None, delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
+    """The page for ``explorer`` (its ``profiles`` fill VEA's profile list). A session's stored results are kept
+    ``session_ttl_s`` seconds after their last change (None: while the session lives); exports go to ``exports``;
+    ``delete_cache`` is Gradio's sweep of its served copies, (every, age) in seconds."""
     names = sorted(vf.METHODS, key=lambda n: (n != "baseline", n))
     by_name = {e.name: e for e in example_list}
     layers = explorer.vlm.num_layers
     heads = explorer.vlm.num_heads
-    with gr.Blocks(title="visfocus app") as demo:
-        results = gr.State({})  # this session's results: {method: Result}
-        shown_image = gr.State(None)  # the image those results are about
-        picked = gr.State(None)  # the example the inputs came from, while unchanged
-        verdicts = gr.State({})  # example name → the baseline answered it right (this session)
+    profiles = explorer.profiles
+    exports = exports or ExportFolder(DEFAULT_EXPORT_TTL_MIN * 60)
+    with gr.Blocks(title="visfocus app", delete_cache=delete_cache) as demo:
+        # this session's results: {method: Result}; bounded by the methods, kept session_ttl_s after the last change
+        results = gr.State({}, time_to_live=session_ttl_s)
+        shown_image = gr.State(None, time_to_live=session_ttl_s)  # the image those results are about
+        picked = gr.State(None, time_to_live=session_ttl_s)  # the example the inputs came from, while unchanged
+        verdicts = gr.State({}, time_to_live=session_ttl_s)  # example name → the baseline answered it right
         gr.Markdown("# visfocus — compare methods on one image and see where the model looks")
         with gr.Row():
             with gr.Column(scale=1):
@@ -160,7 +167,7 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
                         continue
                     with gr.Accordion(f"{name} parameters", open=False,
                                       visible=name in DEFAULT_METHODS) as accordions[name]:
-                        controls += [(name, control(spec)) for spec in specs]
+                        controls += [(name, control(spec, profiles)) for spec in specs]
                 run = gr.Button("Compare", variant="primary", elem_id="vf-run")
                 message = gr.Markdown(elem_id="vf-message")
             with gr.Column(scale=3):
@@ -245,7 +252,7 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
             try:
                 for method in methods:
                     own = [value for (name, _), value in zip(controls, values, strict=True) if name == method]
-                    params[method] = read_params(method, own) if own else {}
+                    params[method] = read_params(method, own, profiles) if own else {}
                 state = compare(explorer, picture, text, option_text, gold_text, methods, params, progress)
             except (VisfocusError, ValueError, TypeError) as err:
                 return {message: f"**error:** {err}"}
@@ -269,7 +276,7 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
         def export_files(state, picture, layer, head, head_index, cmap, opacity, sinks):
             if not state:
                 return None
-            folder = Path(tempfile.mkdtemp(prefix="visfocus-app-"))
+            folder = exports.new()  # older exports are deleted first
             paths = []
             for name, result in state.items():
                 picture_heat, _ = heatmap(result, picture, layer, head, head_index, cmap, opacity, sinks)
@@ -283,14 +290,13 @@ def build(explorer: Explorer, example_list: list[Example]) -> gr.Blocks:
         def api_compare(path, text, option_text, gold_text, methods_json, params_json):
             try:
                 picture = load_image(path) if path else None
-                methods = json.loads(methods_json or "[]")
-                params = json.loads(params_json or "{}")
+                methods = request_json(methods_json, "methods", "[]")
                 if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
-                    raise VisfocusError(f"methods must be a JSON list of method names, got {methods_json!r}")
-                if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
-                    raise VisfocusError(f"params must be a JSON object of objects, got {params_json!r}")
+                    raise VisfocusError(f"methods must be a JSON list of method names, e.g. [\"baseline\"], got "
+                                        f"{(methods_json or '')[:80]!r}")
+                params = request_params(request_json(params_json, "params", "{}"), profiles)
                 state = compare(explorer, picture, text, option_text, gold_text, methods, params)
-            except (VisfocusError, json.JSONDecodeError, TypeError, ValueError) as err:
+            except (VisfocusError, TypeError, ValueError) as err:
                 raise gr.Error(str(err)) from err
             return {name: result.summary() for name, result in state.items()}, state, picture
 

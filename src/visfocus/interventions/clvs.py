@@ -39,9 +39,9 @@ VARIANTS = ("official", "survey")
 
 @dataclass(frozen=True)
 class CLVSParams(Params):
-    smoothing: float = param(0.8, paper="β", low=0.0, high=1.0)  # β (official scripts/all.sh: 0.8)
+    smoothing: float = param(0.8, paper="β", low=0.0)  # β (official scripts/all.sh: 0.8); β > 1: the additive variant
     memory_decay: float = param(0.8, paper="γ", low=0.0, high=1.0)  # γ (0.8)
-    uncertainty_threshold: float = param(0.5, paper="δ", low=0.0, high=1.0)  # δ (0.5); 0 never stops
+    uncertainty_threshold: float = param(0.5, paper="δ", low=0.0)  # δ (0.5); 0 never stops; ≤ 1 unless "survey"
     final_norm: bool = False  # apply the final norm before the LM head in the uncertainty (off = both references)
     decode: bool = False  # also smooth every decoding step's row (official: every forward; 1-token answers there)
     variant: str = param("official", choices=VARIANTS)  # "survey": the survey repository's CLVS (module docstring)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from visfocus.errors import VisfocusError
@@ -26,13 +26,15 @@ def log_tail(log_path: Path, chars: int = 6000) -> str:
 
 
 @contextlib.contextmanager
-def running_app(log_path: Path, *app_args: str, startup_s: float = 180, threads: int = 1) -> Iterator[str]:
+def running_app(log_path: Path, *app_args: str, startup_s: float = 180, threads: int = 1,
+                env: Mapping[str, str] | None = None) -> Iterator[str]:
     """Start ``python -m visfocus.cli app --host 127.0.0.1 --port <free> *app_args`` (its output in ``log_path``,
-    ``threads`` torch threads), yield its URL once it answers, and stop it on the way out. A process that exits or
-    stays silent for ``startup_s`` is a ``VisfocusError`` carrying the end of its log."""
+    ``threads`` torch threads, ``env`` added to the environment, e.g. ``VISFOCUS_APP_PASSWORD``), yield its URL once
+    it answers (with ``--auth``: its login page), and stop it on the way out. A process that exits or stays silent
+    for ``startup_s`` is a ``VisfocusError`` carrying the end of its log."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": str(threads), **(env or {})}
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "visfocus.cli", "app", "--host", "127.0.0.1", "--port",
                                     str(port), *app_args], stdout=log, stderr=subprocess.STDOUT, env=env)
