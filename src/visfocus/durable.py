@@ -49,33 +49,36 @@ def _write_all(fd: int, data: bytes) -> None:
 def replace_file(path: str | Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` atomically and durably: a temporary file beside it, fsync'd, renamed over it, then
     the folder fsync'd. A kill at any point leaves the old file or the new one, never a part."""
-    path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = temporary_path(path)
-    try:
+
+    def write(tmp: Path) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _write_all(fd, payload)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise write_failed(path, err) from err
+
+    _replace(Path(path), write)
 
 
 def replace_with(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """``replace_file`` for a writer that wants a binary file object (e.g. ``numpy.savez_compressed``)."""
-    path = Path(path)
-    tmp = temporary_path(path)
-    try:
+    def write_file(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+
+    _replace(Path(path), write_file)
+
+
+def _replace(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` the temporary file (written and fsync'd), rename it over ``path``, fsync the folder; on failure the
+    temporary file goes and the old ``path`` stays."""
+    tmp = temporary_path(path)
+    try:
+        write(tmp)
         os.replace(tmp, path)
         fsync_folder(path.parent)
     except OSError as err:
