@@ -4,6 +4,7 @@ the same command resumes, and the final samples and metrics equal those of a run
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -181,6 +182,24 @@ def test_a_full_disk_at_any_write_is_one_error_then_a_clean_resume(setting, tmp_
         survived += 1
     print(f"\nfull disk: {survived} of {len(points)} ENOSPC points survived (of {writes} writes and renames)")
     assert survived == len(points) >= 10
+
+
+def test_a_folder_that_turns_read_only_is_one_error_then_a_clean_resume(setting, tmp_path, capsys):
+    model, vlm, reference, calls = setting
+    renames = calls.count("replace")
+    for k in (1, renames // 2, renames):  # the lock holder's file, a trace shard or results.json, the last results
+        output = tmp_path / f"k{k}"
+        restore = faults.intercept(faults.disk_full_at(k, ("replace",), errno.EROFS))
+        try:
+            code = cli_main(_argv(model, output))
+        finally:
+            restore()
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("visfocus: error:")]
+        assert code == 2 and len(errors) == 1 and "Read-only file system" in errors[0]
+        if k == 1:  # refused before anything was written: nothing is left behind
+            assert not output.exists()
+        assert cli_main(_argv(model, output)) == 0
+        _assert_same_run(output, reference)
 
 
 # --- one writer per run folder ---------------------------------------------------------------------------------

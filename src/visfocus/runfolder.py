@@ -112,13 +112,21 @@ class RunFolder:
         missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
         durable.make_folder(self.path)
         self._created = missing[-1] if missing else None
-        self.lock.acquire()
+        try:
+            self.lock.acquire()
+        except VisfocusError:
+            self._remove_if_unused()
+            raise
         for stale in durable.stale_temporaries(self.path):
             with contextlib.suppress(OSError):
                 stale.unlink()
 
     def release(self) -> None:
         self.lock.release()
+        self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        """Remove the folders this launch created when nothing but the lock went into them."""
         if self._created is not None and not any(p.name not in (LOCK_FILE, HOLDER_FILE) for p in self.path.iterdir()):
             for name in (LOCK_FILE, HOLDER_FILE):
                 with contextlib.suppress(OSError):

@@ -70,16 +70,17 @@ def kill_at(k: int, mode: str) -> Callable[..., Any]:
     return handler
 
 
-def disk_full_at(k: int, names: tuple[str, ...] = ("write", "replace")) -> Callable[..., Any]:
-    """A handler that fails the k-th call among ``names`` (1-based) with ENOSPC, as a full disk does; the calls
-    before and after it go through."""
+def disk_full_at(k: int, names: tuple[str, ...] = ("write", "replace"), code: int = errno.ENOSPC
+                 ) -> Callable[..., Any]:
+    """A handler that fails the k-th call among ``names`` (1-based) with ``code`` — ENOSPC as a full disk does, or
+    EROFS as a folder that turned read-only; the calls before and after it go through."""
     count = [0]
 
     def handler(name: str, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if name in names:
             count[0] += 1
             if count[0] == k:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise OSError(code, os.strerror(code))
         return original(*args, **kwargs)
 
     return handler
