@@ -13,9 +13,6 @@ from typing import Any, NoReturn
 from visfocus import distributed
 from visfocus.errors import VisfocusError
 
-# the flags of `visfocus sweep` that are RunConfig fields (the others say what to search)
-SWEEP_RUN_FLAGS = ("model", "model_args", "data_root", "limit", "seed", "batch_size", "max_new_tokens", "prompt_style",
-                   "scorer", "output_path", "skip_missing", "prefix_sharing")
 
 def _eval(args: argparse.Namespace) -> int:
     from visfocus.evaluate import evaluate
@@ -60,11 +57,12 @@ def _relation_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from visfocus.runconfig import RunConfig
+    from visfocus.runconfig import FIELDS, RunConfig
     from visfocus.sweep import parse_grid, sweep
 
-    base = RunConfig.from_values({k: v for k, v in vars(args).items() if k in SWEEP_RUN_FLAGS and v is not None},
-                                 "visfocus sweep")
+    # the sweep's flags that are run fields make its base run (--method names the method searched, set per trial)
+    base = RunConfig.from_values({k: v for k, v in vars(args).items() if k in FIELDS and k != "method"
+                                  and v is not None}, "visfocus sweep")
     grid = parse_grid(args.method, args.grid) if args.grid else None
     out = sweep(base, args.task, args.eval_task, args.method, grid)
     if not distributed.current().is_main:
