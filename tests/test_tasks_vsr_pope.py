@@ -20,7 +20,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if not DATA.is_dir():
     pytest.skip(f"reference data not found at {DATA}", allow_module_level=True)
 
-# split: (rows, label 1, label 0, rows whose staged image exists) — BENCHMARKS.md §1
+# split: (rows, label 1, label 0, rows whose staged image exists) — docs/benchmarks.md §1
 VSR_COUNTS = {
     ("random", "train"): (7680, 3876, 3804, 24), ("random", "dev"): (1097, 564, 533, 1),
     ("random", "test"): (2195, 1181, 1014, 3), ("zeroshot", "train"): (3489, 1799, 1690, 16),

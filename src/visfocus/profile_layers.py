@@ -1,4 +1,4 @@
-"""Profiling VEA's visual-grounding layers (METHODS.md §4.1 step A), once per model: on about 100 samples with
+"""Profiling VEA's visual-grounding layers (docs/methods.md §4.1 step A), once per model: on about 100 samples with
 evidence boxes, how well each decoder layer's attention picks out the image tokens that show the evidence.
 
 Per sample and layer: the AUROC of the last prompt row's head-mean attention over the first image view's tokens

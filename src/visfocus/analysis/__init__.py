@@ -1,4 +1,4 @@
-"""Analyses of recorded attention traces and run outputs (AdaptVis paper §4.1, §5.1, App. E; METHODS.md §10.4).
+"""Analyses of recorded attention traces and run outputs (AdaptVis paper §4.1, §5.1, App. E; docs/methods.md §10.4).
 
 Pure functions over the plain data a run leaves behind — no file I/O, no plotting:
 

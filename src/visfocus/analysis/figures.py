@@ -1,4 +1,4 @@
-"""Figures of recorded attention (METHODS.md §10.1, §12.12): numeric heatmaps over the original image at selectable
+"""Figures of recorded attention (docs/methods.md §10.1, §12.12): numeric heatmaps over the original image at selectable
 layers (the middle layer by default, not the last), image / text / special shares by layer, a layer × token strip,
 and reliability diagrams. All plotting of the package lives here.
 

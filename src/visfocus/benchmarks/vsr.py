@@ -15,10 +15,10 @@ from visfocus.errors import VisfocusError
 VARIANTS = ("random", "zeroshot")
 PARTS = ("train", "dev", "test")
 PROMPTS = {
-    # The survey's prompt (METHODS §9.2); its gold "True" is our "yes".
+    # The survey's prompt (docs/methods.md §9.2); its gold "True" is our "yes".
     "truefalse": ("Look at the image and decide whether the statement is True or False.\nStatement: {caption}\n"
                   "Answer with exactly one word: True or False."),
-    # AdaptVis's VSR prompt (METHODS §9.1), without its "User: <image>" / "Assistant:" markup.
+    # AdaptVis's VSR prompt (docs/methods.md §9.1), without its "User: <image>" / "Assistant:" markup.
     "yesno": ("Determine whether the description about the spatial relationship is correct or not. "
               "Answer with yes or no: {caption}"),
 }
@@ -53,7 +53,7 @@ def vsr_record(index: int, row: dict, prompt_style: str, image_path: Path, boxes
 
 
 class VSRTask(BinaryTask):
-    """One VSR split. Images are used as they are (AdaptVis's 2300×4096 resize is a bug, METHODS §11.5)."""
+    """One VSR split. Images are used as they are (AdaptVis's 2300×4096 resize is a bug, docs/methods.md §11.5)."""
 
     prompt_styles = tuple(PROMPTS)
 

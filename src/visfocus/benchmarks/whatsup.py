@@ -8,8 +8,8 @@ Images: Controlled A/B through ``whatsup/Controlled_Images_{A,B}_index.jsonl`` o
 ``controlled_{images,clevr}_dataset.json`` (else the dataset's ``image_path``); COCO/VG through the official
 ``{coco,vg}_qa_*.json`` (``[image_id, correct, wrong]``), else the dataset's ``image_id``. Searched in ``<root>``,
 ``<root>/whatsup`` and ``<root>/data``. Pair and set accuracy on a dev/test part count complete pairs and sets only
-(``metrics.group_accuracy``; METHODS §12.8); under ``--scorer adaptvis`` the official formula, biased low on a part,
-is reported beside them (``pair_official``, ``set_official``)."""
+(``metrics.group_accuracy``; docs/methods.md §12.8); under ``--scorer adaptvis`` the official formula, biased low on a
+part, is reported beside them (``pair_official``, ``set_official``)."""
 
 from __future__ import annotations
 

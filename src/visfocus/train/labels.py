@@ -2,8 +2,8 @@
 
 The labels are placed from the *processed* ``input_ids`` (after the processor expanded the image placeholder into N
 image tokens), by matching the tokenized answer at the end of the sequence. Measuring the prompt length on the prompt
-text instead (one placeholder token) is the survey script's bug (METHODS.md §10.3): it supervises most image tokens,
-the question and the assistant header."""
+text instead (one placeholder token) is the survey script's bug (docs/methods.md §10.3): it supervises most image
+tokens, the question and the assistant header."""
 
 from __future__ import annotations
 
