@@ -149,10 +149,16 @@ class Adapter:
         return {k: inputs[k][rows] for k in self.drop_on_continue
                 if isinstance(inputs.get(k), torch.Tensor) and inputs[k].shape[0] == batch}
 
-    def continuation_positions(self, inputs: dict, start: int) -> torch.Tensor:
-        """Position ids of columns ``start``.. for a forward on a cache that holds columns 0..start−1, (B, S − start);
-        M-RoPE families return (3, B, S − start) and also keep the per-row offsets later decoding steps use."""
-        return self.prefill_position_ids(inputs)[:, start:]
+    def continuation_positions(self, inputs: dict, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pure: the position ids of columns ``start``.. for a forward on a cache that holds columns 0..start−1,
+        (B, S − start), and the per-row decode offsets a prefill of these rows would leave in the model for later
+        decoding steps (None here; M-RoPE families return (3, B, S − start) and their (B, 1) offsets). Hand the
+        offsets to ``set_decode_offsets`` before decoding on from such a cache."""
+        return self.prefill_position_ids(inputs)[:, start:], None
+
+    def set_decode_offsets(self, offsets: torch.Tensor | None) -> None:
+        """Ready the model to decode on from a cache it did not prefill itself: store the per-row position offsets
+        that ``continuation_positions`` returned, as a prefill would have (nothing to store for 1-D RoPE)."""
 
     # --- image tokens ------------------------------------------------------------------------------------------
     def image_cols(self, inputs: dict) -> torch.Tensor:

@@ -45,12 +45,14 @@ class Qwen2VLAdapter(Adapter):
         chunks = inputs["pixel_values"].split(grid.prod(-1).tolist())
         return {"pixel_values": torch.cat([chunks[r] for r in rows]), "image_grid_thw": grid[rows]}
 
-    def continuation_positions(self, inputs: dict, start: int) -> torch.Tensor:
+    def continuation_positions(self, inputs: dict, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         positions, deltas = self.model.model.get_rope_index(
             inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
             image_grid_thw=inputs.get("image_grid_thw"), attention_mask=inputs["attention_mask"])
-        self.model.model.rope_deltas = deltas  # (B, 1): what a prefill of these rows leaves for decoding
-        return positions[..., start:]  # (3, B, S - start)
+        return positions[..., start:], deltas  # (3, B, S - start), (B, 1): what a prefill of these rows leaves
+
+    def set_decode_offsets(self, offsets: torch.Tensor | None) -> None:
+        self.model.model.rope_deltas = offsets  # (B, 1), read by generate's later steps and decode_position_ids
 
     def views(self, inputs: dict, image_index: int, segment: np.ndarray, size: tuple[int, int]) -> list[ImageView]:
         merge = int(self.processor.image_processor.merge_size)

@@ -1,8 +1,6 @@
-"""What the engine can change: an edit of one query row's pre-softmax attention logits over chosen key columns.
-
-Naming scheme (TransformerLens-style) for the sites the engine edits and records:
-``text.layer[i].attn.last_row`` — the last prompt row's attention in decoder layer ``i``,
-scores ``(batch, heads, keys)`` float32.
+"""What a method may change at the ``attention`` site (``visfocus.steer.sites``): an edit of chosen query rows'
+pre-softmax attention logits (or post-softmax probabilities) over chosen key columns, in decoder layer ``i``
+(``text.layer[i].attn``), scores ``(batch, heads, keys)`` float32 per row.
 
 An edit may also select every prompt row after the image (``rows="post_image_prompt_and_decode"``, ClearSight/VAF):
 the engine then recomputes those tens of rows explicitly in one (B, H, R, K) block per layer (see

@@ -9,6 +9,9 @@ token sits in the last column S − 1, so each row reads
 
 with the attention mask 0 on both paddings. Positions come from the mask (padding never counts), so every real token
 keeps the position it has in the ordinary left-padded batch, and so does every cached key.
+
+``SharedPrefill`` assembles a shared batch's caches from the store (the runner's prefill and the start of its
+``generate`` call it); ``Sharing`` is the batch's plan.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 from transformers import DynamicCache
+
+from visfocus.steer.compat import cache_argument, output_cache
+from visfocus.steer.context import Cost, SteerState, steering
 
 
 @dataclass
@@ -43,7 +50,16 @@ class PrefixStore:
         self.entries: dict[Hashable, StoredPrefix] = {}
         self._used: set[Hashable] = set()
 
+    def has(self, key: Hashable) -> bool:
+        """Whether the store holds ``key`` (not a use)."""
+        return key in self.entries
+
+    def peek(self, key: Hashable) -> StoredPrefix | None:
+        """The entry under ``key`` (None if absent) without marking it used: a look that may lead to no use."""
+        return self.entries.get(key)
+
     def get(self, key: Hashable) -> StoredPrefix | None:
+        """The entry under ``key`` (None if absent), marked used: it outlives this call's ``end_call()``."""
         entry = self.entries.get(key)
         if entry is not None:
             self._used.add(key)
@@ -79,8 +95,11 @@ class Sharing:
     prefix_lengths: P_b per row (tokens up to and including the image and the template text every question
     shares). image_keys: per row, a key of its image's content. prefix_cols: C, the column where every prefix ends.
     select_vision(inputs, rows): the vision inputs (pixel values, grids) of those rows' images.
-    continuation_positions(inputs, start): position ids of columns start.. for a forward on a cache holding columns
-    0..start−1; also readies the model to decode on from there (Qwen: its cached per-row M-RoPE offsets).
+    continuation_positions(inputs, start): pure; the position ids of columns start.. for a forward on a cache holding
+    columns 0..start−1, and the per-row decode offsets a prefill of those rows would leave (None where the family
+    keeps none; ``Adapter.continuation_positions``).
+    set_decode_offsets(offsets): readies the model to decode on from such a cache (Qwen: its cached per-row M-RoPE
+    offsets; ``Adapter.set_decode_offsets``).
     """
 
     store: PrefixStore
@@ -88,7 +107,8 @@ class Sharing:
     image_keys: list[str]
     prefix_cols: int
     select_vision: Callable[[dict, list[int]], dict]
-    continuation_positions: Callable[[dict, int], torch.Tensor]
+    continuation_positions: Callable[[dict, int], tuple[torch.Tensor, torch.Tensor | None]]
+    set_decode_offsets: Callable[[torch.Tensor | None], None]
 
 
 def leading_padding(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -167,3 +187,118 @@ def extract(layers: list[tuple[torch.Tensor, torch.Tensor]], row: int, columns: 
     kept = [(k[row:row + 1, :, columns.to(k.device)].clone(), v[row:row + 1, :, columns.to(v.device)].clone())
             for k, v in layers]
     return StoredPrefix(layers=kept, length=int(columns.numel()), last_logits=last_logits)
+
+
+@dataclass
+class RowKeys:
+    """Per row of a shared batch: its real columns (in order), its image prefix's key and its whole prompt's key in
+    the store (keys are (tag, image key, tokens))."""
+
+    columns: list[torch.Tensor]
+    prefixes: list[tuple]
+    prompts: list[tuple]
+
+
+# a forward over the given model inputs: (its cache, (B, V) float32 logits after the last column)
+Forward: TypeAlias = Callable[[dict], tuple[object, torch.Tensor]]
+
+
+class SharedPrefill:
+    """The caches of one shared batch (laid out by ``split_layout``), assembled from the store: every row's image
+    prefix (prefilled here, once per distinct image, where the store lacks it) placed in one cache, then the question
+    tokens run on it; or every row's kept whole prompt.
+
+    inputs: the batch's model inputs in the shared layout. image_cols: (B, S) bool image-token columns.
+    prefill_position_ids: the positions of a manual prefill ((B, S); None: the model's own). cost: where the
+    prefixes' forwards count (they are unedited and never recorded).
+    """
+
+    def __init__(self, model, inputs: dict, sharing: Sharing, *, image_cols: torch.Tensor,
+                 prefill_position_ids: torch.Tensor | None, cost: Cost) -> None:
+        self.model, self.inputs, self.sharing, self.store = model, inputs, sharing, sharing.store
+        self.image_cols, self.prefill_position_ids, self.cost = image_cols, prefill_position_ids, cost
+
+    def keys(self, tag: str) -> RowKeys:
+        """Each row's store keys; ``tag`` names the stream (e.g. a noised image's)."""
+        sh, ids, mask = self.sharing, self.inputs["input_ids"], self.inputs["attention_mask"].bool()  # (B, S)
+        columns = [mask[b].nonzero().squeeze(-1) for b in range(ids.shape[0])]  # each row's real columns, in order
+        tokens = [tuple(ids[b, cols].tolist()) for b, cols in enumerate(columns)]
+        return RowKeys(columns=columns,
+                       prefixes=[(tag, sh.image_keys[b], t[:sh.prefix_lengths[b]]) for b, t in enumerate(tokens)],
+                       prompts=[(tag, sh.image_keys[b], t) for b, t in enumerate(tokens)])
+
+    def image_prefixes(self, tag: str = "") -> DynamicCache:
+        """A cache of columns 0..C−1 holding every row's image prefix; the model is readied to continue at C (the
+        start of ``generate``, whose first forward runs every question token)."""
+        cache, _ = self._prefix_cache(self.keys(tag), None)
+        return cache
+
+    def prefill(self, forward: Forward, *, tag: str = "", vision: dict | None = None,
+                reuse: bool = True) -> tuple[object, torch.Tensor]:
+        """The whole prompt's cache (S columns) and first-token logits (B, V) float32, the model readied to decode on:
+        every row's kept whole prompt when the store keeps them all and ``reuse``, else the image prefixes (of
+        ``vision``'s pixels where given) and ``forward`` over the question tokens (their prompts kept afterwards when
+        the store keeps prompts)."""
+        keys = self.keys(tag)
+        if reuse and self.store.keep_prompts:
+            kept = self._kept_prompts(keys)
+            if kept is not None:
+                return kept
+        cache, positions = self._prefix_cache(keys, vision)
+        ids, C = self.inputs["input_ids"], self.sharing.prefix_cols  # (B, S)
+        cache, first = forward({"input_ids": ids[:, C:], "attention_mask": self.inputs["attention_mask"],  # (B, N)
+                                cache_argument(self.model): cache, "position_ids": positions})
+        if self.store.keep_prompts:
+            layers = cache_layers(cache)
+            for b, key in enumerate(keys.prompts):
+                self.store.put(key, extract(layers, b, keys.columns[b], first[b]))
+        return cache, first
+
+    def _kept_prompts(self, keys: RowKeys) -> tuple[DynamicCache, torch.Tensor] | None:
+        """Every row's kept whole prompt and its first-token logits (all marked used), or None if one is missing."""
+        whole = [self.store.peek(key) for key in keys.prompts]
+        if any(entry is None for entry in whole):
+            return None
+        for key in (*keys.prompts, *keys.prefixes):
+            self.store.get(key)  # in use
+        ids = self.inputs["input_ids"]  # (B, S)
+        _, offsets = self.sharing.continuation_positions(self.inputs, ids.shape[1])
+        self.sharing.set_decode_offsets(offsets)
+        cache = build_cache(assemble(whole, keys.columns, ids.shape[1]))
+        return cache, torch.stack([entry.last_logits for entry in whole]).to(ids.device)  # (B, V)
+
+    def _prefix_cache(self, keys: RowKeys, vision: dict | None) -> tuple[DynamicCache, torch.Tensor]:
+        """The image prefixes' cache (columns 0..C−1) and the position ids of columns C.. ((B, N) or (3, B, N)); the
+        model is readied to continue at C (Qwen: its M-RoPE offsets)."""
+        sh = self.sharing
+        self._prefill_missing(keys.prefixes, vision)
+        entries = [self.store.get(key) for key in keys.prefixes]
+        C = sh.prefix_cols
+        cache = build_cache(assemble(entries, [torch.arange(C - p, C) for p in sh.prefix_lengths], C))
+        positions, offsets = sh.continuation_positions(self.inputs, C)
+        sh.set_decode_offsets(offsets)
+        return cache, positions
+
+    def _prefill_missing(self, prefix_keys: list[tuple], vision: dict | None) -> None:
+        """Prefill, once per distinct image, the prefixes the store does not hold yet (unedited, unrecorded)."""
+        sh, inputs = self.sharing, self.inputs
+        missing: dict = {}  # key -> the first row that needs it
+        for b, key in enumerate(prefix_keys):
+            if not self.store.has(key):
+                missing.setdefault(key, b)
+        if not missing:
+            return
+        rows, C = list(missing.values()), sh.prefix_cols
+        width = max(sh.prefix_lengths[r] for r in rows)
+        ids = inputs["input_ids"]
+        part = {k: v[rows, C - width:C] for k, v in inputs.items()
+                if isinstance(v, torch.Tensor) and v.shape == ids.shape}  # (R, width) each, left padded
+        part.update(sh.select_vision({**inputs, **(vision or {})}, rows))
+        if self.prefill_position_ids is not None:
+            part["position_ids"] = self.prefill_position_ids[rows, C - width:C]  # (R, width)
+        state = SteerState(image_cols=self.image_cols[rows, C - width:C], cost=self.cost)  # no edit, no trace
+        with steering(state):
+            out = self.model(**part, use_cache=True, logits_to_keep=1)
+        layers = cache_layers(output_cache(out))
+        for j, (key, r) in enumerate(missing.items()):
+            self.store.put(key, extract(layers, j, torch.arange(width - sh.prefix_lengths[r], width)))

@@ -15,15 +15,24 @@ from visfocus.steer.compat import cache_argument, output_cache
 from visfocus.steer.context import Cost, SteerState, steering
 from visfocus.steer.edits import Edit
 from visfocus.steer.forced import ForcedContinuation, eos_token_ids
-from visfocus.steer.prefix import Sharing, assemble, build_cache, cache_layers, extract, leading_padding
+from visfocus.steer.prefix import SharedPrefill, Sharing, leading_padding
+from visfocus.steer.sites import Contract, LayerHook, installed
+from visfocus.steer.streams import SideStream
 from visfocus.steer.trace import TraceRecorder
 
 
 @dataclass
 class Generation:
     new_tokens: torch.Tensor  # (B, T) generated ids (pad after EOS)
-    first_logits: torch.Tensor  # (B, V) float32, raw (unprocessed) logits of the first generated token
+    first_logits: torch.Tensor  # (B, V) float32, the model's raw (unprocessed) logits of the first generated token
+    # (B, V) float32, the scores the first token was decoded from: the raw logits when the method passed no logits
+    # processor, else its processed scores (its correction, −inf where it rules a token out)
+    first_scores: torch.Tensor | None = None
     step_logits: tuple[torch.Tensor, ...] = ()  # raw logits of every step, (B, V) each, as generate returned them
+
+    def __post_init__(self) -> None:
+        if self.first_scores is None:
+            self.first_scores = self.first_logits
 
 
 @dataclass
@@ -53,8 +62,11 @@ class Runner:
 
     def __init__(self, model, inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
                  prefill_position_ids: torch.Tensor | None, layouts: list | None = None,
-                 record_trace: bool = False, sharing: Sharing | None = None) -> None:
+                 record_trace: bool = False, sharing: Sharing | None = None,
+                 decoder_layers: list | None = None) -> None:
         self.model = model
+        self.decoder_layers = decoder_layers  # the text decoder's layers, for the layer sites (``steer.sites``)
+        self.contract: Contract | None = None  # what the running method declared (None: engine use, unchecked)
         self.inputs = dict(inputs)
         self.image_cols = image_cols
         self.drop_on_continue = drop_on_continue
@@ -65,6 +77,32 @@ class Runner:
         self.sharing = sharing
         self.generation_defaults: dict = {}
         self.forced: ForcedContinuation | None = None
+
+    def fork(self, model_inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
+             prefill_position_ids: torch.Tensor | None, layouts: list, decoder_layers: list | None) -> Runner:
+        """A runner over other encoded inputs (other images or questions) that adds its cost and trace to this one's,
+        decodes as this one does (the caller's sampling, teacher forcing) and answers to the same contract."""
+        self.require("side_stream", "fork")
+        other = Runner(self.model, model_inputs, image_cols, drop_on_continue=drop_on_continue,
+                       prefill_position_ids=prefill_position_ids, layouts=layouts, decoder_layers=decoder_layers)
+        other.cost, other.recorder, other.forced, other.contract = self.cost, self.recorder, self.forced, self.contract
+        other.generation_defaults = dict(self.generation_defaults)
+        return other
+
+    def require(self, kind: str, name: str) -> None:
+        """Refuse a site ("site") or side stream ("side_stream") the running method did not declare."""
+        if self.contract is not None:
+            self.contract.require(kind, name)
+
+    def side_stream(self, stream: SideStream) -> SideStream:
+        """``stream``, once the running method is known to have declared its kind."""
+        self.require("side_stream", stream.kind)
+        return stream
+
+    @property
+    def prompt_len(self) -> int:
+        """S: columns of the (left-padded or shared-prefix) prompt."""
+        return self.image_cols.shape[1]
 
     def force(self, tokens: list[list[int]]) -> ForcedContinuation:
         """Teacher forcing from now on: row b's ``generate`` takes ``tokens[b]`` (then the end-of-sequence token) and
@@ -94,21 +132,23 @@ class Runner:
 
     @torch.inference_mode()
     def generate(self, edits: tuple[Edit, ...] = (), max_new_tokens: int = 1, prefix: Prefix | None = None,
-                 logits_processor=None, first_logits_from: str = "logits", keep_prefix: bool = True,
+                 logits_processor=None, keep_prefix: bool = True, layer_hooks: tuple[LayerHook, ...] = (),
                  **generation_settings) -> Generation:
-        """Decoding under ``edits`` (greedy unless ``generation_settings`` or the runner's ``generation_defaults`` say
-        ``do_sample=True``). With ``prefix``, positions 0..S-2 come from its cache and only the last prompt token
-        (and the decoding steps) run here.
+        """Decoding under ``edits`` (the attention site; greedy unless ``generation_settings`` or the runner's
+        ``generation_defaults`` say ``do_sample=True``). With ``prefix``, positions 0..S-2 come from its cache and only
+        the last prompt token (and the decoding steps) run here.
         ``keep_prefix=False`` crops the prefix's own cache instead of a copy (the prefix is used up; saves a copy).
-        ``logits_processor``: extra processors (a ``LogitsProcessorList``); ``first_logits_from="scores"`` reports
-        the processed first-token scores (what chose the token) instead of the raw logits. A forced runner
-        (``force``) appends its ``ForcedContinuation`` after them and resets its record here."""
+        ``logits_processor``: the method's processors (the logits site, a ``LogitsProcessorList``); with any, the
+        generation's ``first_scores`` are the processed first-token scores, else the raw logits. ``layer_hooks``: the
+        layer sites' readers (``steer.sites``), installed for this call only. A forced runner (``force``) appends
+        its ``ForcedContinuation`` after the method's processors and resets its record here."""
+        self._check_sites(edits, logits_processor, layer_hooks)
         kwargs, cache = dict(self.inputs), None
         if prefix is None and self.sharing is not None:  # the prompt but its last token from the shared prefix
             if self.sharing.store.keep_prompts:  # the whole prompt, to keep it
                 prefix, keep_prefix = self.prefill(), False
             else:  # the image prefixes; generate's first forward runs every question token, the last under the edits
-                cache, _ = self._prefix_cache(self._keys(""), None)
+                cache = self._shared().image_prefixes()
         if prefix is not None:
             cache = copy.deepcopy(prefix.cache) if keep_prefix else prefix.cache
             if not keep_prefix:
@@ -117,111 +157,59 @@ class Runner:
         if cache is not None:
             kwargs = {k: v for k, v in kwargs.items() if k not in self.drop_on_continue}
             kwargs[cache_argument(self.model)] = cache
-        prompt_len = self.image_cols.shape[1]
+        processed = bool(logits_processor)
         processors = LogitsProcessorList(logits_processor or [])  # a copy: the caller's list stays as it is
         if self.forced is not None:  # last, so it sees the method's final scores
-            self.forced.start(prompt_len)
+            self.forced.start(self.prompt_len)
             processors.append(self.forced)
-        with steering(self._state(tuple(edits))):
-            out = self.model.generate(**kwargs, logits_processor=processors,
-                                      generation_config=self._generation_config(
-                                          max_new_tokens, output_scores=first_logits_from == "scores",
-                                          **generation_settings))
-        first = (out.scores if first_logits_from == "scores" else out.logits)[0].float()
-        return Generation(new_tokens=out.sequences[:, prompt_len:], first_logits=first, step_logits=out.logits)
+        config = self._generation_config(max_new_tokens, output_scores=processed, **generation_settings)
+        with steering(self._state(tuple(edits))), installed(self.decoder_layers or [], layer_hooks):
+            out = self.model.generate(**kwargs, logits_processor=processors, generation_config=config)
+        first = out.logits[0].float()
+        return Generation(new_tokens=out.sequences[:, self.prompt_len:], first_logits=first,
+                          first_scores=out.scores[0].float() if processed else first, step_logits=out.logits)
+
+    def _check_sites(self, edits: tuple[Edit, ...], logits_processor, layer_hooks: tuple[LayerHook, ...]) -> None:
+        if edits:
+            self.require("site", "attention")
+        if logits_processor:
+            self.require("site", "logits")
+        for hook in layer_hooks:
+            self.require("site", hook.site)
+        if layer_hooks and self.decoder_layers is None:
+            raise RuntimeError("this runner was built without the decoder layers; layer sites need them")
 
     @torch.inference_mode()
     def prefill(self, trace: bool = False, *, vision: dict | None = None, tag: str = "") -> Prefix:
         """Unedited forward over the whole prompt, keeping the cache. The runner's trace, if any, records this pass;
         ``trace=True`` instead records it privately into ``Prefix.trace`` (e.g. to read attention for VEA).
         ``vision``: other vision inputs (e.g. VCD's noised pixels) for a side stream, named by ``tag`` in the prefix
-        store; a side stream is never recorded."""
-        if self.sharing is not None:
-            return self._shared_prefill(trace, vision, tag)
-        kwargs = {**self.inputs, **(vision or {})}
-        if self.prefill_position_ids is not None:
-            kwargs["position_ids"] = self.prefill_position_ids
+        store; a side stream is never recorded. A sharing runner starts from the stored prefixes
+        (``prefix.SharedPrefill``): a forward over the question tokens only, or none when the store keeps the prompts
+        and nothing needs recording."""
+        if trace:  # reading the attention of every layer: the attention site
+            self.require("site", "attention")
         state = self._state(())
         if trace or vision is not None:
             state.recorder = TraceRecorder() if trace else None
-        with steering(state):
-            out = self.model(**kwargs, use_cache=True, logits_to_keep=1)
+
+        def forward(kwargs: dict) -> tuple[object, torch.Tensor]:
+            with steering(state):
+                out = self.model(**kwargs, use_cache=True, logits_to_keep=1)
+            return output_cache(out), out.logits[:, -1].float()  # (B, V)
+
+        if self.sharing is not None:
+            cache, first = self._shared().prefill(forward, tag=tag, vision=vision, reuse=not trace)
+        else:
+            kwargs = {**self.inputs, **(vision or {})}
+            if self.prefill_position_ids is not None:
+                kwargs["position_ids"] = self.prefill_position_ids
+            cache, first = forward(kwargs)
         mask = self.inputs["attention_mask"]
         recorded = state.recorder.finish(self.image_cols, mask, self.layouts) if trace else None
-        return Prefix(cache=output_cache(out), first_logits=out.logits[:, -1].float(), trace=recorded)
-
-    def _keys(self, tag: str) -> tuple[list[torch.Tensor], list, list]:
-        """Per row: its real columns, its prefix key and its whole-prompt key in the store."""
-        sh, ids, mask = self.sharing, self.inputs["input_ids"], self.inputs["attention_mask"].bool()  # (B, S)
-        columns = [mask[b].nonzero().squeeze(-1) for b in range(ids.shape[0])]  # each row's real columns, in order
-        tokens = [tuple(ids[b, cols].tolist()) for b, cols in enumerate(columns)]
-        prefix_keys = [(tag, sh.image_keys[b], t[:sh.prefix_lengths[b]]) for b, t in enumerate(tokens)]
-        prompt_keys = [(tag, sh.image_keys[b], t) for b, t in enumerate(tokens)]
-        return columns, prefix_keys, prompt_keys
-
-    def _prefix_cache(self, keys: tuple, vision: dict | None) -> tuple[object, torch.Tensor]:
-        """A cache of columns 0..C-1 holding every row's image prefix (prefilled here where the store lacks it), and
-        the position ids of the columns after it; readies the model to continue there (Qwen: its M-RoPE offsets)."""
-        sh = self.sharing
-        self._prefill_prefixes(keys[1], vision)
-        entries = [sh.store.get(k) for k in keys[1]]
-        C = sh.prefix_cols
-        cache = build_cache(assemble(entries, [torch.arange(C - p, C) for p in sh.prefix_lengths], C))
-        return cache, sh.continuation_positions(self.inputs, C)  # (B, N) or (3, B, N)
-
-    def _shared_prefill(self, trace: bool, vision: dict | None, tag: str) -> Prefix:
-        """The prefill from stored prefixes: each row's whole prompt when kept and nothing needs recording, else its
-        image prefix (computed here for the images not stored yet) and a forward over the question tokens only."""
-        sh, inputs, store = self.sharing, self.inputs, self.sharing.store
-        ids = inputs["input_ids"]  # (B, S)
-        B, S, C = ids.shape[0], ids.shape[1], sh.prefix_cols
-        keys = self._keys(tag)
-        columns, prefix_keys, prompt_keys = keys
-        if store.keep_prompts and not trace:
-            whole = [store.entries.get(k) for k in prompt_keys]
-            if all(entry is not None for entry in whole):
-                for key in (*prompt_keys, *prefix_keys):
-                    store.get(key)  # in use
-                sh.continuation_positions(inputs, S)  # readies decoding (Qwen: the M-RoPE offsets)
-                cache = build_cache(assemble(whole, columns, S))
-                first = torch.stack([entry.last_logits for entry in whole]).to(ids.device)  # (B, V)
-                return Prefix(cache=cache, first_logits=first)
-        cache, positions = self._prefix_cache(keys, vision)
-        state = self._state(())
-        if trace or vision is not None:
-            state.recorder = TraceRecorder() if trace else None
-        kwargs = {"input_ids": ids[:, C:], "attention_mask": inputs["attention_mask"],  # (B, N), (B, S)
-                  cache_argument(self.model): cache, "position_ids": positions}
-        with steering(state):
-            out = self.model(**kwargs, use_cache=True, logits_to_keep=1)
-        cache, first = output_cache(out), out.logits[:, -1].float()  # (B, V)
-        if store.keep_prompts:
-            layers = cache_layers(cache)
-            for b in range(B):
-                store.put(prompt_keys[b], extract(layers, b, columns[b], first[b]))
-        recorded = state.recorder.finish(self.image_cols, inputs["attention_mask"], self.layouts) if trace else None
         return Prefix(cache=cache, first_logits=first, trace=recorded)
 
-    def _prefill_prefixes(self, prefix_keys: list, vision: dict | None) -> None:
-        """Prefill, once per distinct image, the prefixes the store does not hold yet (unedited, unrecorded)."""
-        sh, inputs, store = self.sharing, self.inputs, self.sharing.store
-        missing: dict = {}  # key -> the first row that needs it
-        for b, key in enumerate(prefix_keys):
-            if key not in store.entries:
-                missing.setdefault(key, b)
-        if not missing:
-            return
-        rows, C = list(missing.values()), sh.prefix_cols
-        width = max(sh.prefix_lengths[r] for r in rows)
-        ids = inputs["input_ids"]
-        part = {k: v[rows, C - width:C] for k, v in inputs.items()
-                if isinstance(v, torch.Tensor) and v.shape == ids.shape}  # (R, width) each, left padded
-        part.update(sh.select_vision({**inputs, **(vision or {})}, rows))
-        if self.prefill_position_ids is not None:
-            part["position_ids"] = self.prefill_position_ids[rows, C - width:C]  # (R, width)
-        state = SteerState(image_cols=self.image_cols[rows, C - width:C], cost=self.cost)  # no edit, no trace
-        with steering(state):
-            out = self.model(**part, use_cache=True, logits_to_keep=1)
-        layers = cache_layers(output_cache(out))
-        for j, (key, r) in enumerate(missing.items()):
-            store.put(key, extract(layers, j, torch.arange(width - sh.prefix_lengths[r], width)))
+    def _shared(self) -> SharedPrefill:
+        """The prefix-cache assembly of this (sharing) runner's batch, counting into its cost."""
+        return SharedPrefill(self.model, self.inputs, self.sharing, image_cols=self.image_cols,
+                             prefill_position_ids=self.prefill_position_ids, cost=self.cost)
