@@ -127,7 +127,7 @@ def run_once(vlm, samples, method, args, share: bool) -> dict:
 def compare(plain: list, shared: list) -> dict:
     """Rows whose first token or text differ, rows whose AdaptVis α differs, max |Δ first-token logit|."""
     differ = sum(a.first_token != b.first_token or a.text != b.text for a, b in zip(plain, shared))
-    alpha = sum(a.alpha_used != b.alpha_used for a, b in zip(plain, shared))
+    alpha = sum(a.extras.get("alpha_used") != b.extras.get("alpha_used") for a, b in zip(plain, shared))
     delta = max(float((a.first_token_logits - b.first_token_logits).abs().max()) for a, b in zip(plain, shared))
     return {"differ": differ, "alpha_differ": alpha, "max_delta": delta}
 

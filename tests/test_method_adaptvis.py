@@ -30,7 +30,7 @@ def test_adaptvis_equals_two_pass_reference(family, threshold, tiny_vlms, image)
     out = vlm.answer(image, QUESTION, method=vf.method("adaptvis", **params), max_new_tokens=3)
     expected, branch, plain = _naive(vlm, image, QUESTION, params)
     assert out.extras["branch"] == branch == ("sharpen" if threshold == 0.0 else "smooth")
-    assert out.alpha_used == (0.2 if branch == "smooth" else 3.0)
+    assert out.extras["alpha_used"] == (0.2 if branch == "smooth" else 3.0)
     assert out.extras["confidence_used"] == pytest.approx(plain.confidence, abs=1e-6)
     assert (out.first_token_logits - expected.first_token_logits).abs().max().item() <= 1e-4
     assert out.text == expected.text
@@ -118,7 +118,7 @@ def test_two_decimal_rounding_takes_the_official_branch_exactly_where_rounding_m
         assert official.extras["confidence_compared"] == pytest.approx(rounded)
         assert raw.extras["branch"] == ("smooth" if c < threshold else "sharpen")
         assert (raw.extras["branch"] != official.extras["branch"]) == (low < threshold <= high)
-        assert official.alpha_used == (0.2 if official.extras["branch"] == "smooth" else 3.0)
+        assert official.extras["alpha_used"] == (0.2 if official.extras["branch"] == "smooth" else 3.0)
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "2"])

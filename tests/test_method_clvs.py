@@ -13,7 +13,8 @@ from transformers import AttentionInterface, AutoModelForImageTextToText
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 import visfocus as vf
-from visfocus.interventions.clvs import normalized_top10_entropy, unified_positions
+from visfocus.interventions.clvs import unified_positions
+from visfocus.interventions.decoding import normalized_top10_entropy, survey_top10_entropy
 from visfocus.steer.compat import cache_argument, output_cache
 from visfocus.testing import FAMILIES, build_tiny, fixtures
 
@@ -68,6 +69,8 @@ def test_top10_entropy_is_normalised():
     peaked[0, 3] = 30.0
     assert normalized_top10_entropy(flat).item() == pytest.approx(1.0)
     assert normalized_top10_entropy(peaked).item() == pytest.approx(0.0, abs=1e-6)
+    assert survey_top10_entropy(flat).item() == pytest.approx(1.0)
+    assert survey_top10_entropy(peaked).item() == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +116,8 @@ def test_the_stop_layer_is_reported_per_sample():
     assert always.extras == {"stop_layer": 3}  # normalised entropy < 1 at the first layer checked
 
 
-# --- variant="survey": the survey repository's CLVS, against a reference written here from its code (METHODS.md §5.3):
-# an eager attention under its own name smooths row -1 of each forward with the memory held in SURVEY, and a hook
+# --- variant="survey": the survey repository's CLVS, against a reference written here from its code (docs/methods.md
+# §5.3): an eager attention under its own name smooths row -1 of each forward with the memory held in SURVEY, and a hook
 # after each decoder layer (the layer's plain output, before Qwen3-VL's DeepStack addition) runs the stop rule and the
 # memory update, as ``Qwen3VLTextModel.forward`` does with ``use_clvs``.
 
@@ -276,11 +279,11 @@ def test_survey_decode_applies_the_rule_afresh_in_every_decoding_forward(six_lay
     vlm = vf.load(str(six_layer_dirs["llava"]))
     reference = load_survey_reference(six_layer_dirs["llava"])
     expected = survey_reference(reference, vlm, image, QUESTION, smoothing=0.5, decay=0.8, threshold=0.5, steps=3)
-    result = survey(smoothing=0.5, memory_decay=0.8, decode=True).run(vlm.prepare([image], [QUESTION]),
-                                                                        max_new_tokens=3)
+    result = survey(smoothing=0.5, memory_decay=0.8, decode=True).apply(vlm.prepare([image], [QUESTION]),
+                                                                          max_new_tokens=3)
     steps = torch.cat(result.generation.step_logits)  # (3, V)
     assert (steps - expected).abs().max().item() <= 1e-4
-    prompt_only = survey(smoothing=0.5, memory_decay=0.8).run(vlm.prepare([image], [QUESTION]), max_new_tokens=3)
+    prompt_only = survey(smoothing=0.5, memory_decay=0.8).apply(vlm.prepare([image], [QUESTION]), max_new_tokens=3)
     assert torch.equal(prompt_only.generation.step_logits[0], result.generation.step_logits[0])
     assert (prompt_only.generation.step_logits[1] - steps[1]).abs().max().item() > 1e-3  # the decoding rows differ
 
@@ -289,7 +292,7 @@ def test_survey_variant_runs_the_whole_prompt_in_one_forward(tiny_vlms, image):
     assert survey().shares_prefix is False and vf.method("clvs").shares_prefix is True
     batch = tiny_vlms["qwen2_5_vl"].prepare([image], [QUESTION], share_prefix=True)
     with pytest.raises(vf.VisfocusError, match="one forward"):
-        survey().run(batch, max_new_tokens=1)
+        survey().apply(batch, max_new_tokens=1)
 
 
 def test_variant_is_checked():

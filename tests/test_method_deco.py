@@ -142,25 +142,29 @@ def test_alpha_zero_is_the_plain_logits_on_the_candidates():
 def test_first_step_scores_match_an_independent_reference(family, top_k, top_p, tiny_vlms, image, other_image):
     vlm = tiny_vlms[family]
     batch = vlm.prepare([image, other_image], QUESTIONS)  # left padded
-    result = vf.method("deco", layers=TINY, top_k=top_k, top_p=top_p).run(batch, max_new_tokens=1)
-    expected = _reference_step(vlm, _forward(vlm, batch.runner.inputs), TINY, 0.6, top_k, top_p)
+    result = vf.method("deco", layers=TINY, top_k=top_k, top_p=top_p).apply(batch, max_new_tokens=1)
+    plain = _forward(vlm, batch.runner.inputs)
+    expected = _reference_step(vlm, plain, TINY, 0.6, top_k, top_p)
     assert batch.runner.inputs["attention_mask"].min() == 0  # one row really is padded
+    # the first-token logits are the model's own, the scores DeCo's
+    assert (result.generation.first_logits - plain.logits[:, -1].float()).abs().max().item() <= 1e-5
     for b, (scores, _, layer, m) in enumerate(expected):
-        _assert_scores(result.generation.first_logits[b], scores)
+        _assert_scores(result.generation.first_scores[b], scores)
         assert result.extras[b]["anchor_layer"] == layer
         assert result.extras[b]["anchor_prob"] == pytest.approx(m, abs=1e-5)
         assert int(result.generation.new_tokens[b, 0]) == int(scores.argmax())  # the scores chose the token
     assert set(expected[0][1]) != set(expected[1][1])  # the rows' candidates differ
     if top_k == 200:  # the top_p cut acts inside the top k
         assert all(len(kept) < top_k for _, kept, _, _ in expected)
-    assert result.alpha_used == [None, None] and result.extras[0]["candidate_layers"] == list(TINY)
+    assert not hasattr(result, "alpha_used") and all("alpha_used" not in row for row in result.extras)
+    assert result.extras[0]["candidate_layers"] == list(TINY)
 
 
 @pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_5_vl"])
 def test_every_step_matches_the_reference_and_its_anchor_layer_is_recorded(family, tiny_vlms, image, other_image):
     vlm = tiny_vlms[family]
     batch = vlm.prepare([image, other_image], QUESTIONS)
-    result = vf.method("deco", layers=TINY, alpha=1.0).run(batch, max_new_tokens=3)
+    result = vf.method("deco", layers=TINY, alpha=1.0).apply(batch, max_new_tokens=3)
     tokens = result.generation.new_tokens  # (B, T)
     eos = eos_token_ids(vlm.model.generation_config)
     for b in range(2):
@@ -180,11 +184,12 @@ def test_every_step_matches_the_reference_and_its_anchor_layer_is_recorded(famil
 def test_a_batch_equals_each_row_alone(family, tiny_vlms, image, other_image):
     vlm = tiny_vlms[family]
     method = vf.method("deco", layers=TINY)
-    together = method.run(vlm.prepare([image, other_image], QUESTIONS), max_new_tokens=3)
+    together = method.apply(vlm.prepare([image, other_image], QUESTIONS), max_new_tokens=3)
     for b, (im, question) in enumerate(zip([image, other_image], QUESTIONS, strict=True)):
-        alone = method.run(vlm.prepare([im], [question]), max_new_tokens=3)
+        alone = method.apply(vlm.prepare([im], [question]), max_new_tokens=3)
         steps = len(alone.extras[0]["anchor_layers"])
         assert together.generation.new_tokens[b, :steps].tolist() == alone.generation.new_tokens[0, :steps].tolist()
+        _assert_scores(together.generation.first_scores[b], alone.generation.first_scores[0], tol=1e-5)
         _assert_scores(together.generation.first_logits[b], alone.generation.first_logits[0], tol=1e-5)
         got, want = together.extras[b], alone.extras[0]
         assert got["anchor_layers"] == want["anchor_layers"] and got["anchor_layer"] == want["anchor_layer"]
@@ -198,25 +203,27 @@ def test_alpha_zero_answers_equal_the_plain_model(family, tiny_vlms, image, othe
     same = vlm.answer_batch([image, other_image], QUESTIONS, method=vf.method("deco", alpha=0.0, layers=TINY),
                             max_new_tokens=4)
     assert [a.text for a in same] == [a.text for a in plain]
-    for a, p in zip(same, plain, strict=True):  # the plain logits on C, −inf elsewhere
-        kept = torch.isfinite(a.first_token_logits)
+    for a, p in zip(same, plain, strict=True):  # the scores: the plain logits on C, −inf elsewhere
+        kept = torch.isfinite(a.first_token_scores)
         assert kept[p.first_token_logits.argmax()] and not kept.all()
-        assert (a.first_token_logits[kept] - p.first_token_logits[kept]).abs().max().item() <= 1e-5
+        assert (a.first_token_scores[kept] - p.first_token_logits[kept]).abs().max().item() <= 1e-5
+        assert (a.first_token_logits - p.first_token_logits).abs().max().item() <= 1e-5  # the model's own logits
 
 
 def test_sampling_warps_the_deco_scores_after_the_correction(tiny_vlms, image, other_image):
     vlm, method = tiny_vlms["llava"], vf.method("deco", layers=TINY)
-    greedy = method.run(vlm.prepare([image, other_image], QUESTIONS), max_new_tokens=1)
+    greedy = method.apply(vlm.prepare([image, other_image], QUESTIONS), max_new_tokens=1)
     batch = vlm.prepare([image, other_image], QUESTIONS)
     batch.runner.generation_defaults = Sampling(temperature=2.0).generation_settings()  # as answer_batch sets it
     torch.manual_seed(0)
-    sampled = method.run(batch, max_new_tokens=1)
+    sampled = method.apply(batch, max_new_tokens=1)
     # the temperature divides the DeCo scores: it did not act on the logits DeCo cut and blended
     for b in range(2):
-        _assert_scores(sampled.generation.first_logits[b], greedy.generation.first_logits[b] / 2.0, tol=1e-6)
+        _assert_scores(sampled.generation.first_scores[b], greedy.generation.first_scores[b] / 2.0, tol=1e-6)
+    assert torch.equal(sampled.generation.first_logits, greedy.generation.first_logits)  # the raw logits: unwarped
     assert sampled.extras == greedy.extras
     chosen = sampled.generation.new_tokens[:, 0]  # (B,) sampled from the candidates
-    assert torch.isfinite(sampled.generation.first_logits[torch.arange(2), chosen]).all()
+    assert torch.isfinite(sampled.generation.first_scores[torch.arange(2), chosen]).all()
     out = vlm.answer(image, QUESTIONS[1], method=method, max_new_tokens=2, sampling=Sampling(temperature=1.0, seed=3))
     assert out.extras["anchor_layer"] in TINY  # the public API lets DeCo sample
 
@@ -257,11 +264,13 @@ def test_the_default_fraction_on_an_8_layer_model_matches_the_reference(deep_lla
     vlm = deep_llava
     assert vlm.num_layers == 8
     batch = vlm.prepare([image, other_image], QUESTIONS)
-    result = vf.method("deco").run(batch, max_new_tokens=1)
-    expected = _reference_step(vlm, _forward(vlm, batch.runner.inputs), (5, 6, 7), 0.6, 20, 0.9)
+    result = vf.method("deco").apply(batch, max_new_tokens=1)
+    plain = _forward(vlm, batch.runner.inputs)
+    expected = _reference_step(vlm, plain, (5, 6, 7), 0.6, 20, 0.9)
+    assert (result.generation.first_logits - plain.logits[:, -1].float()).abs().max().item() <= 1e-5
     for b, (scores, _, layer, m) in enumerate(expected):
         assert result.extras[b]["candidate_layers"] == [5, 6, 7]
-        _assert_scores(result.generation.first_logits[b], scores)
+        _assert_scores(result.generation.first_scores[b], scores)
         assert result.extras[b]["anchor_layer"] == layer
         assert result.extras[b]["anchor_prob"] == pytest.approx(m, abs=1e-5)
 

@@ -155,12 +155,14 @@ def test_run_scores_match_a_forward_with_all_hidden_states(family, final_norm, d
     vlm = tiny_vlms[family]
     batch = vlm.prepare([image, other_image], QUESTIONS)  # left padded
     method = vf.method("dola", layers=(0, 1), repetition_penalty=1.0, final_norm=final_norm, divergence=divergence)
-    result = method.run(batch, max_new_tokens=3)
+    result = method.apply(batch, max_new_tokens=3)
     expected, chosen, final, premature = _first_step_by_hand(vlm, batch.runner, (0, 1), final_norm, divergence)
-    torch.testing.assert_close(result.generation.first_logits, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.generation.first_scores, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.generation.first_logits, final.float(), atol=1e-5, rtol=0)  # the model's own
     assert torch.equal(result.generation.new_tokens[:, 0], expected.argmax(-1))
     assert [e["premature_layer"] for e in result.extras] == chosen
-    assert result.extras[0]["candidate_layers"] == [0, 1] and result.alpha_used == [None, None]
+    assert result.extras[0]["candidate_layers"] == [0, 1] and not hasattr(result, "alpha_used")
+    assert all("alpha_used" not in row for row in result.extras)
     if divergence == "transformers":  # each row as transformers would choose for it alone
         assert chosen == [_transformers_layer_choice([0, 1], final[b:b + 1], {j: p[b:b + 1] for j, p in
                                                                               premature.items()}) for b in range(2)]
@@ -172,18 +174,20 @@ def test_defaults_use_the_high_bucket_and_one_forward_per_token(tiny_vlms, image
     out = vlm.answer(image, QUESTIONS[0], method=vf.method("dola"), max_new_tokens=3, share_prefix=False)
     assert out.extras == {"premature_layer": 1, "candidate_layers": [1]}
     assert out.cost["forward_passes"] == plain.cost["forward_passes"] == 3
-    result = vf.method("dola").run(vlm.prepare([image], QUESTIONS[:1]), max_new_tokens=1)
-    assert int(result.generation.first_logits.argmax()) == int(result.generation.new_tokens[0, 0])  # what chose it
+    result = vf.method("dola").apply(vlm.prepare([image], QUESTIONS[:1]), max_new_tokens=1)
+    assert int(result.generation.first_scores.argmax()) == int(result.generation.new_tokens[0, 0])  # what chose it
 
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "llava_next"])
 def test_repetition_penalty_acts_on_the_dola_scores_of_prompt_tokens(family, tiny_vlms, image, other_image):
     vlm = tiny_vlms[family]
-    first = {}
+    first, raw = {}, {}
     for penalty in (1.0, 1.2):
         batch = vlm.prepare([image, other_image], QUESTIONS)
         method = vf.method("dola", layers=(0,), repetition_penalty=penalty, relative_top=1e-4)  # a wide head set
-        first[penalty] = method.run(batch, max_new_tokens=1).generation.first_logits
+        generation = method.apply(batch, max_new_tokens=1).generation
+        first[penalty], raw[penalty] = generation.first_scores, generation.first_logits
+    assert torch.equal(raw[1.0], raw[1.2])  # the model's own logits: before DoLa and the penalty
     ids, mask = batch.runner.inputs["input_ids"], batch.runner.inputs["attention_mask"]
     expected = first[1.0].clone()
     for b in range(2):

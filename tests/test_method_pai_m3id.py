@@ -100,7 +100,7 @@ def _text_only(model, vlm, tokens: list[int]):
 
 def _run(vlm, image, method, steps=STEPS):
     batch = vlm.prepare([image], [QUESTION])
-    result = method.run(batch, max_new_tokens=steps)
+    result = method.apply(batch, max_new_tokens=steps)
     return batch, result
 
 
@@ -139,7 +139,11 @@ def test_pai_contrast_with_the_text_only_prompt_equals_the_reference(family, tin
     gamma, alpha = 1.5, 0.5
     batch, result = _run(vlm, image, vf.method("pai", alpha=alpha, gamma=gamma, layers=None))
     conditional = _greedy(reference, _inputs(batch), 1, alpha, batch.runner.image_cols, None)[0]
-    scores = result.generation.first_logits
+    scores = result.generation.first_scores
+    # the first-token logits are the edited model's raw logits: PAI's without the contrast (γ = 1)
+    _, edited = _run(vlm, image, vf.method("pai", alpha=alpha, gamma=1.0, layers=None), steps=1)
+    assert torch.equal(result.generation.first_logits, edited.generation.first_logits)
+    assert (result.generation.first_logits - conditional).abs().max().item() <= TOL
     l_c = conditional.log_softmax(-1)
     l_u = _text_only(reference, vlm, []).log_softmax(-1)
     expected = (gamma * l_c - (gamma - 1) * l_u).masked_fill(l_c < l_c.max() + math.log(0.1), float("-inf"))
@@ -205,6 +209,7 @@ def test_pai_identity_is_the_plain_model(tiny_vlms, image):
     plain = vlm.answer(image, QUESTION, max_new_tokens=4)
     out = vlm.answer(image, QUESTION, method=vf.method("pai", alpha=0.0, gamma=1.0), max_new_tokens=4)
     assert torch.equal(out.first_token_logits, plain.first_token_logits) and out.text == plain.text
+    assert torch.equal(out.first_token_scores, plain.first_token_scores)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -220,11 +225,15 @@ def test_m3id_equals_the_reference_mixture_at_every_step(family, tiny_vlms, refe
         gamma_t = math.exp(-decay * t)
         expected = (l_c + (1 - gamma_t) / gamma_t * (l_c - l_u)).masked_fill(
             conditional < conditional.max() + math.log(beta), float("-inf"))
-        got = result.generation.first_logits if t == 1 else _method_scores_at_step(vlm, image, method, t - 1)
+        got = result.generation.first_scores if t == 1 else _method_scores_at_step(vlm, image, method, t - 1)
         finite = torch.isfinite(expected)
         assert torch.equal(torch.isfinite(got), finite)
         assert (got[finite] - expected[finite]).abs().max().item() <= TOL
         assert int(expected.argmax()) == tokens[t - 1]
+        if t == 1:  # the first-token logits are the plain model's own
+            assert (result.generation.first_logits - conditional).abs().max().item() <= TOL
+            _, plain = _run(vlm, image, vf.method("baseline"), steps=1)
+            assert (result.generation.first_logits - plain.generation.first_logits).abs().max().item() <= 1e-5
 
 
 def test_m3id_identity_is_the_plain_model(tiny_vlms, image):
@@ -232,6 +241,7 @@ def test_m3id_identity_is_the_plain_model(tiny_vlms, image):
     plain = vlm.answer(image, QUESTION, max_new_tokens=4)
     out = vlm.answer(image, QUESTION, method=vf.method("m3id", decay=0.0), max_new_tokens=4)
     assert torch.equal(out.first_token_logits, plain.first_token_logits) and out.text == plain.text
+    assert torch.equal(out.first_token_scores, plain.first_token_scores)
 
 
 def test_a_left_padded_batch_answers_as_each_row_alone(tiny_vlms, image, other_image):
@@ -241,10 +251,11 @@ def test_a_left_padded_batch_answers_as_each_row_alone(tiny_vlms, image, other_i
         batch = vlm.answer_batch([image, other_image], questions, method, max_new_tokens=3)
         for b, (img, q) in enumerate(zip([image, other_image], questions)):
             alone = vlm.answer(img, q, method=method, max_new_tokens=3)
-            finite = torch.isfinite(alone.first_token_logits)
-            assert torch.equal(torch.isfinite(batch[b].first_token_logits), finite)
-            diff = (batch[b].first_token_logits[finite] - alone.first_token_logits[finite]).abs().max().item()
+            finite = torch.isfinite(alone.first_token_scores)
+            assert torch.equal(torch.isfinite(batch[b].first_token_scores), finite)
+            diff = (batch[b].first_token_scores[finite] - alone.first_token_scores[finite]).abs().max().item()
             assert diff <= TOL and batch[b].text == alone.text
+            assert (batch[b].first_token_logits - alone.first_token_logits).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("method, kwargs, message", [

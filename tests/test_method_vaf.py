@@ -51,7 +51,7 @@ def test_vaf_matches_eager_reference(family, padded, tiny_vlms, references, imag
         assert (answer.first_token_logits - expected[b]).abs().max().item() <= 1e-4
         assert (expected[b] - plain[b]).abs().max().item() > 1e-3  # the edit really moves the logits
         assert (expected[b] - last_only[b]).abs().max().item() > 1e-4  # and the earlier rows' edits matter
-        assert answer.alpha_used == 1.5
+        assert answer.extras == {}  # VAF reports no per-row decision (no α: enhance and suppress are its parameters)
 
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "llava"])
@@ -97,7 +97,7 @@ def test_faithful_rows_never_start_from_a_shared_prefix(family, tiny_vlms, image
         assert torch.equal(s.first_token_logits, u.first_token_logits)
     batch = vlm.prepare([image, other_image], QUESTIONS, share_prefix=True)  # forced onto a shared layout
     with pytest.raises(vf.VisfocusError, match="every prompt row after the image in one forward"):
-        method.run(batch, max_new_tokens=1)
+        method.apply(batch, max_new_tokens=1)
     vlm.prefix_store.clear()  # the refused call stored its prefixes
 
 

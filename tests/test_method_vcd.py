@@ -6,20 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 import visfocus as vf
+from visfocus.api import Sampling
 from visfocus.interventions.base import parse_method_args
-from visfocus.interventions.vcd import (
-    NoisedImageStream,
-    add_diffusion_noise,
-    after_contrast,
-    contrast,
-    noise_schedule,
-    noised_pixels,
-)
+from visfocus.interventions.decoding import DecodingSettings, after_correction, decoding_settings
+from visfocus.interventions.vcd import NoisedContrast, add_diffusion_noise, contrast, noise_schedule, noised_pixels
 from visfocus.steer.prefix import leading_padding
+from visfocus.steer.streams import ImageStream
 from visfocus.testing import FAMILIES
 
 QUESTION = "Is the cup on the table? Answer with yes or no."
@@ -86,26 +82,38 @@ def test_each_image_gets_the_same_noise_alone_or_in_a_batch(family, tiny_vlms, i
 
 
 def test_model_penalty_and_sampling_warpers_come_after_the_contrast():
-    config = GenerationConfig(repetition_penalty=1.05, temperature=0.7, top_p=0.8)  # no top_k: transformers' 50
+    # no top_k: transformers' 50
+    config = DecodingSettings(repetition_penalty=1.05, temperature=0.7, top_k=None, top_p=0.8, do_sample=True)
     padding = leading_padding(torch.tensor([[0, 1, 1], [1, 1, 1]]))
-    sampling = after_contrast(config, padding, sample=True)
+    sampling = after_correction(config, padding, sample=True)
     assert [type(p) for p in sampling] == [RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
                                            TopKLogitsWarper, TopPLogitsWarper]
     assert sampling[0].prompt_ignore_length.tolist() == [1, 0]  # left padding is not penalised
     assert (sampling[1].temperature, sampling[2].top_k, sampling[3].top_p) == (0.7, 50, 0.8)
-    assert [type(p) for p in after_contrast(config, padding, sample=False)] == [RepetitionPenaltyLogitsProcessor]
-    assert after_contrast(GenerationConfig(), padding, sample=False) == []
+    assert [type(p) for p in after_correction(config, padding, sample=False)] == [RepetitionPenaltyLogitsProcessor]
+    unset = DecodingSettings(repetition_penalty=None, temperature=None, top_k=None, top_p=None, do_sample=False)
+    assert after_correction(unset, padding, sample=False) == []
+
+
+def test_decoding_settings_are_the_models_under_the_callers_sampling(tiny_vlms, image):
+    runner = tiny_vlms["llava"].prepare([image], [QUESTION]).runner
+    own = runner.model.generation_config
+    assert decoding_settings(runner) == DecodingSettings(own.repetition_penalty, own.temperature, own.top_k,
+                                                         own.top_p, do_sample=False)
+    runner.generation_defaults = Sampling(temperature=0.5, top_p=0.9).generation_settings()  # as answer_batch sets it
+    assert decoding_settings(runner) == DecodingSettings(own.repetition_penalty, 0.5, 0, 0.9, do_sample=True)
 
 
 # --- on the tiny models ---------------------------------------------------------------------------------------------
 
-class RecordingStream(NoisedImageStream):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.seen: list[torch.Tensor] = []
+class Recording:
+    """A side stream that keeps every (B, V) logits it returns."""
 
-    def stream_logits(self, input_ids):
-        logits = super().stream_logits(input_ids)
+    def __init__(self, stream) -> None:
+        self.stream, self.seen = stream, []
+
+    def logits(self, input_ids):
+        logits = self.stream.logits(input_ids)
         self.seen.append(logits)
         return logits
 
@@ -118,8 +126,12 @@ def test_contrast_stream_on_the_original_pixels_follows_the_main_stream(family, 
                                       share_prefix=share_prefix)
     runner = batch.runner
     assert (runner.inputs["attention_mask"] == 0).any()  # a padded batch: positions must be right per row
-    stream = RecordingStream(batch, runner.inputs["pixel_values"], alpha=1.0, beta=0.1, tag="original pixels")
-    generation = runner.generate((), 5, logits_processor=LogitsProcessorList([stream]), min_new_tokens=5)
+    runner.contract = vf.method("vcd").contract()  # what VCD declared covers the stream and the processor
+    image_stream = batch.image_stream({"pixel_values": runner.inputs["pixel_values"]}, tag="original pixels")
+    assert isinstance(image_stream, ImageStream)
+    stream = Recording(image_stream)
+    generation = runner.generate((), 5, logits_processor=LogitsProcessorList([NoisedContrast(stream, 1.0, 0.1)]),
+                                 min_new_tokens=5)
     assert len(stream.seen) == len(generation.step_logits) == 5
     for seen, main in zip(stream.seen, generation.step_logits):  # prefill, then one token at a time from its cache
         torch.testing.assert_close(seen, main.float(), atol=1e-4, rtol=0)
@@ -133,11 +145,12 @@ def test_alpha_zero_is_the_plain_model(family, tiny_vlms, image):
     assert vcd.text == plain.text
     probs = torch.softmax(plain.first_token_logits, dim=-1)
     plausible = probs >= 0.1 * probs.max()
-    assert torch.equal(torch.isfinite(vcd.first_token_logits), plausible)
-    assert (vcd.first_token_logits[plausible] - plain.first_token_logits[plausible]).abs().max() <= 1e-5
+    assert torch.equal(torch.isfinite(vcd.first_token_scores), plausible)
+    assert (vcd.first_token_scores[plausible] - plain.first_token_logits[plausible]).abs().max() <= 1e-5
+    assert (vcd.first_token_logits - plain.first_token_logits).abs().max() <= 1e-5  # the clean stream's own logits
     nothing_cut = vlm.answer(image, QUESTION, method=vf.method("vcd", alpha=0.0, beta=1e-30), max_new_tokens=4)
-    assert (nothing_cut.first_token_logits - plain.first_token_logits).abs().max() <= 1e-5
-    assert vcd.extras == {"noise_step": 500} and vcd.alpha_used is None
+    assert (nothing_cut.first_token_scores - plain.first_token_logits).abs().max() <= 1e-5
+    assert vcd.extras == {"noise_step": 500}  # and no alpha_used: VCD reports none
 
 
 def test_cost_is_two_forward_passes_per_token_and_the_trace_is_the_clean_image(tiny_vlms, image):
@@ -157,21 +170,23 @@ def test_contrast_changes_the_answer_logits_and_batches_match_single_answers(tin
     plain = vlm.answer(image, QUESTION, max_new_tokens=3)
     single = [vlm.answer(im, QUESTION, method=method, max_new_tokens=3) for im in (image, other_image)]
     batch = vlm.answer_batch([image, other_image], [QUESTION, QUESTION], method=method, max_new_tokens=3)
-    finite = torch.isfinite(single[0].first_token_logits)
-    assert (single[0].first_token_logits[finite] - plain.first_token_logits[finite]).abs().max() > 1e-3
+    finite = torch.isfinite(single[0].first_token_scores)
+    assert (single[0].first_token_scores[finite] - plain.first_token_logits[finite]).abs().max() > 1e-3
+    assert (single[0].first_token_logits - plain.first_token_logits).abs().max() <= 1e-5  # the plain model's logits
     for one, batched in zip(single, batch):
         assert batched.text == one.text
+        torch.testing.assert_close(batched.first_token_scores, one.first_token_scores, atol=1e-4, rtol=0)
         torch.testing.assert_close(batched.first_token_logits, one.first_token_logits, atol=1e-4, rtol=0)
 
 
 def test_seeded_sampling_repeats_and_draws_only_plausible_tokens(tiny_vlms, image, other_image):
     vlm = tiny_vlms["llava"]
     method = vf.method("vcd", sample=True, seed=3)
-    runs = [method.run(vlm.prepare([image, other_image], [QUESTION, QUESTION]), max_new_tokens=4).generation
+    runs = [method.apply(vlm.prepare([image, other_image], [QUESTION, QUESTION]), max_new_tokens=4).generation
             for _ in range(2)]
     assert torch.equal(runs[0].new_tokens, runs[1].new_tokens)
     first = runs[0].new_tokens[:, 0]  # (B,)
-    assert torch.isfinite(runs[0].first_logits[torch.arange(2), first]).all()
+    assert torch.isfinite(runs[0].first_scores[torch.arange(2), first]).all()
 
 
 # --- parameters -----------------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def test_evidence_map_is_on_the_token_grid_in_unit_range_with_max_one(tiny_vlms,
     assert grid.shape == (160 // 32, 224 // 32)  # Qwen3-VL: one token per 32×32 px
     assert grid.min() == 0.0 and grid.max() == 1.0
     assert out.extras["evidence_layers"] == [0]  # middle 10 % of 2 layers
-    assert out.alpha_used is None
+    assert set(out.extras) == {"evidence_layers", "evidence_map"}  # no alpha_used: VEA has no α
 
 
 def test_the_method_smooths_with_sigma_from_its_view(tiny_vlms, image, monkeypatch):
@@ -106,9 +106,11 @@ def test_the_method_smooths_with_sigma_from_its_view(tiny_vlms, image, monkeypat
 
 def test_floor_one_keeps_every_pixel_and_without_hint_answers_as_the_plain_model(tiny_vlms, image):
     vlm = tiny_vlms["qwen3_vl"]
-    method = vf.method("vea", highlight_floor=1.0, hint=False)
+    assert vf.METHODS["vea"].identity == {"highlight_floor": 1.0, "hint": False}  # no dimming, no hint
+    method = vf.method("vea", **vf.METHODS["vea"].identity)
     assert method.distance_from_identity() == 0.0
-    result = method.run(vlm.prepare([image], [QUESTION]), max_new_tokens=1)
+    assert vf.method("vea", highlight_floor=1.0).distance_from_identity() == 1.0  # the hint changes the prompt
+    result = method.apply(vlm.prepare([image], [QUESTION]), max_new_tokens=1)
     np.testing.assert_array_equal(np.asarray(result.batch.images[0]), np.asarray(image))
     assert result.batch.questions == [QUESTION]
     out, plain = vlm.answer(image, QUESTION, method=method, max_new_tokens=1), vlm.answer(image, QUESTION)
@@ -117,7 +119,7 @@ def test_floor_one_keeps_every_pixel_and_without_hint_answers_as_the_plain_model
 
 def test_second_pass_sees_the_highlighted_image_and_the_hint(tiny_vlms, image):
     vlm = tiny_vlms["qwen3_vl"]
-    result = vf.method("vea", highlight_floor=0.2).run(vlm.prepare([image], [QUESTION]), max_new_tokens=1)
+    result = vf.method("vea", highlight_floor=0.2).apply(vlm.prepare([image], [QUESTION]), max_new_tokens=1)
     assert result.batch.questions == [QUESTION + vea.HINT]
     before, after = np.asarray(image, dtype=int), np.asarray(result.batch.images[0], dtype=int)
     assert (after <= before).all() and (after < before).any()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import visfocus as vf
-from visfocus.interventions.base import Params
+from visfocus.interventions.base import Params, param_specs
 from visfocus.interventions.baseline import Baseline
 from visfocus.steer.prefix import PrefixStore, StoredPrefix, image_fingerprint, leading_padding, split_layout
 from visfocus.testing import FAMILIES
@@ -45,48 +45,81 @@ def assert_logits_equal(got: torch.Tensor, ref: torch.Tensor, tol: float = 1e-4)
     assert (got[finite] - ref[finite]).abs().max().item() <= tol
 
 
+def assert_same_extras(got: dict, ref: dict, tol: float = 1e-4) -> None:
+    """The same per-row decisions (alpha_used, branch, chosen layers, …); real numbers within ``tol``."""
+    assert got.keys() == ref.keys()
+    for key, value in ref.items():
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, abs=tol), key
+        else:
+            assert got[key] == value, key
+
+
 def assert_same_answers(got, ref, tol: float = 1e-4) -> None:
     assert len(got) == len(ref)
     for g, r in zip(got, ref):
         assert_logits_equal(g.first_token_logits, r.first_token_logits, tol)
+        assert_logits_equal(g.first_token_scores, r.first_token_scores, tol)
         assert g.text == r.text
-        assert g.alpha_used == r.alpha_used
-        assert g.extras.get("branch") == r.extras.get("branch")
+        assert_same_extras(g.extras, r.extras, tol)
 
 
-def _method(spec: str):
-    return {
-        "baseline": None,
-        "scaling_vis": vf.method("scaling_vis", alpha=0.5),
-        "scaling_vis_decode": vf.method("scaling_vis", alpha=0.5, decode=True),
-        "clvs": vf.method("clvs", smoothing=0.5),
-        "clvs_decode": vf.method("clvs", smoothing=0.5, decode=True),
-        "dola": vf.method("dola"),
-        "vcd": vf.method("vcd"),
-    }[spec]
+def _shares_by_default(name: str) -> bool:
+    return vf.method(name).shares_prefix
 
 
-def _adaptvis_both_branches(vlm, images):
+# Every registered method that shares prefixes with its default parameters (away from its identity point, so that it
+# really acts), and again with ``decode=True`` where it declares that switch (its edit then reaches the decoding rows,
+# which run on the shared cache).
+SHARING = sorted(name for name in vf.METHODS if _shares_by_default(name))
+SHARING_SPECS = [(name, {}) for name in SHARING] + [
+    (name, {"decode": True}) for name in SHARING
+    if any(spec.name == "decode" and spec.kind == "bool" and spec.default is False for spec in param_specs(name))]
+
+
+def _spec_id(spec) -> str:
+    name, kwargs = spec
+    return name + "".join(f"-{k}={v}" for k, v in kwargs.items())
+
+
+def _method(vlm, images, name: str, **kwargs):
+    """The method under test: its defaults (AdaptVis: a threshold that sends rows down both branches)."""
+    method = _adaptvis_both_branches(vlm, images, **kwargs) if name == "adaptvis" else vf.method(name, **kwargs)
+    assert method.shares_prefix
+    if vf.METHODS[name].identity:
+        assert method.distance_from_identity() > 0  # not the identity point: the method acts
+    return method
+
+
+def _stored_streams(name: str) -> int:
+    """How many prompt streams a method keeps in the prefix store: the batch's, and an image stream of its own."""
+    return 1 + ("other_image" in vf.METHODS[name].side_streams)
+
+
+def _adaptvis_both_branches(vlm, images, **kwargs):
     """AdaptVis on option probabilities with a threshold between the rows' confidences, so both branches occur."""
     probe = vlm.answer_batch(images, QUESTIONS, vf.method("adaptvis", confidence="option_prob", threshold=0.0),
                              options=OPTIONS, max_new_tokens=1, share_prefix=False)
     confidences = sorted(a.extras["confidence_used"] for a in probe)
     assert confidences[1] < confidences[2]
-    return vf.method("adaptvis", confidence="option_prob", threshold=(confidences[1] + confidences[2]) / 2)
+    return vf.method("adaptvis", confidence="option_prob", threshold=(confidences[1] + confidences[2]) / 2, **kwargs)
 
 
-SHARING_METHODS = ["baseline", "scaling_vis", "scaling_vis_decode", "adaptvis", "clvs", "clvs_decode", "dola", "vcd"]
+def test_the_sharing_methods_are_read_from_the_registry():
+    assert {"baseline", "pai", "m3id", "deco", "dola", "vcd"} <= set(SHARING)
+    assert "vea" not in SHARING  # pass 2 changes the image
 
 
-@pytest.mark.parametrize("spec", SHARING_METHODS)
+@pytest.mark.parametrize("spec", SHARING_SPECS, ids=_spec_id)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shared_batch_equals_unshared(family, spec, tiny_vlms, image, other_image):
     vlm = tiny_vlms[family]
     images = _images(image, other_image)
-    method = _adaptvis_both_branches(vlm, images) if spec == "adaptvis" else _method(spec)
+    name, method_kwargs = spec
+    method = _method(vlm, images, name, **method_kwargs)
     kwargs = dict(options=OPTIONS, max_new_tokens=TOKENS)
     ref = vlm.answer_batch(images, QUESTIONS, method, share_prefix=False, trace=True, **kwargs)
-    if spec == "adaptvis":
+    if name == "adaptvis":
         assert {a.extras["branch"] for a in ref} == {"smooth", "sharpen"}
     vlm.prefix_store.clear()
     first = vlm.answer_batch(images, QUESTIONS, method, trace=True, **kwargs)  # every prefix computed here
@@ -104,7 +137,7 @@ def test_shared_batch_equals_unshared(family, spec, tiny_vlms, image, other_imag
         assert torch.equal(g.trace.image_cols, r.trace.image_cols)
     # rows about one image share one prefix: 2 images, 2 stored prefixes per stream (VCD adds its noised stream)
     assert sorted(set(_stored_images(vlm))) == sorted({_fingerprint(image), _fingerprint(other_image)})
-    assert len(vlm.prefix_store) == (4 if spec == "vcd" else 2)
+    assert len(vlm.prefix_store) == 2 * _stored_streams(name)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -131,32 +164,43 @@ def test_one_question_per_call_reuses_the_previous_calls_prefix(family, tiny_vlm
 def test_kept_prompts_rerun_only_the_last_prompt_token(family, tiny_vlms, image, other_image):
     vlm = tiny_vlms[family]
     images = _images(image, other_image)
-    adaptvis = _adaptvis_both_branches(vlm, images)
-    sequence = [vf.method("scaling_vis", alpha=0.5), vf.method("scaling_vis", alpha=1.5), adaptvis,
-                vf.method("clvs", smoothing=0.5), vf.method("dola"), None, vf.method("vcd"), vf.method("vcd")]
+    # every sharing method (the plain model among them), then again each one with an image stream of its own (VCD's
+    # noised image: its prompts are kept too)
+    names = [*SHARING, *[n for n in SHARING if "other_image" in vf.METHODS[n].side_streams]]
+    assert names[0] != "baseline"  # the plain model, too, starts from kept prompts
+    sequence = [_method(vlm, images, name) for name in names]
     kwargs = dict(options=OPTIONS, max_new_tokens=TOKENS)
     refs = [vlm.answer_batch(images, QUESTIONS, m, share_prefix=False, **kwargs) for m in sequence]
     subset = [4, 0]  # fewer rows, other order: each row finds its own kept prompt
     sub_images, sub_questions = [images[i] for i in subset], [QUESTIONS[i] for i in subset]
-    sub_ref = vlm.answer_batch(sub_images, sub_questions, sequence[1], share_prefix=False, max_new_tokens=TOKENS)
+    other_edit = vf.method("scaling_vis", alpha=1.5)
+    sub_ref = vlm.answer_batch(sub_images, sub_questions, other_edit, share_prefix=False, max_new_tokens=TOKENS)
+    text_only = vlm.prepare(images, QUESTIONS).text_only_stream().input_ids.shape[1]  # its own prefill, never kept
     vlm.prefix_store.clear()
     vlm.prefix_store.keep_prompts = True
     try:
         got = [vlm.answer_batch(images, QUESTIONS, m, **kwargs) for m in sequence]
         store_size = len(vlm.prefix_store)
-        sub = vlm.answer_batch(sub_images, sub_questions, sequence[1], max_new_tokens=TOKENS)
+        sub = vlm.answer_batch(sub_images, sub_questions, other_edit, max_new_tokens=TOKENS)
     finally:
         vlm.prefix_store.keep_prompts = False
     for g, r in zip(got, refs):
         assert_same_answers(g, r)
     assert_same_answers(sub, sub_ref)
     assert sub[0].cost["prefill_tokens"] == 1
-    # the first call and the first VCD call (its noised stream) prefill; every later one starts from kept prompts
-    rerun_only_last = [False, True, True, True, True, True, False, True]
-    for answers, expected in zip(got, rerun_only_last):
-        assert (answers[0].cost["prefill_tokens"] == 1) is expected
+    # the first call and the first call of an image stream (VCD's noised image) prefill; every later one starts from
+    # kept prompts and re-runs the last prompt token only (a text-only stream adds its own prompt's prefill)
+    seen_streams = set()
+    for i, (name, answers) in enumerate(zip(names, got)):
+        streams = vf.METHODS[name].side_streams
+        kept = i > 0 and not ({"other_image"} & streams) - seen_streams
+        seen_streams |= streams
+        if kept:
+            assert answers[0].cost["prefill_tokens"] == 1 + (text_only if "text_only" in streams else 0), name
+        else:
+            assert answers[0].cost["prefill_tokens"] > 1, name
     # per stream (clean and noised): 2 image prefixes and 5 whole prompts
-    assert store_size == 2 * (2 + len(QUESTIONS))
+    assert store_size == max(_stored_streams(n) for n in names) * (2 + len(QUESTIONS))
 
 
 @pytest.mark.parametrize("family", QWEN_AND_LLAVA)

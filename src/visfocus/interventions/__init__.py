@@ -1,7 +1,13 @@
-"""Interventions, one file each, listed in ``METHODS`` by ``@register_method``. A method receives a ``Batch``."""
+"""Interventions, one file each, listed in ``METHODS`` by ``@register_method``. A method receives a ``Batch``.
 
-# noqa below: imported for registration
-from visfocus.interventions import adaptvis, baseline, clvs, deco, dola, m3id, pai, scaling_vis, vaf, vcd, vea  # noqa: F401
+Every module of this package is imported here, so a new method is one new file. Methods kept outside the package
+(your own) register the same way: name their modules in the environment variable ``VISFOCUS_METHODS`` (comma
+separated, importable from ``sys.path``), and visfocus imports them when it starts — only those you name."""
+
+import importlib
+import os
+import pkgutil
+
 from visfocus.interventions.base import (
     METHODS,
     Method,
@@ -12,6 +18,24 @@ from visfocus.interventions.base import (
     typed_method_args,
 )
 from visfocus.interventions.batch import Batch
+
+SHARED_MODULES = {"base", "batch", "decoding", "params"}  # the contract and shared pieces, not methods
+EXTRA_METHODS_VARIABLE = "VISFOCUS_METHODS"
+
+
+def _import_methods() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name not in SHARED_MODULES:
+            importlib.import_module(f"{__name__}.{info.name}")
+    for name in filter(None, (n.strip() for n in os.environ.get(EXTRA_METHODS_VARIABLE, "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ImportError(f"{EXTRA_METHODS_VARIABLE} names the module {name!r}, which cannot be imported: "
+                              f"{err}") from err
+
+
+_import_methods()
 
 __all__ = ["METHODS", "Batch", "Method", "MethodResult", "method", "methods", "parse_method_args",
            "typed_method_args"]

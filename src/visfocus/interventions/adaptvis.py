@@ -4,7 +4,7 @@ unedited pass — α_low (smooth, broaden the focus) when confidence < threshold
 Paper names α1, α2, β; the official code ``--weight1 --weight2 --threshold``; the survey ``smoothen_weight``,
 ``sharpen_weight``, ``confidence_threshold``. Cost: the unedited pass is one prefill; only the last prompt token is
 re-run under the chosen α from a cropped copy of its cache (the keys and values of positions 0..n−2 are the same
-with and without the edit), so an answer costs about one prefill, not two (METHODS §12.3)."""
+with and without the edit), so an answer costs about one prefill, not two (docs/methods.md §12.3)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from visfocus.errors import VisfocusError
 from visfocus.interventions.base import (
     LayerSpec,
     Method,
     MethodResult,
     Params,
-    check_choice,
-    check_layers,
     check_number,
     edit_layers,
     param,
@@ -33,6 +30,7 @@ from visfocus.steer.edits import ScaleLogits
 # the official WhatsUp path). option_prob: the largest full-vocabulary probability among the answer options' first
 # tokens. max_logit: the raw maximum logit, no softmax — the official VSR path, kept only to reproduce it.
 CONFIDENCES = ("max_prob", "option_prob", "max_logit")
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # of the dev set's own confidences, added to a sweep's thresholds
 ANSWER_ALIASES = {"yes": ("true",), "no": ("false",)}  # a True/False prompt answers a yes/no task
 
 
@@ -44,22 +42,14 @@ class AdaptVisParams(Params):
     confidence: str = param("max_prob", choices=CONFIDENCES)
     layers: LayerSpec = None  # decoder layers to edit; None = all
     decode: bool = False  # also edit every decoding step's row (the official code does not)
-    # round the confidence to this many decimals before comparing it with the threshold; the official code rounds to
-    # 2 (``np.round(C, 2)``, METHODS §3.2), so samples within 0.005 of the threshold may take the other branch there.
-    # None: the raw value (default)
-    confidence_decimals: int | None = None
+    # round the confidence to this many decimals before comparing it with the threshold; the official code rounds to 2
+    # (``np.round(C, 2)``, docs/methods.md §3.2), so samples within 0.005 of the threshold may take the other branch
+    # there. None: the raw value (default)
+    confidence_decimals: int | None = param(None, low=0)
 
-    def validate(self, num_layers: int | None = None) -> None:
-        if self.confidence_decimals is not None and (not isinstance(self.confidence_decimals, int)
-                                                     or isinstance(self.confidence_decimals, bool)
-                                                     or self.confidence_decimals < 0):
-            raise VisfocusError(f"confidence_decimals must be an integer ≥ 0 or None, got {self.confidence_decimals!r}")
-        check_number("alpha_low", self.alpha_low, low=0.0)
-        check_number("alpha_high", self.alpha_high, low=0.0)
-        check_choice("confidence", self.confidence, CONFIDENCES)
-        bounds = {} if self.confidence == "max_logit" else {"low": 0.0, "high": 1.0}
-        check_number("threshold", self.threshold, **bounds)
-        check_layers(self.layers, num_layers)
+    def check(self, num_layers: int | None = None) -> None:
+        if self.confidence != "max_logit":  # a probability threshold; on the logit scale any finite value
+            check_number("threshold", self.threshold, low=0.0, high=1.0)
 
 
 def option_token_ids(tokenizer, options: tuple[str, ...]) -> list[int]:
@@ -100,15 +90,32 @@ class AdaptVis(Method):
     identity = {"alpha_low": 1.0, "alpha_high": 1.0}
     search_grid = {"alpha_low": (0.5, 0.8), "alpha_high": (1.2, 1.5, 2.0),
                    "threshold": tuple(round(0.2 + 0.05 * i, 2) for i in range(10))}  # App. E.3: 0.2 … 0.65
+    sites = frozenset({"attention"})
+    extras = {"alpha_used": "the α applied: α_low when the confidence was below the threshold, else α_high",
+              "branch": "smooth (α_low) or sharpen (α_high)",
+              "confidence_used": "the unedited pass's confidence that chose the branch",
+              "confidence_mode": "how that confidence was computed (the confidence parameter)",
+              "confidence_compared": "the confidence rounded to confidence_decimals, as compared (when given)"}
+
+    @property
+    def needs_options(self) -> bool:
+        return self.params.confidence == "option_prob"
+
+    @classmethod
+    def wants_dev_confidences(cls, grid, given: set[str]) -> bool:
+        """The paper's thresholds plus quantiles of the dev set's own confidences, unless the user chose the
+        thresholds or another confidence than max_prob (the one a plain run reports)."""
+        return "threshold" not in given and list(grid.get("confidence", ["max_prob"])) == ["max_prob"]
+
+    @classmethod
+    def grid_with_dev_confidences(cls, grid, confidences: list[float]) -> dict[str, list]:
+        quantiles = [round(float(q), 4) for q in np.quantile(confidences, QUANTILES)] if confidences else []
+        return {**grid, "threshold": sorted(set(grid.get("threshold", ())) | set(quantiles))}
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         p = self.params
-        p.validate(batch.num_layers)
         option_ids = None
         if p.confidence == "option_prob":
-            if any(o is None for o in batch.options):
-                raise VisfocusError("confidence='option_prob' needs the answer options of every question "
-                                    "(answer(..., options=[...]) or a task with options)")
             option_ids = [option_token_ids(batch.adapter.processor.tokenizer, o) for o in batch.options]
         prefix = batch.runner.prefill()  # unedited pass: α = 1
         scores = confidence(prefix.first_logits, p.confidence, option_ids).tolist()  # (B,)
@@ -117,9 +124,9 @@ class AdaptVis(Method):
         edit = ScaleLogits(alpha=alphas, layers=edit_layers(p.layers, batch.num_layers),
                            rows="last_prompt_and_decode" if p.decode else "last_prompt")
         generation = batch.runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix, keep_prefix=False)
-        extras = [{"confidence_used": float(c), "confidence_mode": p.confidence,
-                   "branch": "smooth" if s else "sharpen"} for c, s in zip(scores, smooth)]
+        extras = [{"alpha_used": a, "confidence_used": float(c), "confidence_mode": p.confidence,
+                   "branch": "smooth" if s else "sharpen"} for a, c, s in zip(alphas, scores, smooth)]
         if p.confidence_decimals is not None:  # what was compared with the threshold
             for extra, c in zip(extras, scores):
                 extra["confidence_compared"] = float(np.round(c, p.confidence_decimals))
-        return MethodResult(generation, alpha_used=list(alphas), extras=extras)
+        return MethodResult(generation, extras=extras)

@@ -1,40 +1,56 @@
-"""The method registry: one file per method, one ``@register_method`` each. A method has a typed, validated
-parameter dataclass and turns a prepared ``Batch`` (``visfocus.interventions.batch``) into a generation through the
-engine."""
+"""The method contract and registry: one file per method, one ``@register_method`` each.
+
+A method declares, on its class, everything the rest of visfocus needs to know about it, and everyone reads it from
+the registry (``METHODS``) — the sweep, the app, the overhead benchmark, the lmms-eval plugin and the tests:
+
+- ``Params``: its typed parameter dataclass (``visfocus.interventions.params``), the one source of validation,
+  parsers and app controls; ``identity`` (the point where it changes nothing) and ``search_grid``;
+- ``sites``: where it acts on the model, among the engine's sites (``visfocus.steer.sites.SITES``: attention,
+  layer_input, layer_output, logits), and ``side_streams`` (``visfocus.steer.streams.STREAMS``); the engine refuses
+  a site or a stream the method did not declare;
+- ``shares_prefix`` (its answers stay exact from a stored image prefix), ``supports_sampling`` (the caller's
+  sampling applies), ``needs_options`` (it reads the answer options), ``extras`` (the per-row decisions it reports,
+  with their meaning), ``app_outputs`` (extras the app shows as pictures), ``bench_points`` (the configurations the
+  overhead benchmark times) and a data-dependent grid (``wants_dev_confidences``).
+
+It turns a prepared ``Batch`` (``visfocus.interventions.batch``) into a generation through the engine only: ``apply``
+validates the parameters once against the model, tells the engine what the method declared, runs it and checks that
+the extras it reports are the declared ones."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from visfocus.errors import VisfocusError
 from visfocus.interventions.batch import Batch
+from visfocus.interventions.params import (  # noqa: F401  (re-exported: the names methods and callers import)
+    KINDS,
+    LayerSpec,
+    Params,
+    ParamSpec,
+    check_choice,
+    check_layers,
+    check_number,
+    edit_layers,
+    fraction_range,
+    param,
+    resolve_layers,
+    specs_of,
+    typed_values,
+)
 from visfocus.steer.runner import Generation
-from visfocus.values import parse_bool, parse_float, parse_int, parse_key_values
+from visfocus.steer.sites import Contract
 
 METHODS: dict[str, type[Method]] = {}
-# a layer parameter: decoder layer indices, a fraction range "a:b" of the depth (``resolve_layers``), or None (all)
-LayerSpec = tuple[int, ...] | str | None
-
-
-@dataclass(frozen=True)
-class Params:
-    """Base of every method's parameters; subclasses add fields and ``validate``."""
-
-    def validate(self, num_layers: int | None = None) -> None:
-        pass
 
 
 @dataclass
 class MethodResult:
     generation: Generation
-    alpha_used: list[float | None]  # per batch row: the image-logit multiplier applied (None: none applied)
-    extras: list[dict[str, Any]] | None = None  # per batch row: what the method decided (confidence, branch, ...)
+    extras: list[dict[str, Any]] | None = None  # per batch row: what the method decided (its declared ``extras``)
     batch: Batch | None = None  # the batch the answer came from, when the method changed it (VEA)
 
 
@@ -43,18 +59,75 @@ class Method:
     Params: ClassVar[type[Params]] = Params
     search_grid: ClassVar[dict[str, tuple]] = {}
     identity: ClassVar[dict[str, float]] = {}  # parameter values at which the method changes nothing
+    # where the method acts on the model (``visfocus.steer.sites.SITES``) and the side streams it decodes beside
+    # the prompt (``visfocus.steer.streams.STREAMS``); the engine refuses anything not declared here
+    sites: ClassVar[frozenset[str]] = frozenset()
+    side_streams: ClassVar[frozenset[str]] = frozenset()
     # The method's answers stay exact when a batch starts from stored image prefixes (its edits touch only rows after
-    # the prefix). A method that changes the image or the prompt before the question sets this False.
+    # the prefix). A method that changes the image or the prompt before the question sets this False (an instance may
+    # decide from its parameters).
     shares_prefix: ClassVar[bool] = True
     # The method decodes through ``runner.generate`` without choosing greedy decoding itself, so the caller's sampling
-    # (``answer_batch(sampling=...)``, the runner's ``generation_defaults``) applies. A method that decodes its own
-    # way (greedy by definition, or sampling under its own parameters) sets this False.
+    # (``answer_batch(sampling=...)``) applies. A method that decodes its own way (greedy by definition, or sampling
+    # under its own parameters) sets this False.
     supports_sampling: ClassVar[bool] = True
+    # the per-row decisions the method reports in ``Answer.extras``: {key: what it means}
+    extras: ClassVar[dict[str, str]] = {}
+    # extras the app draws over the image: {extra key: caption} (e.g. VEA's evidence map, a (rows, cols) grid)
+    app_outputs: ClassVar[dict[str, str]] = {}
+    # the overhead benchmark's configurations: {label: parameters} (None: one point, ``{name: {}}``)
+    bench_points: ClassVar[dict[str, dict[str, Any]] | None] = None
 
     def __init__(self, params: Params) -> None:
         params.validate()
         self.params = params
 
+    # --- capabilities that depend on the parameters --------------------------------------------------------------
+    @property
+    def needs_options(self) -> bool:
+        """Whether the method reads the answer options of every question (``Batch.options``)."""
+        return False
+
+    @classmethod
+    def benchmark_points(cls) -> dict[str, dict[str, Any]]:
+        return dict(cls.bench_points) if cls.bench_points is not None else {cls.name: {}}
+
+    @classmethod
+    def wants_dev_confidences(cls, grid: Mapping[str, list], given: set[str]) -> bool:
+        """Whether a sweep must first answer the dev task without a method to complete ``grid`` from its
+        confidences (``grid_with_dev_confidences``); ``given``: the grid keys the user chose."""
+        return False
+
+    @classmethod
+    def grid_with_dev_confidences(cls, grid: Mapping[str, list], confidences: list[float]) -> dict[str, list]:
+        """``grid`` completed from the dev task's confidences without a method (``wants_dev_confidences``)."""
+        return dict(grid)
+
+    # --- running ----------------------------------------------------------------------------------------------------
+    def contract(self) -> Contract:
+        """What the engine lets this method touch."""
+        return Contract(method=self.name, sites=frozenset(self.sites), side_streams=frozenset(self.side_streams))
+
+    def apply(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
+        """Validate the parameters against the model once, run the method under its declared contract and check the
+        extras it reports."""
+        self.params.validate(batch.num_layers)
+        if self.needs_options and any(o is None for o in batch.options):
+            raise VisfocusError(f"method '{self.name}' with these parameters needs the answer options of every "
+                                f"question (answer(..., options=[...]) or a task with options)")
+        batch.runner.contract = self.contract()
+        result = self.run(batch, max_new_tokens=max_new_tokens)
+        undeclared = {key for row in result.extras or [] for key in row} - set(self.extras)
+        if undeclared:
+            raise RuntimeError(f"method '{self.name}' reported extras it does not declare: {sorted(undeclared)}")
+        return result
+
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
+        """Answer ``batch`` (see ``Batch`` for everything it holds) in at most ``max_new_tokens`` tokens. Called by
+        ``apply`` with validated parameters."""
+        raise NotImplementedError
+
+    # --- parameters ------------------------------------------------------------------------------------------------
     def resolved(self, num_layers: int) -> dict[str, list[int]]:
         """The parameters given as a fraction range of the depth, as the layer indices they mean on a model of
         ``num_layers`` layers (recorded in a run's results)."""
@@ -66,58 +139,25 @@ class Method:
         values = dataclasses.asdict(self.params)
         return sum(abs(float(values[k]) - v) for k, v in self.identity.items())
 
-    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
-        """Answer ``batch`` (see ``Batch`` for everything it holds) in at most ``max_new_tokens`` tokens."""
-        raise NotImplementedError
-
     def __repr__(self) -> str:
         return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in dataclasses.asdict(self.params).items())})"
 
 
-def param(default: Any, *, paper: str | None = None, low: float | None = None, high: float | None = None,
-          choices: tuple[str, ...] | None = None) -> Any:
-    """A parameter field that also says how to show it: its name in the paper, its bounds, its choices (for the
-    app's controls and listings; ``validate`` stays the check)."""
-    return field(default=default, metadata={"paper": paper, "low": low, "high": high, "choices": choices})
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: list ``cls`` under ``cls.name`` (checking what it declares)."""
+    from visfocus.steer.sites import SITES
+    from visfocus.steer.streams import STREAMS
 
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One method parameter as a control: name, Python kind, default, bounds, choices and the paper's name."""
-
-    name: str
-    kind: str  # "float", "int", "bool", "str", "layers" (indices, or None for all) or "text"
-    default: Any
-    paper: str | None = None
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.paper})" if self.paper else self.name
+    unknown = (set(cls.sites) - set(SITES)) | (set(cls.side_streams) - set(STREAMS))
+    if unknown:
+        raise TypeError(f"method '{cls.name}' declares unknown sites or side streams: {sorted(unknown)}")
+    METHODS[cls.name] = cls
+    return cls
 
 
 def param_specs(name: str) -> list[ParamSpec]:
     """The parameters of method ``name`` as controls, in declaration order, from its parameter dataclass."""
-    hints = typing.get_type_hints(METHODS[_known(name)].Params)
-    specs = []
-    for f in dataclasses.fields(METHODS[name].Params):
-        kinds = set(typing.get_args(hints[f.name])) or {hints[f.name]}
-        if any(typing.get_origin(k) is tuple for k in kinds):
-            kind = "layers" if str not in kinds or hints[f.name] == LayerSpec else "text"
-        else:
-            kind = next(k.__name__ for k in (bool, int, float, str) if k in kinds)
-        meta = f.metadata
-        specs.append(ParamSpec(f.name, kind, f.default, meta.get("paper"), meta.get("low"), meta.get("high"),
-                               meta.get("choices")))
-    return specs
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: list ``cls`` under ``cls.name``."""
-    METHODS[cls.name] = cls
-    return cls
+    return specs_of(METHODS[_known(name)].Params)
 
 
 def method(name: str, **kwargs: Any) -> Method:
@@ -143,142 +183,12 @@ def _known(name: Any) -> str:
     return name
 
 
+def typed_method_args(name: str, given: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parameters of method ``name`` from ``"KEY=VALUE,..."`` or a mapping, typed by their declarations
+    (``visfocus.interventions.params.typed_values``)."""
+    return typed_values(METHODS[_known(name)].Params, given, name)
+
+
 def parse_method_args(name: str, text: str) -> dict[str, Any]:
     """``"alpha=0.5,layers=1;2"`` → typed kwargs for method ``name`` (tuples use ';' between items)."""
     return typed_method_args(name, text)
-
-
-def typed_method_args(name: str, given: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The parameters of method ``name`` — from ``"KEY=VALUE,..."`` or a mapping (YAML, the API, the app) — each
-    typed by its declared type: booleans through ``parse_bool``, numbers through ``parse_int``/``parse_float``, layer
-    tuples from ``1;2;3`` or a list, ``None`` from none/null for an optional one. An unknown key or an untypable value
-    is one error; ranges are the method's ``validate``."""
-    hints = typing.get_type_hints(METHODS[_known(name)].Params)
-    items = parse_key_values(given, f"'{name}' method argument")
-    unknown = sorted(set(items) - set(hints))
-    if unknown:
-        raise VisfocusError(f"method '{name}' has no parameter {', '.join(unknown)}; its parameters: "
-                            f"{', '.join(sorted(hints)) or 'none'}")
-    return {key: _typed(value, hints[key], key) for key, value in items.items()}
-
-
-def _typed(value: Any, hint: Any, key: str) -> Any:
-    """One parameter value as its declared type (``hint``); text goes through ``_coerce``."""
-    if isinstance(value, str):
-        return _coerce(value.strip(), hint, key)
-    kinds = set(typing.get_args(hint)) or {hint}
-    if value is None and type(None) in kinds:
-        return None
-    if bool in kinds:
-        return parse_bool(value, f"method argument {key}")
-    if any(typing.get_origin(k) is tuple for k in kinds) and isinstance(value, (list, tuple)):
-        return tuple(parse_int(v, f"method argument {key} (a layer index)") for v in value)
-    if int in kinds and float not in kinds:
-        return parse_int(value, f"method argument {key}")
-    if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise VisfocusError(f"method argument {key}={value!r} is not a valid {_type_name(hint)}")
-
-
-def _coerce(raw: str, hint: Any, key: str) -> Any:
-    kinds = set(typing.get_args(hint)) or {hint}
-    what = f"method argument {key}"
-    if raw.lower() in ("none", "null", "") and type(None) in kinds:
-        return None
-    if bool in kinds:
-        return parse_bool(raw, what)
-    if any(typing.get_origin(k) is tuple for k in kinds):
-        items = [v.strip() for v in raw.split(";") if v.strip()]
-        if items and all(v.lstrip("+-").isdigit() for v in items):
-            return tuple(parse_int(v, f"{what} (a layer index)") for v in items)
-        if str not in kinds:  # e.g. DoLa's layers: "high" or indices
-            raise VisfocusError(f"{what}={raw!r} is not a valid {_type_name(hint)}")
-        return raw
-    if int in kinds and float not in kinds:
-        return parse_int(raw, what)
-    if float in kinds:
-        return parse_float(raw, what)
-    return raw
-
-
-def _type_name(hint: Any) -> str:
-    """A parameter type as a user reads it: ``float``, ``layer indices (1;2;3) or text``, …"""
-    kinds = [k for k in (set(typing.get_args(hint)) or {hint}) if k is not type(None)]
-    names = sorted("layer indices (e.g. 1;2;3)" if typing.get_origin(k) is tuple else getattr(k, "__name__", str(k))
-                   for k in kinds)
-    return " or ".join(names)
-
-
-def check_number(name: str, value: float, *, low: float | None = None, high: float | None = None) -> None:
-    """One clear error for a parameter that is not a finite number within [low, high]."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise VisfocusError(f"{name} must be a finite number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"≥ {low}" if high is None else (f"≤ {high}" if low is None else f"in [{low}, {high}]")
-        raise VisfocusError(f"{name} must be {bounds}, got {value}")
-
-
-_FRACTION_RANGE = re.compile(r"^\s*(\d*\.?\d+)\s*:\s*(\d*\.?\d+)\s*$")
-
-
-def fraction_range(spec: Any) -> tuple[float, float] | None:
-    """``(a, b)`` when ``spec`` is a fraction range of the depth, the text ``"a:b"`` (0 ≤ a < b ≤ 1); else None."""
-    if not isinstance(spec, str) or not (match := _FRACTION_RANGE.match(spec)):
-        return None
-    low, high = float(match.group(1)), float(match.group(2))
-    if not 0 <= low < high <= 1:
-        raise VisfocusError(f"layers {spec!r}: a fraction range a:b of the depth needs 0 ≤ a < b ≤ 1")
-    return low, high
-
-
-def resolve_layers(spec: tuple[int, ...] | str | None, num_layers: int) -> tuple[int, ...] | None:
-    """The decoder layer indices a layer parameter means on a model of ``num_layers`` layers: None (all layers),
-    explicit indices, or a fraction range ``"a:b"`` of the depth — the layers i with a ≤ i/L < b, so that a default
-    tuned on a 32-layer decoder (e.g. layers 9–14 = ``"0.28:0.45"``) means the same part of the network on every
-    depth. On a decoder too shallow for the range to hold a layer (a few layers), the one layer whose span
-    [i/L, (i+1)/L) overlaps the range most."""
-    if spec is None:
-        return None
-    fractions = fraction_range(spec)
-    if fractions is None:
-        check_layers(spec, num_layers)
-        return tuple(spec)
-    low, high = fractions
-    layers = tuple(i for i in range(num_layers) if low <= i / num_layers < high)
-    if not layers:
-        overlap = [min(high, (i + 1) / num_layers) - max(low, i / num_layers) for i in range(num_layers)]
-        layers = (max(range(num_layers), key=overlap.__getitem__),)
-    return layers
-
-
-def edit_layers(spec: tuple[int, ...] | str | None, num_layers: int) -> frozenset[int] | None:
-    """The layer set an ``Edit`` takes for a layer parameter (``resolve_layers``; None: every layer)."""
-    layers = resolve_layers(spec, num_layers)
-    return frozenset(layers) if layers is not None else None
-
-
-def check_choice(name: str, value: Any, choices: Any) -> None:
-    """One clear error for a value that is not one of ``choices``."""
-    if value not in choices:
-        raise VisfocusError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def check_layers(layers: tuple[int, ...] | str | None, num_layers: int | None) -> None:
-    """One clear error for a layer parameter that is not None, non-empty indices within the decoder, or a fraction
-    range ``"a:b"`` (``resolve_layers``)."""
-    if layers is None:
-        return
-    if isinstance(layers, str):
-        if fraction_range(layers) is None:
-            raise VisfocusError(f"layers {layers!r}: give layer indices (e.g. 1;2;3), a fraction range of the depth "
-                                "(e.g. 0.28:0.45) or None for all layers")
-        if num_layers is not None:
-            resolve_layers(layers, num_layers)
-        return
-    if len(layers) == 0:
-        raise VisfocusError("layers is empty; give layer indices or None for all layers")
-    if any(not isinstance(i, int) or isinstance(i, bool) for i in layers):
-        raise VisfocusError(f"layers {list(layers)}: layer indices must be integers")
-    if num_layers is not None and any(not 0 <= i < num_layers for i in layers):
-        raise VisfocusError(f"layers {list(layers)} out of range: the text decoder has {num_layers} layers "
-                            f"(0..{num_layers - 1})")

@@ -11,5 +11,4 @@ class Baseline(Method):
     name = "baseline"
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
-        generation = batch.runner.generate((), max_new_tokens=max_new_tokens)
-        return MethodResult(generation, alpha_used=[None] * generation.new_tokens.shape[0])
+        return MethodResult(batch.runner.generate((), max_new_tokens=max_new_tokens))

@@ -22,44 +22,40 @@ At every decoding step, for each batch row (the reference decodes one sample at 
 Layers are hidden-state indices as in transformers' ``output_hidden_states`` and the reference's
 ``outputs.hidden_states[l]``: l is the input of decoder layer l, i.e. the output of the first l layers (0 = the
 embedding output), so the reference's layers 20..28 are the outputs of blocks 19..27. The pre-hook of DoLa's
-``HiddenStateKeeper`` on decoder layer l captures exactly that input (Qwen3-VL's DeepStack adds visual features only
-at image positions, never at the last, text position read here). Valid indices are 0..L−1; a fraction range "a:b"
-means the layers i with a ≤ i/L < b (``resolve_layers``; on a decoder too shallow for the range to hold a layer, the
-one layer overlapping it most, e.g. layer 1 of 2 for the default), None every layer.
+``LastPositionReader`` (the layer_input site) of decoder layer l captures exactly that input (Qwen3-VL's DeepStack adds
+visual features only at image positions, never at the last, text position read here). Valid indices are 0..L−1; a
+fraction range "a:b" means the layers i with a ≤ i/L < b (``resolve_layers``; on a decoder too shallow for the range to
+hold a layer, the one layer overlapping it most, e.g. layer 1 of 2 for the default), None every layer.
 
 Decoding is greedy unless the caller samples (``answer_batch(sampling=...)``): the caller's temperature, top-k and top-p
 warpers then act on the DeCo scores, after the correction, as in the reference's ``_deco_sample_decoding``. At α = 0
 the scores are the plain logits on C, and the final layer's most probable token is always in C, so greedy answers are
 the plain model's; the scores (and the confidence derived from them) still differ by the cut to C, and sampling still
 samples from C only. Softmaxes are computed in float32 (the reference: in the model's dtype); ``top_k`` beyond the
-vocabulary means the whole vocabulary. The answer's first-token logits are the DeCo scores that chose the token (the
-reference records the plain processed logits as ``scores``); per row, ``extras`` hold the first step's anchor layer l*
-and its probability m, and the anchor layer of every step of the row."""
+vocabulary means the whole vocabulary. The answer's ``first_token_scores`` are the DeCo scores that chose the token (the
+reference records the plain processed logits as ``scores``), its ``first_token_logits`` the model's own; per row,
+``extras`` hold the first step's anchor layer l* and its probability m, and the anchor layer of every step of the
+row."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
-from visfocus.errors import VisfocusError
-from visfocus.interventions.base import (
-    LayerSpec,
-    Method,
-    MethodResult,
-    Params,
-    check_layers,
-    check_number,
-    param,
-    register_method,
-    resolve_layers,
-)
+from visfocus.interventions.base import LayerSpec, Method, MethodResult, Params, param, register_method, resolve_layers
 from visfocus.interventions.batch import Batch
-from visfocus.interventions.dola import HiddenStateKeeper
-from visfocus.interventions.vcd import NO_PENALTY, NO_WARPERS, after_contrast
+from visfocus.interventions.decoding import (
+    NO_PENALTY,
+    NO_WARPERS,
+    after_correction,
+    choose_layer,
+    decoding_settings,
+    early_exit_logits,
+)
 from visfocus.steer.forced import eos_token_ids
+from visfocus.steer.sites import LastPositionReader
 
 # The reference's layers 20..28 of a 32-layer decoder (hparams/DeCo/llama-7b.yaml `early_exit_layers`):
 # 20/32 = 0.625 ≤ i/32 < 0.9 holds i = 20..28 (28/32 = 0.875, 29/32 = 0.906).
@@ -81,35 +77,33 @@ def deco_scores(final_logits: torch.Tensor, anchor_logits_by_layer: dict[int, to
     # min(searchsorted(c, p, right=False) + 1, k)
     reaching = torch.searchsorted(cumulative, cumulative.new_full((rows, 1), top_p), right=False)  # (B, 1)
     in_c = torch.arange(k, device=final.device) < (reaching + 1).clamp(max=k)  # (B, K) the candidates C
-    best_prob = torch.full((rows,), -torch.inf, device=final.device)  # (B,) m so far
-    best_layer = torch.zeros(rows, dtype=torch.long)  # (B,) l* so far
-    best_logits = torch.zeros_like(final)  # (B, V) z_{l*} so far
-    for layer, logits in anchor_logits_by_layer.items():
+
+    def on_candidates(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits.float()  # (B, V)
         probs_on_c = logits.softmax(-1).gather(-1, top_ids).masked_fill(~in_c, -torch.inf)  # (B, K) q_l on C
-        layer_max = probs_on_c.max(-1).values  # (B,)
-        better = layer_max > best_prob  # (B,) ties keep the earlier layer, as the reference's flat argmax
-        best_prob = torch.where(better, layer_max, best_prob)
-        best_layer = torch.where(better.cpu(), torch.tensor(layer), best_layer)
-        best_logits = torch.where(better[:, None], logits, best_logits)  # (B, V)
+        return logits, probs_on_c.max(-1).values  # (B, V), (B,)
+
+    # ties keep the earlier layer, as the reference's flat argmax
+    choice = choose_layer(anchor_logits_by_layer, on_candidates, initial=torch.zeros_like(final))
     candidates = torch.zeros_like(final, dtype=torch.bool).scatter_(-1, top_ids, in_c)  # (B, V) C as a mask
-    scores = (final + alpha * best_prob[:, None] * best_logits).masked_fill(~candidates, -torch.inf)  # (B, V)
-    return scores, best_layer.tolist(), best_prob.tolist()
+    scores = (final + alpha * choice.scores[:, None] * choice.kept).masked_fill(~candidates, -torch.inf)  # (B, V)
+    return scores, choice.layers, choice.scores.tolist()
 
 
-class DynamicCorrection(HiddenStateKeeper):
-    """Scores every step with ``deco_scores``; ``hooked()`` keeps the anchor candidates' last-position hidden states
-    (the input of decoder layer l = transformers' ``hidden_states[l]``). ``chosen``: per step, l* of each row;
-    ``max_probs``: per step, m of each row."""
+class DynamicCorrection(LogitsProcessor):
+    """Scores every step with ``deco_scores`` from the anchor candidates' last-position hidden states that ``reader``
+    (the layer_input site: the input of decoder layer l = transformers' ``hidden_states[l]``) keeps. ``chosen``: per
+    step, l* of each row; ``max_probs``: per step, m of each row."""
 
-    def __init__(self, adapter, layers: tuple[int, ...], alpha: float, top_k: int, top_p: float) -> None:
-        super().__init__(adapter, layers)
+    def __init__(self, adapter, reader: LastPositionReader, alpha: float, top_k: int, top_p: float) -> None:
+        self.adapter, self.reader = adapter, reader
         self.alpha, self.top_k, self.top_p = alpha, top_k, top_p
+        self.chosen: list[list[int]] = []
         self.max_probs: list[list[float]] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        anchors = {layer: self.lm_head(self.norm(self.hidden[layer])).to(scores.device)
-                   for layer in self.layers}  # {l: (B, V)} in the model's dtype
+        anchors = {layer: early_exit_logits(self.adapter, self.reader.hidden[layer], True).to(scores.device)
+                   for layer in self.reader.layers}  # {l: (B, V)} in the model's dtype
         out, chosen, max_probs = deco_scores(scores, anchors, self.alpha, self.top_k, self.top_p)
         self.chosen.append(chosen)
         self.max_probs.append(max_probs)
@@ -136,22 +130,10 @@ class DeCoParams(Params):
     # the candidates: the final layer's top_k tokens (yaml `threshold_top_k: 20`) ...
     top_k: int = param(20, low=1)
     # ... cut where their cumulative probability first reaches top_p, that token kept (yaml `threshold_top_p: 0.9`)
-    top_p: float = param(0.9, low=0.0, high=1.0)
+    top_p: float = param(0.9, low=0, high=1, low_open=True)
     # anchor candidate layers, hidden-state indices (yaml `early_exit_layers: [20..28]` of 32): indices, a fraction
     # "a:b" of the depth (layers i with a ≤ i/L < b) or None for every layer
     layers: LayerSpec = DEFAULT_LAYERS
-
-    def validate(self, num_layers: int | None = None) -> None:
-        check_number("alpha", self.alpha, low=0.0)
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1:
-            raise VisfocusError(f"top_k must be an integer ≥ 1, got {self.top_k!r}")
-        check_number("top_p", self.top_p)
-        if not 0 < self.top_p <= 1:
-            raise VisfocusError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.layers is not None and not isinstance(self.layers, (str, tuple, list)):
-            raise VisfocusError(f"layers must be layer indices, a fraction range a:b of the depth or None, "
-                                f"got {self.layers!r}")
-        check_layers(self.layers, num_layers)
 
 
 @register_method
@@ -162,23 +144,25 @@ class DeCo(Method):
     supports_sampling = True
     identity = {"alpha": 0.0}  # greedy answers are the plain model's; the scores are cut to C
     search_grid = {"alpha": (0.2, 0.4, 0.6, 0.8, 1.0)}
+    sites = frozenset({"layer_input", "logits"})
+    extras = {"anchor_layer": "l*, the anchor layer of the first answer token (a hidden-state index)",
+              "anchor_prob": "m, the anchor layer's largest candidate probability at the first answer token",
+              "anchor_layers": "l* at every decoding step of the row",
+              "candidate_layers": "the anchor candidate layers"}
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         p, runner, model = self.params, batch.runner, batch.runner.model
-        p.validate(batch.num_layers)
         layers = anchor_layers(p.layers, batch.num_layers)
-        correction = DynamicCorrection(batch.adapter, layers, p.alpha, p.top_k, p.top_p)
+        reader = LastPositionReader(layers, device=model.get_output_embeddings().weight.device)  # the LM head's
+        correction = DynamicCorrection(batch.adapter, reader, p.alpha, p.top_k, p.top_p)
         # generate would run the model's penalty and the caller's warpers before the correction: they run after it
-        defaults, own = runner.generation_defaults, model.generation_config
-        sample = bool(defaults.get("do_sample", False))
-        config = SimpleNamespace(repetition_penalty=own.repetition_penalty,
-                                 **{k: defaults.get(k, getattr(own, k)) for k in ("temperature", "top_k", "top_p")})
-        after = after_contrast(config, runner.left_padding, sample)
-        with correction.hooked():
-            generation = runner.generate((), max_new_tokens, logits_processor=LogitsProcessorList([correction, *after]),
-                                         first_logits_from="scores", **NO_PENALTY, **(NO_WARPERS if sample else {}))
-        steps = steps_per_row(generation.new_tokens, eos_token_ids(own))
+        settings = decoding_settings(runner)
+        after = after_correction(settings, runner.left_padding, settings.do_sample)
+        generation = runner.generate((), max_new_tokens, logits_processor=LogitsProcessorList([correction, *after]),
+                                     layer_hooks=(reader,), **NO_PENALTY,
+                                     **(NO_WARPERS if settings.do_sample else {}))
+        steps = steps_per_row(generation.new_tokens, eos_token_ids(model.generation_config))
         extras = [{"anchor_layer": correction.chosen[0][b], "anchor_prob": correction.max_probs[0][b],
                    "anchor_layers": [step[b] for step in correction.chosen[:steps[b]]],
                    "candidate_layers": list(layers)} for b in range(len(steps))]
-        return MethodResult(generation, alpha_used=[None] * len(extras), extras=extras)
+        return MethodResult(generation, extras=extras)

@@ -15,12 +15,12 @@ s = L//2. Explicit indices must lie in 0..L−1. Premature logits are lm_head(h_
 (``final_norm=False``: the DoLa / early-exit convention); ``final_norm=True`` applies it first (the logit lens).
 
 transformers ≥ 4.53 moved DoLa to the Hub (``transformers-community/dola``), which cannot load offline, so this is
-native: forward pre-hooks keep each candidate's last-position hidden state and a logits processor scores the tokens.
-The answer's first-token logits are the DoLa scores that chose the token."""
+native: the engine's layer_input site keeps each candidate's last-position hidden state (``steer.sites``) and a logits
+processor scores the tokens. The answer's ``first_token_scores`` are the DoLa scores that chose the token; its
+``first_token_logits`` the model's own."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -28,8 +28,10 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_choice, check_number, param, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, param, register_method
 from visfocus.interventions.batch import Batch
+from visfocus.interventions.decoding import choose_layer, early_exit_logits, plausibility_cut
+from visfocus.steer.sites import LastPositionReader
 
 
 def candidate_layers(spec: str | tuple[int, ...], num_layers: int, tied_embeddings: bool) -> tuple[int, ...]:
@@ -84,64 +86,31 @@ DIVERGENCES = {"jsd": _jsd_of_log_probs, "transformers": transformers_divergence
 def dola_scores(final_logits: torch.Tensor, premature_logits_by_layer: dict[int, torch.Tensor],
                 relative_top: float, divergence: str = "jsd") -> tuple[torch.Tensor, list[int]]:
     """(B, V) F = log p_N − log p_M on V_head (−inf elsewhere), and M per row: the candidate furthest from the final
-    distribution by ``divergence`` (``DIVERGENCES``). One candidate at a time, so the extra memory is a few (B, V)
-    tensors whatever the number of candidates."""
+    distribution by ``divergence`` (``DIVERGENCES``), ties to the earlier candidate (``decoding.choose_layer``)."""
     measure = DIVERGENCES[divergence]
     log_p_final = final_logits.float().log_softmax(-1)  # (B, V)
-    best_div = torch.full(final_logits.shape[:1], -math.inf, device=final_logits.device)  # (B,)
-    best_layer = torch.zeros(final_logits.shape[:1], dtype=torch.long)  # (B,)
-    best_log_q = log_p_final
-    for j, logits in premature_logits_by_layer.items():
+
+    def furthest(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_q = logits.float().log_softmax(-1)  # (B, V)
-        divergence_j = measure(log_p_final, log_q)  # (B,)
-        better = divergence_j > best_div  # (B,) ties keep the earlier candidate
-        best_div = torch.where(better, divergence_j, best_div)
-        best_layer = torch.where(better.cpu(), torch.tensor(j), best_layer)
-        best_log_q = torch.where(better[:, None], log_q, best_log_q)  # (B, V)
-    head = log_p_final >= log_p_final.max(-1, keepdim=True).values + math.log(relative_top)  # (B, V)
-    return (log_p_final - best_log_q).masked_fill(~head, -math.inf), best_layer.tolist()
+        return log_q, measure(log_p_final, log_q)  # (B, V), (B,)
+
+    choice = choose_layer(premature_logits_by_layer, furthest, initial=log_p_final)
+    return plausibility_cut(log_p_final - choice.kept, log_p_final, relative_top), choice.layers
 
 
-class HiddenStateKeeper(LogitsProcessor):
-    """A logits processor that reads early layers: ``hooked()`` keeps, at every forward, the last-position hidden
-    state of each layer in ``layers`` (hidden-state index j = the input of decoder layer j) in ``hidden``, on the LM
-    head's device. ``chosen``: per step, the layer each row picked (subclasses fill it)."""
+class LayerContrast(LogitsProcessor):
+    """Scores every step with ``dola_scores`` from the premature layers' hidden states that ``reader`` (the
+    layer_input site) keeps; ``chosen``: per step, the premature layer of each row."""
 
-    def __init__(self, adapter, layers: tuple[int, ...]) -> None:
-        self.decoder_layers, self.norm, self.lm_head = adapter.decoder_layers(), adapter.final_norm, adapter.lm_head
-        self.head_device = adapter.model.get_output_embeddings().weight.device  # with device_map, not layer j's
-        self.layers = layers
-        self.hidden: dict[int, torch.Tensor] = {}
+    def __init__(self, adapter, reader: LastPositionReader, relative_top: float, final_norm: bool,
+                 divergence: str = "jsd") -> None:
+        self.adapter, self.reader = adapter, reader
+        self.relative_top, self.final_norm, self.divergence = relative_top, final_norm, divergence
         self.chosen: list[list[int]] = []
 
-    @contextlib.contextmanager
-    def hooked(self):
-        handles = [self.decoder_layers[j].register_forward_pre_hook(self._keeper(j), with_kwargs=True)
-                   for j in self.layers]
-        try:
-            yield self
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _keeper(self, j: int):
-        def keep(module, args, kwargs) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]  # (B, Q, D) input of decoder layer j
-            self.hidden[j] = hidden[:, -1].to(self.head_device)  # (B, D)
-        return keep
-
-
-class LayerContrast(HiddenStateKeeper):
-    """Scores every step with ``dola_scores``; ``chosen``: per step, the premature layer of each row."""
-
-    def __init__(self, adapter, layers: tuple[int, ...], relative_top: float, final_norm: bool,
-                 divergence: str = "jsd") -> None:
-        super().__init__(adapter, layers)
-        self.relative_top, self.final_norm, self.divergence = relative_top, final_norm, divergence
-
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        premature = {j: self.lm_head(self.norm(self.hidden[j]) if self.final_norm else self.hidden[j]).to(scores.device)
-                     for j in self.layers}  # {j: (B, V)} in the model's dtype
+        premature = {j: early_exit_logits(self.adapter, self.reader.hidden[j], self.final_norm).to(scores.device)
+                     for j in self.reader.layers}  # {j: (B, V)} in the model's dtype
         out, chosen = dola_scores(scores, premature, self.relative_top, self.divergence)
         self.chosen.append(chosen)
         return out
@@ -152,14 +121,14 @@ class DoLaParams(Params):
     layers: str | tuple[int, ...] = "high"  # "low", "high" or hidden-state indices (``dola_layers``)
     repetition_penalty: float = param(1.2, low=1.0)  # ≥ 1, on the DoLa scores; replaces the model's own penalty
     # head set: keep tokens with p_N ≥ relative_top · max p_N
-    relative_top: float = param(0.1, paper="α", low=0.0, high=1.0)
+    relative_top: float = param(0.1, paper="α", low=0, high=1, low_open=True)
     final_norm: bool = False  # apply the final norm to premature hidden states (False: DoLa's convention)
     # how the premature layer is picked: "jsd", the true Jensen–Shannon divergence the paper names (default), or
     # "transformers", the score transformers' and the DoLa paper's code compute (``transformers_divergence``), to
     # reproduce their layer choice; the two pick different layers when several candidates are close
     divergence: str = param("jsd", choices=tuple(DIVERGENCES))
 
-    def validate(self, num_layers: int | None = None) -> None:
+    def check(self, num_layers: int | None = None) -> None:
         if isinstance(self.layers, str):
             if self.layers not in ("low", "high"):
                 raise VisfocusError(f"layers must be 'low', 'high' or layer indices, got {self.layers!r}")
@@ -169,13 +138,6 @@ class DoLaParams(Params):
                                 f"got {self.layers!r}")
         elif num_layers is not None:
             candidate_layers(self.layers, num_layers, tied_embeddings=False)
-        check_number("repetition_penalty", self.repetition_penalty, low=1.0)
-        check_number("relative_top", self.relative_top)
-        if not 0 < self.relative_top <= 1:
-            raise VisfocusError(f"relative_top must be in (0, 1], got {self.relative_top}")
-        if not isinstance(self.final_norm, bool):
-            raise VisfocusError(f"final_norm must be true or false, got {self.final_norm!r}")
-        check_choice("divergence", self.divergence, tuple(DIVERGENCES))
 
 
 @register_method
@@ -184,19 +146,21 @@ class DoLa(Method):
     supports_sampling = False  # greedy by definition
     search_grid = {"layers": ("low", "high"), "repetition_penalty": (1.0, 1.2)}
     Params = DoLaParams
+    sites = frozenset({"layer_input", "logits"})
+    extras = {"premature_layer": "M, the premature layer chosen for the first answer token (a hidden-state index)",
+              "candidate_layers": "the candidate premature layers J"}
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         p, runner, model = self.params, batch.runner, batch.runner.model
-        p.validate(batch.num_layers)
         tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
         candidates = candidate_layers(p.layers, batch.num_layers, tied)
-        contrast = LayerContrast(batch.adapter, candidates, p.relative_top, p.final_norm, p.divergence)
+        reader = LastPositionReader(candidates, device=model.get_output_embeddings().weight.device)  # the LM head's
+        contrast = LayerContrast(batch.adapter, reader, p.relative_top, p.final_norm, p.divergence)
         processors = LogitsProcessorList([contrast])
         if p.repetition_penalty != 1.0:  # after the contrast; left padding is not penalised, as in generate
             processors.append(RepetitionPenaltyLogitsProcessor(p.repetition_penalty,
                                                                prompt_ignore_length=runner.left_padding))
-        with contrast.hooked():
-            generation = runner.generate((), max_new_tokens, logits_processor=processors, first_logits_from="scores",
-                                         repetition_penalty=1.0)  # generate's own penalty would come first
-        extras = [{"premature_layer": j, "candidate_layers": list(contrast.layers)} for j in contrast.chosen[0]]
-        return MethodResult(generation, alpha_used=[None] * len(extras), extras=extras)
+        generation = runner.generate((), max_new_tokens, logits_processor=processors, layer_hooks=(reader,),
+                                     repetition_penalty=1.0)  # generate's own penalty would come first
+        extras = [{"premature_layer": j, "candidate_layers": list(candidates)} for j in contrast.chosen[0]]
+        return MethodResult(generation, extras=extras)

@@ -3,7 +3,7 @@ decoding step t = 1, 2, … mixes the conditional log-probabilities l_c = log p(
 ones l_u = log p(y | text) as l_c + ((1−γ_t)/γ_t)·(l_c − l_u), γ_t = exp(−λ·t): the correction towards the image grows
 with the length of the answer, as the model forgets the image. Tokens whose conditional logit is below max + log β
 get −inf (the adaptive plausibility constraint, β 0.1). l_u comes from the text-only stream
-(``streams.TextOnlyStream``: the chat prompt with the image taken out, its own cache, no edit).
+(``steer.streams.TextOnlyStream``: the chat prompt with the image taken out, its own cache, no edit).
 
 No official code exists. The defaults (λ 0.02, β 0.1, t counted from 1 at the first answer token, the cutoff on the
 raw conditional logits) follow the re-implementation in AvisC (sangminwoo/AvisC, ``avisc_utils/avisc_sample.py``, the
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_number, param, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, param, register_method
 from visfocus.interventions.batch import Batch
-from visfocus.interventions.streams import TextOnlyStream
+from visfocus.interventions.decoding import plausibility_cut
+from visfocus.steer.streams import TextOnlyStream
 
 
 def mutual_information_scores(conditional: torch.Tensor, unconditional: torch.Tensor, step: int, decay: float,
@@ -33,9 +33,8 @@ def mutual_information_scores(conditional: torch.Tensor, unconditional: torch.Te
     gamma_t = math.exp(-decay * step)
     l_c = conditional.float().log_softmax(-1)  # (B, V)
     l_u = unconditional.float().log_softmax(-1)  # (B, V)
-    cutoff = conditional.max(dim=-1, keepdim=True).values + math.log(beta)  # (B, 1)
     mixed = l_c + ((1 - gamma_t) / gamma_t) * (l_c - l_u)  # (B, V)
-    return mixed.masked_fill(conditional < cutoff, float("-inf"))
+    return plausibility_cut(mixed, conditional, beta)
 
 
 class MutualInformation(LogitsProcessor):
@@ -51,13 +50,7 @@ class MutualInformation(LogitsProcessor):
 @dataclass(frozen=True)
 class M3IDParams(Params):
     decay: float = param(0.02, paper="λ", low=0.0)  # λ in γ_t = exp(−λ·t); 0 = no correction
-    beta: float = param(0.1, paper="β", low=0.0, high=1.0)  # plausibility cutoff: keep logits ≥ max + log β
-
-    def validate(self, num_layers: int | None = None) -> None:
-        check_number("decay", self.decay, low=0.0)
-        check_number("beta", self.beta)
-        if not 0 < self.beta <= 1:
-            raise VisfocusError(f"beta must be in (0, 1], got {self.beta}")
+    beta: float = param(0.1, paper="β", low=0, high=1, low_open=True)  # plausibility cutoff: keep logits ≥ max + log β
 
 
 @register_method
@@ -66,14 +59,12 @@ class M3ID(Method):
     Params = M3IDParams
     identity = {"decay": 0.0}
     search_grid = {"decay": (0.01, 0.02, 0.05, 0.1)}
+    sites = frozenset({"logits"})
+    side_streams = frozenset({"text_only"})
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         p = self.params
-        p.validate(batch.num_layers)
         if p.decay == 0:  # γ_t = 1: nothing to mix in, the plain model
-            generation = batch.runner.generate((), max_new_tokens)
-        else:
-            mixture = MutualInformation(TextOnlyStream(batch), batch.runner.image_cols.shape[1], p.decay, p.beta)
-            generation = batch.runner.generate((), max_new_tokens, logits_processor=LogitsProcessorList([mixture]),
-                                               first_logits_from="scores")
-        return MethodResult(generation, alpha_used=[None] * generation.new_tokens.shape[0])
+            return MethodResult(batch.runner.generate((), max_new_tokens))
+        mixture = MutualInformation(batch.text_only_stream(), batch.runner.prompt_len, p.decay, p.beta)
+        return MethodResult(batch.runner.generate((), max_new_tokens, logits_processor=LogitsProcessorList([mixture])))

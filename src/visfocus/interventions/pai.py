@@ -10,8 +10,8 @@ uses the head-mean magnitude z + α·mean_heads|z| of the "middle layers" follow
 
 Contrast (the reference's ``--use-cfg``, γ ≠ 1): log-softmax outputs γ·log p(y | image, text) − (γ−1)·log p(y | text),
 with tokens whose conditional log-probability is below log 0.1 + max set to −inf. p(y | text) comes from a text-only
-stream (``streams.TextOnlyStream``: the same chat prompt with the image taken out, its own cache, no edit); it costs
-one text-only forward per token. γ = 1 switches the contrast off entirely, as in the reference.
+stream (``steer.streams.TextOnlyStream``: the same chat prompt with the image taken out, its own cache, no edit); it
+costs one text-only forward per token. γ = 1 switches the contrast off entirely, as in the reference.
 
 Reference bug kept as an option: with the contrast on, the reference applies no edit to the first generated token (its
 ``use_cfg`` flag is reset only after the first unconditional pass), which is exactly the answer token of POPE. By
@@ -22,31 +22,19 @@ by default; with ``sampling`` the warpers act on the contrasted scores."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from visfocus.errors import VisfocusError
-from visfocus.interventions.base import (
-    LayerSpec,
-    Method,
-    MethodResult,
-    Params,
-    check_choice,
-    check_layers,
-    check_number,
-    edit_layers,
-    param,
-    register_method,
-)
+from visfocus.interventions.base import LayerSpec, Method, MethodResult, Params, edit_layers, param, register_method
 from visfocus.interventions.batch import Batch
-from visfocus.interventions.streams import TextOnlyStream
+from visfocus.interventions.decoding import plausibility_cut
 from visfocus.steer.edits import Edit
+from visfocus.steer.streams import TextOnlyStream
 
 MAGNITUDES = ("per_head", "head_mean")
-PLAUSIBLE = math.log(0.1)  # keep tokens whose conditional log-probability is at least max + log 0.1
+PLAUSIBLE = 0.1  # keep tokens whose conditional log-probability is at least max + log 0.1
 
 
 @dataclass(frozen=True)
@@ -74,8 +62,7 @@ def guided(conditional: torch.Tensor, unconditional: torch.Tensor, gamma: float)
     """(B, V) γ·l_c − (γ−1)·l_u on log-softmax outputs, −inf where l_c < max l_c + log 0.1 (the reference's CFG)."""
     l_c = conditional.float().log_softmax(-1)  # (B, V)
     l_u = unconditional.float().log_softmax(-1)  # (B, V)
-    cutoff = l_c.max(dim=-1, keepdim=True).values + PLAUSIBLE  # (B, 1)
-    return (gamma * (l_c - l_u) + l_u).masked_fill(l_c < cutoff, float("-inf"))
+    return plausibility_cut(gamma * (l_c - l_u) + l_u, l_c, PLAUSIBLE)
 
 
 class TextGuidance(LogitsProcessor):
@@ -96,14 +83,6 @@ class PAIParams(Params):
     magnitude: str = param("per_head", choices=MAGNITUDES)  # |z| per head, or its mean over heads (CVPR 2025)
     first_token_unedited: bool = False  # the reference's bug with the contrast on: the first token's row unedited
 
-    def validate(self, num_layers: int | None = None) -> None:
-        check_number("alpha", self.alpha, low=0.0)
-        check_number("gamma", self.gamma, low=1.0)
-        check_layers(self.layers, num_layers)
-        check_choice("magnitude", self.magnitude, MAGNITUDES)
-        if not isinstance(self.first_token_unedited, bool):
-            raise VisfocusError(f"first_token_unedited must be true or false, got {self.first_token_unedited!r}")
-
 
 @register_method
 class PAI(Method):
@@ -111,6 +90,10 @@ class PAI(Method):
     Params = PAIParams
     identity = {"alpha": 0.0, "gamma": 1.0}
     search_grid = {"alpha": (0.2, 0.5, 0.8), "gamma": (1.0, 1.1, 2.0)}
+    sites = frozenset({"attention", "logits"})
+    side_streams = frozenset({"text_only"})
+    bench_points = {"pai": {"gamma": 1.0},  # the attention edit alone
+                    "pai_contrast": {}}  # with the text-only contrast (γ 1.1)
 
     def edit(self, num_layers: int) -> AddMagnitude:
         p = self.params
@@ -120,10 +103,7 @@ class PAI(Method):
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         p = self.params
-        p.validate(batch.num_layers)
         edits = (self.edit(batch.num_layers),) if p.alpha != 0 else ()
-        processors = LogitsProcessorList([TextGuidance(TextOnlyStream(batch), p.gamma)] if p.gamma != 1 else [])
-        generation = batch.runner.generate(edits, max_new_tokens, logits_processor=processors,
-                                           first_logits_from="scores" if p.gamma != 1 else "logits")
-        rows = generation.new_tokens.shape[0]
-        return MethodResult(generation, alpha_used=[None] * rows)
+        guidance = [TextGuidance(batch.text_only_stream(), p.gamma)] if p.gamma != 1 else []
+        generation = batch.runner.generate(edits, max_new_tokens, logits_processor=LogitsProcessorList(guidance))
+        return MethodResult(generation)

@@ -7,17 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from visfocus.interventions.base import (
-    LayerSpec,
-    Method,
-    MethodResult,
-    Params,
-    check_layers,
-    check_number,
-    edit_layers,
-    param,
-    register_method,
-)
+from visfocus.interventions.base import LayerSpec, Method, MethodResult, Params, edit_layers, param, register_method
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
 
@@ -29,10 +19,6 @@ class ScalingVisParams(Params):
     layers: LayerSpec = None  # decoder layers to edit; None = all
     decode: bool = False  # also edit the query row of every decoding step (the official code does not)
 
-    def validate(self, num_layers: int | None = None) -> None:
-        check_number("alpha", self.alpha, low=0.0)
-        check_layers(self.layers, num_layers)
-
 
 @register_method
 class ScalingVis(Method):
@@ -40,6 +26,8 @@ class ScalingVis(Method):
     Params = ScalingVisParams
     identity = {"alpha": 1.0}
     search_grid = {"alpha": (0.5, 0.8, 1.2, 1.5, 2.0)}
+    sites = frozenset({"attention"})
+    extras = {"alpha_used": "α, the multiplier applied to the image keys' attention logits"}
 
     def edit(self, num_layers: int) -> ScaleLogits:
         p = self.params
@@ -47,6 +35,5 @@ class ScalingVis(Method):
                            rows="last_prompt_and_decode" if p.decode else "last_prompt")
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
-        self.params.validate(batch.num_layers)
         generation = batch.runner.generate((self.edit(batch.num_layers),), max_new_tokens=max_new_tokens)
-        return MethodResult(generation, alpha_used=[float(self.params.alpha)] * generation.new_tokens.shape[0])
+        return MethodResult(generation, extras=[{"alpha_used": float(self.params.alpha)} for _ in range(batch.size)])

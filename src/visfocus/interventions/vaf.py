@@ -34,18 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from visfocus.interventions.base import (
-    LayerSpec,
-    Method,
-    MethodResult,
-    Params,
-    check_choice,
-    check_layers,
-    check_number,
-    edit_layers,
-    param,
-    register_method,
-)
+from visfocus.interventions.base import LayerSpec, Method, MethodResult, Params, edit_layers, param, register_method
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
 
@@ -60,12 +49,6 @@ class VAFParams(Params):
     layers: LayerSpec = "0.28:0.45"  # layers 9–14 of 32, as a fraction of the depth; indices; None = all
     rows: str = param("post_image", choices=ROWS)  # "last": the labelled approximation (last prompt + decoding rows)
 
-    def validate(self, num_layers: int | None = None) -> None:
-        check_number("enhance", self.enhance, low=0.0)
-        check_number("suppress", self.suppress, low=0.0)
-        check_layers(self.layers, num_layers)
-        check_choice("rows", self.rows, ROWS)
-
 
 @register_method
 class VAF(Method):
@@ -74,6 +57,7 @@ class VAF(Method):
     identity = {"enhance": 1.0, "suppress": 1.0}
     search_grid = {"enhance": (1.05, 1.15, 1.25, 1.5), "suppress": (0.9, 0.95, 1.0)}
     shares_prefix = False  # the prompt rows after the image in a stored prefix would not be re-edited
+    sites = frozenset({"attention"})
 
     def __init__(self, params: VAFParams) -> None:
         super().__init__(params)
@@ -91,6 +75,5 @@ class VAF(Method):
         return tuple(edits)
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
-        self.params.validate(batch.num_layers)
         generation = batch.runner.generate(self.edits(batch.num_layers), max_new_tokens=max_new_tokens)
-        return MethodResult(generation, alpha_used=[float(self.params.enhance)] * generation.new_tokens.shape[0])
+        return MethodResult(generation)

@@ -11,8 +11,8 @@ Decoding is greedy by default. ``sample=True`` samples as the VCD code does, usi
 and top-p (transformers' defaults 1.0 / 50 / 1.0 where the model sets none), and seeds torch's global generator with
 ``seed``. As in the VCD code, the model's repetition penalty and these warpers act on the contrasted scores, never
 before the contrast. Each image's noise comes from its own generator seeded with ``seed``, so an image gets the same
-noise alone as in a batch (LLaVA-NeXT's padded tiles aside). The answer's first-token logits are the contrasted
-scores that chose the token, −inf outside the plausible set."""
+noise alone as in a batch (LLaVA-NeXT's padded tiles aside). The answer's ``first_token_scores`` are the contrasted
+scores that chose the token, −inf outside the plausible set; its ``first_token_logits`` the clean stream's own."""
 
 from __future__ import annotations
 
@@ -20,18 +20,20 @@ import math
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import LogitsProcessor, LogitsProcessorList
 
-from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_number, param, register_method
+from visfocus.interventions.base import Method, MethodResult, Params, param, register_method
 from visfocus.interventions.batch import Batch
-from visfocus.steer.compat import cache_argument, output_cache
-from visfocus.steer.context import SteerState, steering
+from visfocus.interventions.decoding import (
+    NO_PENALTY,
+    NO_WARPERS,
+    after_correction,
+    decoding_settings,
+    plausibility_cut,
+)
+from visfocus.steer.streams import ImageStream
 
 NUM_STEPS = 1000
-# Given to generate so that it applies no penalty or warper of its own before the contrast (they come after it).
-NO_PENALTY, NO_WARPERS = {"repetition_penalty": 1.0}, {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 def noise_schedule(num_steps: int = NUM_STEPS) -> torch.Tensor:
@@ -50,8 +52,7 @@ def add_diffusion_noise(pixel_values: torch.Tensor, step: int, generator: torch.
 
 def contrast(logits: torch.Tensor, noised_logits: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     """(B, V) (1+α)·z − α·z', −inf where p(v) < β·max p(v), i.e. where z < max z + log β."""
-    cutoff = logits.max(dim=-1, keepdim=True).values + math.log(beta)  # (B, 1)
-    return ((1 + alpha) * logits - alpha * noised_logits).masked_fill(logits < cutoff, float("-inf"))  # (B, V)
+    return plausibility_cut((1 + alpha) * logits - alpha * noised_logits, logits, beta)  # (B, V)
 
 
 def noised_pixels(inputs: dict, step: int, seed: int) -> torch.Tensor:
@@ -63,49 +64,14 @@ def noised_pixels(inputs: dict, step: int, seed: int) -> torch.Tensor:
                       for chunk in pixels.split(sizes)])
 
 
-class NoisedImageStream(LogitsProcessor):
-    """The contrast stream: the runner's prompt on other pixels, with its own cache. At the first call it runs the
-    prompt's prefill; later it feeds the newest token of ``input_ids``. Returns the contrasted scores."""
+class NoisedContrast(LogitsProcessor):
+    """Contrasts every step's scores with the noised-image stream's logits (``contrast``)."""
 
-    def __init__(self, batch: Batch, pixel_values: torch.Tensor, alpha: float, beta: float, tag: str) -> None:
-        self.batch, self.alpha, self.beta, self.tag = batch, alpha, beta, tag
-        self.pixel_values = pixel_values
-        self.cache = None
+    def __init__(self, stream: ImageStream, alpha: float, beta: float) -> None:
+        self.stream, self.alpha, self.beta = stream, alpha, beta
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return contrast(scores, self.stream_logits(input_ids).to(scores.device), self.alpha, self.beta)
-
-    def stream_logits(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        """(B, V) float32 logits of this stream for the token after ``input_ids`` (B, S + k)."""
-        r, adapter = self.batch.runner, self.batch.adapter
-        if self.cache is None:  # the prompt's prefill (from the noised image's shared prefix when the batch shares)
-            prefix = r.prefill(vision={"pixel_values": self.pixel_values}, tag=self.tag)
-            self.cache = prefix.cache
-            return prefix.first_logits  # (B, V)
-        # the vision inputs are in the cache now: feed the newest token
-        prompt_mask = r.inputs["attention_mask"]  # (B, S)
-        new = prompt_mask.new_ones(prompt_mask.shape[0], input_ids.shape[1] - prompt_mask.shape[1])  # (B, k)
-        mask = torch.cat([prompt_mask, new], dim=1)  # (B, S + k)
-        kwargs = {"input_ids": input_ids[:, -1:], "attention_mask": mask, cache_argument(r.model): self.cache,
-                  "position_ids": adapter.decode_position_ids(r.inputs, mask)}  # (B, 1) or (3, B, 1)
-        with steering(SteerState(image_cols=r.image_cols, cost=r.cost)):  # a plain forward: no edit, no trace
-            out = r.model(**kwargs, use_cache=True)
-        self.cache = output_cache(out)
-        return out.logits[:, -1].float()  # (B, V)
-
-
-def after_contrast(config, padding: torch.Tensor, sample: bool) -> list[LogitsProcessor]:
-    """The model's repetition penalty and, when sampling, its warpers (from its ``GenerationConfig``), to run on the
-    contrasted scores. padding: (B,) each row's left padding, which the penalty skips (as generate does)."""
-    processors: list[LogitsProcessor] = []
-    if config.repetition_penalty not in (None, 1.0):
-        processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty, prompt_ignore_length=padding))
-    if sample:
-        top_k = 50 if config.top_k is None else config.top_k
-        processors.append(TemperatureLogitsWarper(config.temperature or 1.0))
-        processors += [TopKLogitsWarper(top_k)] if top_k else []
-        processors += [TopPLogitsWarper(config.top_p)] if config.top_p is not None and config.top_p < 1 else []
-    return processors
+        return contrast(scores, self.stream.logits(input_ids).to(scores.device), self.alpha, self.beta)
 
 
 SEED_MAX = 2**63 - 1  # what torch's generators take
@@ -116,23 +82,10 @@ class VCDParams(Params):
     # α: contrast strength (the paper's setting; the VCD code falls back to 0.5)
     alpha: float = param(1.0, paper="α", low=0.0)
     # β: plausibility cutoff, keep tokens with p ≥ β·max p (the VCD POPE scripts use 0.2)
-    beta: float = param(0.1, paper="β", low=0.0, high=1.0)
+    beta: float = param(0.1, paper="β", low=0, high=1, low_open=True)
     noise_step: int = param(500, paper="T", low=0, high=NUM_STEPS - 1)  # T: diffusion step of the noise, 0..999
     sample: bool = False  # sample (as the VCD code does) instead of greedy decoding
     seed: int = param(0, low=0, high=SEED_MAX)  # seeds the noise and, when sampling, torch's global generator
-
-    def validate(self, num_layers: int | None = None) -> None:
-        check_number("alpha", self.alpha, low=0.0)
-        check_number("beta", self.beta)
-        if not 0 < self.beta <= 1:
-            raise VisfocusError(f"beta must be in (0, 1], got {self.beta}")
-        if not isinstance(self.noise_step, int) or isinstance(self.noise_step, bool) \
-                or not 0 <= self.noise_step < NUM_STEPS:
-            raise VisfocusError(f"noise_step must be an integer in [0, {NUM_STEPS - 1}], got {self.noise_step!r}")
-        if not isinstance(self.sample, bool):
-            raise VisfocusError(f"sample must be true or false, got {self.sample!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= SEED_MAX:
-            raise VisfocusError(f"seed must be an integer in [0, {SEED_MAX}], got {self.seed!r}")
 
 
 @register_method
@@ -142,19 +95,18 @@ class VCD(Method):
     supports_sampling = False  # it samples its own way: sample=True (warpers after the contrast, its seed)
     identity = {"alpha": 0.0}
     search_grid = {"alpha": (0.5, 1.0), "beta": (0.1, 0.2), "noise_step": (500, 999)}
+    sites = frozenset({"logits"})
+    side_streams = frozenset({"other_image"})
+    extras = {"noise_step": "T, the diffusion step of the contrast image's noise"}
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
-        p = self.params
-        p.validate(batch.num_layers)
-        runner = batch.runner
-        stream = NoisedImageStream(batch, noised_pixels(runner.inputs, p.noise_step, p.seed), p.alpha, p.beta,
-                                   tag=f"vcd-noise:{p.noise_step}:{p.seed}")
-        after = after_contrast(runner.model.generation_config, runner.left_padding, p.sample)
+        p, runner = self.params, batch.runner
+        stream = batch.image_stream({"pixel_values": noised_pixels(runner.inputs, p.noise_step, p.seed)},
+                                    tag=f"vcd-noise:{p.noise_step}:{p.seed}")
+        after = after_correction(decoding_settings(runner), runner.left_padding, p.sample)
         if p.sample:
             torch.manual_seed(p.seed)
-        generation = runner.generate((), max_new_tokens, logits_processor=LogitsProcessorList([stream, *after]),
-                                     first_logits_from="scores", do_sample=p.sample, **NO_PENALTY,
-                                     **(NO_WARPERS if p.sample else {}))
-        rows = generation.new_tokens.shape[0]
-        extras = [{"noise_step": p.noise_step} for _ in range(rows)]
-        return MethodResult(generation, alpha_used=[None] * rows, extras=extras)
+        processors = LogitsProcessorList([NoisedContrast(stream, p.alpha, p.beta), *after])
+        generation = runner.generate((), max_new_tokens, logits_processor=processors, do_sample=p.sample,
+                                     **NO_PENALTY, **(NO_WARPERS if p.sample else {}))
+        return MethodResult(generation, extras=[{"noise_step": p.noise_step} for _ in range(batch.size)])

@@ -9,7 +9,7 @@ smoothed, min-max scaled to [0, 1], upsampled to the original pixels, and each p
 on raw RGB. Pass 2 answers on that image, with a hint appended to the question.
 
 VEA does not share image prefixes between questions (``visfocus eval`` and ``answer_batch`` fall back to whole
-prefills for it): its second pass shows each question its own highlighted image. METHODS.md §11 item 20 lists the
+prefills for it): its second pass shows each question its own highlighted image. docs/methods.md §11 item 20 lists the
 survey-code bugs this avoids (unnormalised map, σ 2× too wide, blocky modulation, no hint).
 """
 
@@ -31,7 +31,6 @@ from visfocus.interventions.base import (
     MethodResult,
     Params,
     check_layers,
-    check_number,
     param,
     register_method,
     resolve_layers,
@@ -44,23 +43,17 @@ HINT = " Pay attention to the highlighted region of the image."
 @dataclass(frozen=True)
 class VEAParams(Params):
     # σ: Gaussian bandwidth as a fraction of the image's short side (paper default)
-    smooth_sigma: float = param(0.5, paper="σ", low=0.0)
+    smooth_sigma: float = param(0.5, paper="σ", low=0, low_open=True)
     # α: brightness of non-evidence regions; 1 leaves the image unchanged
     highlight_floor: float = param(0.5, paper="α", low=0.0, high=1.0)
     # λ: a cell above λ × its largest neighbour is an attention sink
-    denoise_lambda: float = param(10.0, paper="λ", low=1.0)
+    denoise_lambda: float = param(10.0, paper="λ", low=1, low_open=True)
     layers: LayerSpec = None  # layers to read; None: the profile's, else the middle 10 %
     profile: str | None = None  # JSON from `visfocus profile-layers`; used when layers is None
     hint: bool = True  # append HINT to the question in pass 2
     keep_original: bool = False  # VEA*: also show the original image (needs two images per prompt)
 
-    def validate(self, num_layers: int | None = None) -> None:
-        for name, value, low in (("smooth_sigma", self.smooth_sigma, 0), ("denoise_lambda", self.denoise_lambda, 1)):
-            check_number(name, value)
-            if value <= low:
-                raise VisfocusError(f"{name} must be > {low}, got {value}")
-        check_number("highlight_floor", self.highlight_floor, low=0.0, high=1.0)
-        check_layers(self.layers, num_layers)
+    def check(self, num_layers: int | None = None) -> None:
         if self.keep_original:
             raise VisfocusError("keep_original (VEA*: original and highlighted image in one prompt) is not supported "
                                 "yet: the model adapters take one image per question")
@@ -173,8 +166,13 @@ class VEA(Method):
     name = "vea"
     Params = VEAParams
     shares_prefix = False  # pass 2 changes each question's image
-    identity = {"highlight_floor": 1.0}  # no dimming (the hint, if on, still changes the prompt)
+    identity = {"highlight_floor": 1.0, "hint": False}  # no dimming, no hint: the question as asked
     search_grid = {"smooth_sigma": (0.05, 0.1, 0.25, 0.5), "highlight_floor": (0.2, 0.5, 0.8)}
+    sites = frozenset({"attention"})  # read: the last prompt row's attention of pass 1 (the trace)
+    side_streams = frozenset({"fork"})  # pass 2: the batch again on the highlighted images
+    extras = {"evidence_layers": "the decoder layers whose attention made the evidence map",
+              "evidence_map": "the evidence map over the first image view's token grid, (rows, cols) in [0, 1]"}
+    app_outputs = {"evidence_map": "VEA's evidence map (where the highlight is brightest)"}
 
     def __init__(self, params: VEAParams) -> None:
         super().__init__(params)
@@ -193,7 +191,6 @@ class VEA(Method):
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         p = self.params
-        p.validate(batch.num_layers)
         layers = self.evidence_layers(batch.num_layers)
         trace = batch.runner.prefill(trace=True).trace  # pass 1: where the model looks
         maps, highlighted = [], []
@@ -210,4 +207,4 @@ class VEA(Method):
         answered = batch.fork(images=highlighted, questions=questions)  # pass 2: the highlighted image
         generation = answered.runner.generate((), max_new_tokens=max_new_tokens)
         extras = [{"evidence_layers": list(layers), "evidence_map": grid.tolist()} for grid in maps]
-        return MethodResult(generation, alpha_used=[None] * len(maps), extras=extras, batch=answered)
+        return MethodResult(generation, extras=extras, batch=answered)

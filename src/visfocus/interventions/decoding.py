@@ -1,0 +1,102 @@
+"""Decoding pieces the contrastive methods share (VCD, DoLa, DeCo, M3ID, PAI's contrast, CLVS's stop rule), written
+once: the plausibility cut, the choice of a layer per row, early-exit logits, top-k entropy, and the processors that
+run after a method's correction. No method module imports another; they import this."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor, RepetitionPenaltyLogitsProcessor
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+# Given to generate so that it applies no penalty or warper of its own before a correction (they come after it).
+NO_PENALTY, NO_WARPERS = {"repetition_penalty": 1.0}, {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
+def plausibility_cut(scores: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
+    """(B, V) ``scores`` with −inf where ``reference`` < max ``reference`` + log β: the adaptive plausibility
+    constraint (on logits: p(v) < β·max p(v); on log-probabilities the same). reference: (B, V)."""
+    cutoff = reference.max(dim=-1, keepdim=True).values + math.log(beta)  # (B, 1)
+    return scores.masked_fill(reference < cutoff, float("-inf"))
+
+
+@dataclass
+class LayerChoice:
+    """Per batch row, the chosen layer, its score and the (B, V) tensor the evaluation kept for it."""
+
+    layers: list[int]
+    scores: torch.Tensor  # (B,)
+    kept: torch.Tensor  # (B, V)
+
+
+def choose_layer(candidates: dict[int, torch.Tensor],
+                 evaluate: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                 initial: torch.Tensor) -> LayerChoice:
+    """The best layer per row over ``candidates`` {layer: (B, V) logits}, in their order: ``evaluate(logits)`` gives
+    (kept (B, V), score (B,)); a strictly higher score wins, so ties keep the earlier layer. ``initial``: (B, V) what
+    is kept before any layer wins. One candidate at a time: the extra memory is a few (B, V) tensors."""
+    rows = initial.shape[0]
+    best_score = torch.full((rows,), -math.inf, device=initial.device)  # (B,)
+    best_layer = torch.zeros(rows, dtype=torch.long)  # (B,)
+    best_kept = initial
+    for layer, logits in candidates.items():
+        kept, score = evaluate(logits)  # (B, V), (B,)
+        better = score > best_score  # (B,)
+        best_score = torch.where(better, score, best_score)
+        best_layer = torch.where(better.cpu(), torch.tensor(layer), best_layer)
+        best_kept = torch.where(better[:, None], kept, best_kept)  # (B, V)
+    return LayerChoice(best_layer.tolist(), best_score, best_kept)
+
+
+def early_exit_logits(adapter, hidden: torch.Tensor, final_norm: bool) -> torch.Tensor:
+    """lm_head(h), or lm_head(norm(h)) with ``final_norm``: a premature layer's logits, (..., V) from (..., D)."""
+    return adapter.lm_head(adapter.final_norm(hidden) if final_norm else hidden)
+
+
+def normalized_top10_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(B, V) → (B,) entropy of the softmax over the 10 largest logits, divided by log 10 (in [0, 1])."""
+    top = torch.softmax(logits.float().topk(10, dim=-1).values, dim=-1)  # (B, 10)
+    return -(top * top.clamp_min(1e-12).log()).sum(-1) / math.log(10)
+
+
+def survey_top10_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(..., V) → (...) the survey repository's form: −Σ p·log(p + 1e-12) / log 10 over p = softmax(top-10)."""
+    top = torch.softmax(logits.float().topk(10, dim=-1).values, dim=-1)  # (..., 10)
+    return -(top * (top + 1e-12).log()).sum(-1) / math.log(10)
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """What decoding does around a method's correction: the model's repetition penalty and the sampling warpers."""
+
+    repetition_penalty: float | None
+    temperature: float | None
+    top_k: int | None
+    top_p: float | None
+    do_sample: bool
+
+
+def decoding_settings(runner) -> DecodingSettings:
+    """The model's generation config under the caller's settings (``runner.generation_defaults``: sampling)."""
+    own, caller = runner.model.generation_config, runner.generation_defaults
+    return DecodingSettings(repetition_penalty=own.repetition_penalty,
+                            **{k: caller.get(k, getattr(own, k)) for k in ("temperature", "top_k", "top_p")},
+                            do_sample=bool(caller.get("do_sample", False)))
+
+
+def after_correction(settings: DecodingSettings, padding: torch.Tensor, sample: bool) -> list[LogitsProcessor]:
+    """The repetition penalty and, when sampling, the warpers (transformers' defaults where unset: temperature 1,
+    top-k 50, top-p 1), to run on a method's corrected scores. padding: (B,) each row's left padding, which the
+    penalty skips (as generate does)."""
+    processors: list[LogitsProcessor] = []
+    if settings.repetition_penalty not in (None, 1.0):
+        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty, prompt_ignore_length=padding))
+    if sample:
+        top_k = 50 if settings.top_k is None else settings.top_k
+        processors.append(TemperatureLogitsWarper(settings.temperature or 1.0))
+        processors += [TopKLogitsWarper(top_k)] if top_k else []
+        processors += [TopPLogitsWarper(settings.top_p)] if settings.top_p is not None and settings.top_p < 1 else []
+    return processors
