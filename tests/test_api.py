@@ -25,8 +25,12 @@ def test_every_adapter_family_has_a_fixture_and_back():
 @pytest.mark.parametrize("name", sorted(vf.METHODS))
 def test_every_registered_method_runs_with_defaults(name, tiny_vlms, image):
     out = tiny_vlms["qwen2_5_vl"].answer(image, QUESTION, method=vf.method(name), max_new_tokens=2)
-    assert out.first_token_logits.shape == (tiny_vlms["qwen2_5_vl"].model.config.get_text_config().vocab_size,)
+    vocab = tiny_vlms["qwen2_5_vl"].model.config.get_text_config().vocab_size
+    assert out.first_token_logits.shape == out.first_token_scores.shape == (vocab,)
+    assert torch.isfinite(out.first_token_logits).all()  # the model's raw logits; the scores may rule tokens out
     assert 0 < out.confidence <= 1
+    assert out.confidence == pytest.approx(float(torch.softmax(out.first_token_scores, dim=-1).max()))
+    assert set(out.extras) <= set(vf.METHODS[name].extras)  # only the per-row decisions it declares
     assert name in vf.methods()
 
 
@@ -76,9 +80,10 @@ def test_answer_reports_confidence_of_raw_first_token_logits(tiny_vlms, image):
     out = tiny_vlms["llava"].answer(image, QUESTION, max_new_tokens=3)
     probs = torch.softmax(out.first_token_logits, dim=-1)
     assert out.confidence == pytest.approx(float(probs.max()))
+    assert torch.equal(out.first_token_scores, out.first_token_logits)  # no method: decoded from the raw logits
     first_id = int(out.first_token_logits.argmax())
     assert out.first_token == tiny_vlms["llava"].processor.decode([first_id])
-    assert out.alpha_used is None and out.trace is None
+    assert out.extras == {} and out.trace is None  # no method: no alpha_used, no decision
     assert out.cost["forward_passes"] >= 1 and out.cost["batch_size"] == 1
 
 
@@ -164,7 +169,7 @@ def test_cli_eval_default_is_the_organism_and_says_so(capsys, tmp_path):
     (samples,) = tmp_path.rglob("samples_scenes_test.jsonl")
     assert samples.parent.parent.name == "organism"
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
-    assert len(rows) == 3 and all(r["alpha_used"] == 2.0 for r in rows)
+    assert len(rows) == 3 and all(r["extras"]["alpha_used"] == 2.0 for r in rows)
     assert "scenes_test: accuracy" in captured.out
 
 

@@ -94,7 +94,8 @@ def test_explorer_answers_equal_the_public_api(tiny_vlms, image, method, params)
     assert result.text == expected.text
     assert result.first_token == expected.first_token
     assert result.confidence == pytest.approx(expected.confidence, abs=1e-6)
-    assert result.alpha_used == expected.alpha_used
+    assert result.extras == json.loads(json.dumps(expected.extras, default=_jsonable))  # what the method reported
+    assert set(result.extras) <= set(METHODS[method].extras)  # ... as it declares it
     assert result.method == method and result.params == params
     assert result.parsed == compute.parse_answer(expected.text, OPTIONS)
     assert result.correct is None  # no gold given
@@ -156,6 +157,10 @@ def test_examples_without_a_data_root_are_rendered_scenes_with_gold_labels():
     assert len({e.name for e in found}) == 6
 
 
+def _jsonable(value):
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
 # --- ui: compare and the controls from the method registry ------------------------------------------------------
 @pytest.mark.parametrize(("picture", "methods", "message"), [
     (None, ["baseline"], "no image"),
@@ -215,7 +220,6 @@ def _changed(spec: ParamSpec) -> tuple[object, object]:
 
 
 
-
 @pytest.mark.parametrize("name", sorted(vf.METHODS))
 def test_every_method_gets_one_control_per_parameter_of_the_right_kind(ui, name):
     specs = param_specs(name)
@@ -227,7 +231,7 @@ def test_every_method_gets_one_control_per_parameter_of_the_right_kind(ui, name)
         if spec.paper:
             assert f"({spec.paper})" in widget.label
         if spec.low is not None or spec.high is not None:
-            assert widget.label.endswith("]")
+            assert widget.label.endswith(spec.bounds_text())  # "≥ 0.0", "in (0, 1]", …
         if spec.kind in ("float", "int") and not spec.choices:
             assert widget.precision == (0 if spec.kind == "int" else None)
             assert (widget.minimum, widget.maximum) == (spec.low, spec.high)  # the page refuses values beyond them
@@ -240,7 +244,7 @@ def test_every_method_controls_at_their_defaults_read_back_as_no_parameters(ui, 
     vf.method(name, **ui.read_params(name, values))  # and build the method
 
 
-@pytest.mark.parametrize("name", [name for name in sorted(vf.METHODS)])
+@pytest.mark.parametrize("name", sorted(vf.METHODS))
 def test_every_method_controls_read_back_exactly_the_changed_typed_parameters(ui, name, profiles):
     specs = param_specs(name)
     for changed in specs:  # one parameter away from its default at a time
@@ -282,15 +286,71 @@ def test_a_newly_registered_method_gets_its_controls_with_no_app_change(ui, monk
     monkeypatch.setitem(METHODS, _Probe.name, _Probe)
     assert param_specs(_Probe.name) == [
         ParamSpec("strength", "float", 0.5, "γ", 0.0, 2.0), ParamSpec("steps", "int", 3, None, 1, None),
-        ParamSpec("mode", "str", "soft", choices=("soft", "hard")), ParamSpec("layers", "layers", None),
+        ParamSpec("mode", "str", "soft", choices=("soft", "hard")), ParamSpec("layers", "layers", None, optional=True),
         ParamSpec("sharpen", "bool", False)]
     strength, steps, mode, layers, sharpen = _controls(ui, _Probe.name)
-    assert strength.label == "strength (γ) [0.0, 2.0]" and steps.label == "steps [1, ]"
+    assert strength.label == "strength (γ) in [0.0, 2.0]" and steps.label == "steps ≥ 1"
     assert mode.value == "soft" and layers.value == "" and sharpen.value is False
     assert ui.read_params(_Probe.name, [1.5, 4.0, "hard", "1", True]) == {
         "strength": 1.5, "steps": 4, "mode": "hard", "layers": (1,), "sharpen": True}
     demo = ui.build(SimpleNamespace(vlm=SimpleNamespace(num_layers=2, num_heads=4), profiles=None), [])
     labels = {getattr(block, "label", None) for block in demo.blocks.values()}
-    assert {"probe_method parameters", "strength (γ) [0.0, 2.0]", "probe_method: attention on the image"} <= labels
+    assert {"probe_method parameters", "strength (γ) in [0.0, 2.0]", "probe_method: attention on the image"} <= labels
     methods = next(block for block in demo.blocks.values() if getattr(block, "label", None) == "methods to compare")
     assert "probe_method" in [value for _, value in methods.choices]
+
+
+# --- ui: what a method declares for the app (its extras and pictures) ---------------------------------------------
+class _Drawing(Method):
+    name = "probe_drawing"
+    extras = {"alpha_used": "the α applied", "branch": "smooth or sharpen", "heat": "a (rows, cols) grid"}
+    app_outputs = {"heat": "probe heat over the image"}
+
+
+def _result(method: str, extras: dict, views: list | None = None) -> compute.Result:
+    return compute.Result(key="k", method=method, params={}, text="left", first_token="left", confidence=0.5,
+                          top_k=[("left", 0.5)], cost={"forward_passes": 1, "seconds": 0.1}, extras=extras,
+                          parsed=None, correct=None, attention=np.zeros((1, 1, 4), np.float32), views=views or [])
+
+
+def test_the_result_card_shows_each_declared_extra_by_its_key_and_no_picture_as_text(ui, monkeypatch):
+    monkeypatch.setitem(METHODS, _Drawing.name, _Drawing)
+    grid = [[0.0, 1.0], [2.0, 3.0]]
+    card = ui.summary_markdown(_result(_Drawing.name, {"branch": "smooth", "alpha_used": 0.5, "heat": grid}), None)
+    assert "`alpha_used` 0.5 · `branch` smooth" in card  # in declaration order, labelled by key
+    assert "heat" not in card and "3.0" not in card  # the app draws it instead
+    plain = ui.summary_markdown(_result("baseline", {}), None)
+    assert "`" not in plain and "α" not in plain  # the baseline reports nothing
+
+
+def test_a_declared_app_output_is_drawn_over_the_photo_on_the_view_of_its_shape(ui, monkeypatch, image):
+    monkeypatch.setitem(METHODS, _Drawing.name, _Drawing)
+    width, height = image.size
+    grid = [[0.0, 1.0], [2.0, 3.0]]
+    left_half = {"name": "base", "rows": 2, "cols": 2, "region": [0, 0, width // 2, height],
+                 "image_size": [width, height], "index": [0, 1, 2, 3]}
+    on_view = ui.output_picture(_result(_Drawing.name, {"heat": grid}, [left_half]), "heat", image)
+    whole = ui.output_picture(_result(_Drawing.name, {"heat": grid}), "heat", image)  # no view of that shape
+    assert on_view.size == whole.size == (width + ui.render.BAR_WIDTH, height)
+    photo, drawn = np.asarray(image.convert("RGB")), np.asarray(on_view)[:, :width]
+    np.testing.assert_array_equal(drawn[:, width // 2 + 1:], photo[:, width // 2 + 1:])  # outside the view: the photo
+    assert not np.array_equal(np.asarray(whole)[:, :width], drawn)
+    assert ui.output_picture(_result(_Drawing.name, {}), "heat", image) is None  # not reported: no picture
+    assert ui.output_picture(None, "heat", image) is None
+
+
+def test_every_declared_app_output_gets_its_picture_in_its_methods_column(ui, monkeypatch):
+    monkeypatch.setitem(METHODS, _Drawing.name, _Drawing)
+    demo = ui.build(SimpleNamespace(vlm=SimpleNamespace(num_layers=2, num_heads=4), profiles=None), [])
+    labels = [getattr(block, "label", None) for block in demo.blocks.values()]
+    declared = [f"{name}: {caption}" for name, cls in sorted(METHODS.items()) for caption in cls.app_outputs.values()]
+    assert "probe_drawing: probe heat over the image" in declared
+    assert all(labels.count(label) == 1 for label in declared)
+
+
+@pytest.mark.parametrize("name", [name for name in sorted(vf.METHODS) if vf.METHODS[name].app_outputs])
+def test_every_method_with_app_outputs_reports_them_and_the_app_draws_them(ui, explorer, image, name):
+    result = explorer.answer(image, QUESTION, name, {}, OPTIONS)
+    for key in vf.METHODS[name].app_outputs:
+        picture = ui.output_picture(result, key, image)
+        assert picture is not None and picture.size == (image.width + ui.render.BAR_WIDTH, image.height), key

@@ -69,6 +69,13 @@ def _compare(client: Client, path, record, methods: list[str], params: dict | No
                           json.dumps(methods), json.dumps(params or {}), api_name="/compare")
 
 
+def _same_extras(got: dict, expected: dict) -> bool:
+    """The extras the app sent (JSON) are the public API's: numbers to within float noise, the rest exactly."""
+    expected = json.loads(json.dumps(expected, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    return got.keys() == expected.keys() and all(
+        got[k] == pytest.approx(v, abs=1e-5) if isinstance(v, float) else got[k] == v for k, v in expected.items())
+
+
 def test_the_cli_runs_as_a_module():
     done = subprocess.run([sys.executable, "-m", "visfocus.cli", "app", "--help"], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -92,11 +99,12 @@ def test_an_example_scene_gets_the_answers_of_the_public_api(app_url, organism, 
         assert got["text"] == expected.text, method
         assert got["first_token"] == expected.first_token
         assert got["confidence"] == pytest.approx(expected.confidence, abs=1e-5)
-        assert got["alpha_used"] == (None if expected.alpha_used is None else pytest.approx(expected.alpha_used))
+        assert _same_extras(got["extras"], expected.extras)  # the decisions the method declares and reports
+        assert set(got["extras"]) <= set(vf.METHODS[method].extras)
         assert got["parsed"] == parse_answer(expected.text, record.options)
         assert got["correct"] == (got["parsed"] == record.gold)
         assert got["method"] == method and got["params"] == {}
-    assert out["baseline"]["alpha_used"] is None and out["adaptvis"]["alpha_used"] is not None
+    assert out["baseline"]["extras"] == {} and out["adaptvis"]["extras"]["alpha_used"] is not None
 
 
 def test_a_bad_upload_gets_the_error_message_and_the_next_request_still_works(app_url, scenes, tmp_path):

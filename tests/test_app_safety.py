@@ -27,6 +27,7 @@ from visfocus.app.launch import (
 )
 from visfocus.app.params import (
     MAX_PARAMS_CHARS,
+    PROFILE_PARAMETER,
     ProfileFolder,
     read_params,
     read_value,
@@ -180,41 +181,67 @@ def _beyond(spec: ParamSpec, side: str) -> int | float:
     return getattr(spec, side) - step if side == "low" else getattr(spec, side) + step
 
 
+def _open(spec: ParamSpec, side: str) -> bool:
+    return spec.low_open if side == "low" else spec.high_open
+
+
+def _inside(spec: ParamSpec, side: str) -> int | float:
+    """A value just inside an open bound."""
+    step = 1 if spec.kind == "int" else 0.01
+    return getattr(spec, side) + step if side == "low" else getattr(spec, side) - step
+
+
 def _page_values(method: str, **changed) -> list:
     return [changed.get(spec.name, spec.default) for spec in param_specs(method)]
 
 
+def _bounds_message(spec: ParamSpec) -> str:
+    """The bounds as the refusal states them: "≥ 0", "in [0, 999]", "in (0, 1]", …"""
+    def shown(v):
+        return str(v) if isinstance(v, int) else f"{v:g}"
+
+    if spec.low is not None and spec.high is not None:
+        return (f"in {'(' if spec.low_open else '['}{shown(spec.low)}, {shown(spec.high)}"
+                f"{')' if spec.high_open else ']'}")
+    if spec.low is not None:
+        return f"{'>' if spec.low_open else '≥'} {shown(spec.low)}"
+    return f"{'<' if spec.high_open else '≤'} {shown(spec.high)}"
+
+
 def test_there_are_bounded_numeric_parameters_to_check():
-    assert {name for name, _, _ in BOUNDED} >= {"adaptvis", "vcd", "vea"}
-    assert any(side == "high" for _, _, side in BOUNDED) and any(spec.kind == "int" for _, spec, _ in BOUNDED)
+    assert BOUNDED and any(side == "high" for _, _, side in BOUNDED)
+    assert any(spec.kind == "int" for _, spec, _ in BOUNDED) and any(_open(spec, side) for _, spec, side in BOUNDED)
 
 
 @pytest.mark.parametrize(("method", "spec", "side"), BOUNDED, ids=lambda v: getattr(v, "name", v))
 def test_a_value_beyond_a_bound_is_refused_from_the_page_and_the_api(method, spec, side):
-    value = _beyond(spec, side)
-    def shown(v):
-        return str(v) if isinstance(v, int) else f"{v:g}"
-
-    bound = f"≥ {shown(spec.low)}" if spec.high is None else (f"≤ {shown(spec.high)}" if spec.low is None else
-                                                              f"in [{shown(spec.low)}, {shown(spec.high)}]")
+    values = [_beyond(spec, side), *([getattr(spec, side)] if _open(spec, side) else [])]  # an open bound itself too
     kind = "an integer" if spec.kind == "int" else "a number"
-    expected = f"{method} parameter {spec.name} must be {kind} {bound}, got {shown(value)}"
-    with pytest.raises(VisfocusError) as page:
-        read_params(method, _page_values(method, **{spec.name: value}))
-    with pytest.raises(VisfocusError) as api:
-        request_params({method: {spec.name: value}})
-    with pytest.raises(VisfocusError) as text:
-        request_params({method: {spec.name: str(value)}})  # a number as text is read, then bounded
-    assert str(page.value) == str(api.value) == str(text.value) == expected
+    for value in values:
+        shown = str(value) if isinstance(value, int) else f"{value:g}"
+        expected = f"{method} parameter {spec.name} must be {kind} {_bounds_message(spec)}, got {shown}"
+        with pytest.raises(VisfocusError) as page:
+            read_params(method, _page_values(method, **{spec.name: value}))
+        with pytest.raises(VisfocusError) as api:
+            request_params({method: {spec.name: value}})
+        with pytest.raises(VisfocusError) as text:
+            request_params({method: {spec.name: str(value)}})  # a number as text is read, then bounded
+        assert str(page.value) == str(api.value) == str(text.value) == expected
 
 
 @pytest.mark.parametrize(("method", "spec", "side"), BOUNDED, ids=lambda v: getattr(v, "name", v))
-def test_the_bound_itself_is_read_and_the_method_refuses_what_its_metadata_refuses(method, spec, side):
-    """The metadata never refuses a value the method's ``validate`` accepts (CLVS's β > 1 is valid: no cap)."""
+def test_the_app_reads_what_the_method_accepts_at_a_bound_and_the_method_refuses_what_the_app_refuses(method, spec,
+                                                                                                   side):
+    """The app's bounds are the declaration's (``ParamSpec.contains``): a closed bound itself is read, an open one
+    is not and neither does the method take it; what the app reads, the method builds with (CLVS's β > 1 is valid:
+    no cap)."""
     bound = getattr(spec, side)
-    assert request_params({method: {spec.name: bound}}) == {method: {spec.name: bound}}
-    with pytest.raises(VisfocusError, match=spec.name):
-        vf.method(method, **{spec.name: _beyond(spec, side)})
+    accepted = _inside(spec, side) if _open(spec, side) else bound
+    assert request_params({method: {spec.name: accepted}}) == {method: {spec.name: accepted}}
+    vf.method(method, **{spec.name: accepted})
+    for refused in (_beyond(spec, side), *([bound] if _open(spec, side) else [])):
+        with pytest.raises(VisfocusError, match=spec.name):
+            vf.method(method, **{spec.name: refused})
 
 
 def test_clvs_takes_the_additive_beta_above_one_and_the_survey_delta_above_one():
@@ -306,15 +333,26 @@ def profiles(server) -> ProfileFolder:
     return ProfileFolder.open(server / "profiles")
 
 
-VEA = {spec.name: spec for spec in param_specs("vea")}
+# the registered methods that take a layer profile (a parameter named PROFILE_PARAMETER)
+PROFILED = [name for name in sorted(vf.METHODS) if any(s.name == PROFILE_PARAMETER for s in param_specs(name))]
 
 
-def test_the_folder_offers_its_json_files_by_stem(profiles):
+def _profile_spec(method: str) -> ParamSpec:
+    return next(spec for spec in param_specs(method) if spec.name == PROFILE_PARAMETER)
+
+
+def test_a_method_takes_a_layer_profile():
+    assert "vea" in PROFILED
+
+
+@pytest.mark.parametrize("method", PROFILED)
+def test_the_folder_offers_its_json_files_by_stem(profiles, method):
+    spec = _profile_spec(method)
     assert profiles.names() == ["broken", "deep", "huge", "late"]  # not notes.txt, not the link that leads out
-    assert read_value("vea", VEA["profile"], "late", profiles) == "late"
-    assert read_value("vea", VEA["profile"], "", profiles) is None and read_value("vea", VEA["profile"], None) is None
-    assert read_params("vea", _page_values("vea", profile="late"), profiles) == {"profile": "late"}
-    assert request_params({"vea": {"profile": "late"}}, profiles) == {"vea": {"profile": "late"}}
+    assert read_value(method, spec, "late", profiles) == "late"
+    assert read_value(method, spec, "", profiles) is None and read_value(method, spec, None) is None
+    assert read_params(method, _page_values(method, profile="late"), profiles) == {"profile": "late"}
+    assert request_params({method: {"profile": "late"}}, profiles) == {method: {"profile": "late"}}
 
 
 def _refused_values(server: Path) -> list:
@@ -330,11 +368,12 @@ def _shape(message: str, value) -> str:
     return f"layer profile <value>{sep}{tail}"
 
 
-def test_every_value_but_an_offered_name_gets_the_same_error_that_reveals_nothing(server, profiles):
+@pytest.mark.parametrize("method", PROFILED)
+def test_every_value_but_an_offered_name_gets_the_same_error_that_reveals_nothing(server, profiles, method):
     shapes = set()
     for value in _refused_values(server):
-        for read in (lambda v: read_value("vea", VEA["profile"], v, profiles),
-                     lambda v: request_params({"vea": {"profile": v}}, profiles),
+        for read in (lambda v: read_value(method, _profile_spec(method), v, profiles),
+                     lambda v: request_params({method: {"profile": v}}, profiles),
                      lambda v: profiles.load(v)):
             with pytest.raises(VisfocusError) as caught:
                 read(value)
@@ -347,11 +386,12 @@ def test_every_value_but_an_offered_name_gets_the_same_error_that_reveals_nothin
                       "pick one by name from the app's profile list or leave it empty"}
 
 
-def test_without_a_profile_folder_every_profile_value_gets_that_error(server):
+@pytest.mark.parametrize("method", PROFILED)
+def test_without_a_profile_folder_every_profile_value_gets_that_error(server, method):
     shapes = set()
     for value in [*_refused_values(server), "late"]:
         with pytest.raises(VisfocusError) as caught:
-            request_params({"vea": {"profile": value}})
+            request_params({method: {"profile": value}})
         shape = _shape(str(caught.value), value)
         assert not any(word in shape.lower() for word in ORACLE_WORDS), shape
         shapes.add(shape)
@@ -393,11 +433,12 @@ def test_vea_answers_with_the_named_profile_and_refuses_any_other_value(tiny_vlm
     assert explorer.forward_calls == 2  # no refused request ran the model
 
 
-def test_the_page_offers_the_profiles_by_name_or_disables_the_control(profiles):
+@pytest.mark.parametrize("method", PROFILED)
+def test_the_page_offers_the_profiles_by_name_or_disables_the_control(profiles, method):
     ui = pytest.importorskip("visfocus.app.ui")
     with ui.gr.Blocks():
-        offered = ui.control(VEA["profile"], profiles)
-        none = ui.control(VEA["profile"], None)
+        offered = ui.control(_profile_spec(method), profiles)
+        none = ui.control(_profile_spec(method), None)
     assert [value for _, value in offered.choices] == ["", "broken", "deep", "huge", "late"]
     assert offered.value == "" and offered.interactive is not False
     assert [value for _, value in none.choices] == [""] and none.interactive is False

@@ -4,101 +4,28 @@ first-token logits, confidence, cost and (on request) where it looked."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import torch
 from PIL import Image
 
+from visfocus.answers import Answer, ContinuationScore, Sampling, _integer, _sampler, _sampling_refused
 from visfocus.errors import VisfocusError
 from visfocus.images import ImageSource, open_image
 from visfocus.interventions import Batch, Method
 from visfocus.interventions.base import MethodResult, Params
 from visfocus.interventions.baseline import Baseline
 from visfocus.models.base import Adapter
-from visfocus.models.layout import RowLayout
 from visfocus.models.loading import load_adapter
 from visfocus.questions import text_problem, too_long, unicode_problem
 from visfocus.steer.forced import eos_token_ids
 from visfocus.steer.prefix import PrefixStore
 from visfocus.steer.runner import Runner
-from visfocus.steer.trace import Trace
 
 ImageLike = ImageSource
-
-
-@dataclass
-class Answer:
-    text: str
-    first_token: str
-    first_token_logits: torch.Tensor  # (V,) float32, raw logits of the first generated token
-    confidence: float  # max softmax probability of those logits over the whole vocabulary
-    alpha_used: float | None
-    # forward_passes, prefill_tokens, decode_tokens (per sequence), seconds, batch_size, shared_prefix_tokens (the
-    # prompt tokens this row took from its image's shared prefix; 0 when prefixes were not shared)
-    cost: dict[str, Any]
-    layout: RowLayout | None = None
-    trace: Trace | None = field(default=None, repr=False)
-    extras: dict[str, Any] = field(default_factory=dict)  # the method's per-sample decisions (confidence, branch…)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sample the answer instead of decoding greedily (``answer_batch(sampling=...)``): transformers' temperature,
-    top-k and top-p warpers on the scores the method decodes from. ``top_k=None`` filters nothing (not transformers'
-    default of 50). ``seed``: seeds torch's global generator right before the method runs (None: left as it is).
-    Methods that decode their own way refuse it (``Method.supports_sampling``: DoLa is greedy by definition, VCD
-    samples with its own ``sample=True``)."""
-
-    temperature: float
-    top_p: float = 1.0
-    top_k: int | None = None
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if not _finite(self.temperature) or self.temperature <= 0:
-            raise VisfocusError(f"sampling temperature must be a finite number > 0, got {self.temperature!r}")
-        if not _finite(self.top_p) or not 0 < self.top_p <= 1:
-            raise VisfocusError(f"sampling top_p must be in (0, 1], got {self.top_p!r}")
-        if self.top_k is not None and (not _integer(self.top_k) or self.top_k < 1):
-            raise VisfocusError(f"sampling top_k must be an integer ≥ 1 or None (no top-k filter), got {self.top_k!r}")
-        if self.seed is not None and not _integer(self.seed):
-            raise VisfocusError(f"sampling seed must be an integer or None, got {self.seed!r}")
-
-    def generation_settings(self) -> dict[str, Any]:
-        """The runner's ``generation_defaults``; top_k=0 is how ``GenerationConfig`` says "no top-k filter"."""
-        return {"do_sample": True, "temperature": float(self.temperature), "top_p": float(self.top_p),
-                "top_k": self.top_k or 0}
-
-
-@dataclass
-class ContinuationScore:
-    """How a method rates a given continuation of a prompt (``VLM.score_continuations``), teacher forced."""
-
-    logprob: float  # the sum of token_logprobs (−inf when the method rules a token out, e.g. VCD's cut)
-    greedy: bool  # every token is its step's argmax: the method's greedy decoding gives exactly this continuation
-    token_logprobs: list[float]  # per token, its log-probability under the method's final scores at that step
-    tokens: list[int]  # the continuation's token ids
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _sampling_refused(method: Method) -> VisfocusError:
-    """The error for sampling under a method that decodes its own way (naming its own sampling switch, if any)."""
-    own = "sample" in {f.name for f in dataclasses.fields(method.Params)}
-    how = "it samples its own way: give it sample=true (and its seed) instead" if own else "it decodes greedily"
-    return VisfocusError(f"method '{method.name}' does not take sampling=...; {how}")
 
 
 def load_image(image: ImageLike) -> Image.Image:
@@ -256,7 +183,7 @@ class VLM:
         gen = result.generation
         texts = self.processor.batch_decode(gen.new_tokens, skip_special_tokens=True)
         first = self.processor.batch_decode(gen.new_tokens[:, :1], skip_special_tokens=False)
-        confidence = torch.softmax(gen.first_logits, dim=-1).max(-1).values  # (B,)
+        confidence = torch.softmax(gen.first_scores, dim=-1).max(-1).values  # (B,)
         full_trace = None
         if trace:
             ids = final.inputs["input_ids"]
@@ -266,7 +193,7 @@ class VLM:
         cost = {**runner.cost.as_dict(), "batch_size": len(pil)}
         shared = runner.sharing.prefix_lengths if runner.sharing is not None else [0] * len(pil)
         return [Answer(text=texts[b].strip(), first_token=first[b], first_token_logits=gen.first_logits[b].cpu(),
-                       confidence=float(confidence[b]), alpha_used=result.alpha_used[b],
+                       first_token_scores=gen.first_scores[b].cpu(), confidence=float(confidence[b]),
                        cost={**cost, "shared_prefix_tokens": shared[b]},
                        layout=layouts[b], trace=full_trace.row(b) if full_trace is not None else None,
                        extras=result.extras[b] if result.extras else {})
@@ -360,22 +287,11 @@ class VLM:
         self._check_context(batch, questions, max_new_tokens, noun)
         setup(batch.runner)
         try:
-            result = method.run(batch, max_new_tokens=max_new_tokens)
+            result = method.apply(batch, max_new_tokens=max_new_tokens)
         finally:
             if store is not None:
                 store.end_call()  # keeps only what this call used (a call that does not share leaves it as it is)
         return batch, result
-
-
-def _sampler(sampling: Sampling | None) -> Callable[[Runner], None]:
-    """Readies a runner for ``sampling`` (None: greedy, nothing to do); the seed is set last, just before the run."""
-    def setup(runner: Runner) -> None:
-        if sampling is None:
-            return
-        runner.generation_defaults = sampling.generation_settings()
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-    return setup
 
 
 def load(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
@@ -388,3 +304,19 @@ def load(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str =
     adapter = load_adapter(id_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                            device_map=device_map, max_memory=max_memory, revision=revision)
     return VLM(adapter.model, adapter.processor, adapter)
+
+
+def load_model(model: str | None, model_args: dict[str, Any] | str | None = None, ranks=None) -> VLM:
+    """``load`` as the runners call it (``visfocus eval``/``sweep``, the app, lmms-eval): ``model`` a Hub id or local
+    path, None for the built-in model organism (announced on stderr); ``model_args`` the keyword arguments of ``load``
+    as ``"KEY=VALUE,..."`` or a mapping, typed and checked (``parse_model_args``); ``ranks``
+    (``visfocus.distributed.Ranks``) places the model on this rank's device(s) in a data-parallel run."""
+    import sys
+
+    from visfocus.models.loading import load_arguments
+    from visfocus.organism import NOTE
+
+    path, kwargs = load_arguments(model, model_args, ranks)
+    if model is None and (ranks is None or ranks.is_main):
+        print(f"[visfocus] {NOTE}", file=sys.stderr)
+    return load(path, **kwargs)

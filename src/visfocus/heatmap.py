@@ -1,7 +1,8 @@
 """``visfocus heatmap``: answer one question about one image with the attention trace on, and draw where the last
 prompt row looked — the head-mean attention on the first image view's tokens (LLaVA-NeXT: the base view) at the
-chosen layers (default: the middle layer, where grounding is; METHODS.md §10.4, §12.12), over the original image,
-in attention units. The title carries the question, the answer, its confidence and the α the method used.
+chosen layers (default: the middle layer, where grounding is; docs/methods.md §10.4, §12.12), over the original image,
+in attention units. The title carries the question, the answer, its confidence and the decisions the method reports
+(its declared extras, e.g. ``alpha_used``; ``visfocus list methods``).
 
     visfocus heatmap --model Qwen/Qwen3-VL-2B-Instruct --image kitchen.jpg --question "Where is the cup?" \\
         --method scaling_vis --method_args alpha=0.5 --layers 8,14,20 --out cup.png
@@ -59,15 +60,15 @@ def run(args: argparse.Namespace) -> int:
     from visfocus.analysis.figures import layer_heatmaps_figure, save
     from visfocus.api import load
     from visfocus.interventions import method, parse_method_args
+    from visfocus.listing import extra_items
     from visfocus.tracefile import sample_arrays
 
     image = open_image(args.image)  # the one loader (upright, RGB), checked before the model loads
     layers = parse_layers(args.layers)
     if args.method_args and not args.method:
         raise VisfocusError("--method_args given without --method")
-    chosen = None
-    if args.method and args.method != "baseline":
-        chosen = method(args.method, **parse_method_args(args.method, args.method_args or ""))
+    name = args.method or "baseline"  # the plain model, itself a registered method
+    chosen = method(name, **parse_method_args(name, args.method_args or ""))
     vlm = load(args.model, dtype=args.dtype, device=args.device)
     layers = check_layers(layers, vlm.num_layers)
     answer = vlm.answer(image, args.question, chosen, max_new_tokens=args.max_new_tokens, trace=True)
@@ -75,9 +76,8 @@ def run(args: argparse.Namespace) -> int:
     views = json.loads(str(arrays["meta"]))["views"]
     if not views:
         raise VisfocusError(f"the model recorded no image view for {args.image}; nothing to draw")
-    alpha = "—" if answer.alpha_used is None else f"{answer.alpha_used:g}"
-    title = (f"{args.question}\n→ {answer.text!r} (confidence {answer.confidence:.2f}, α {alpha}; "
-             f"{args.method or 'baseline'})")
+    reported = "".join(f", {key} {value}" for key, value in extra_items(name, answer.extras))
+    title = f"{args.question}\n→ {answer.text!r} (confidence {answer.confidence:.2f}{reported}; {name})"
     fig = layer_heatmaps_figure(image, arrays["attention"], views[0], layers, title=title, smooth=args.smooth)
     path = save(fig, Path(args.out))
     print(path)

@@ -1,8 +1,8 @@
 """Overhead benchmark: the real Qwen3-VL-2B-Instruct architecture (public config values, random weights), one 448×448
 image (196 image tokens) and a ~40-token question, answered through ``VLM.answer`` in one process with interleaved
 repetitions. Prints median seconds per answer and peak extra memory for plain SDPA, the visfocus function without an
-edit, trace capture, every method, and eager attention, each as a ratio to plain SDPA; then a long-sequence memory
-comparison, eager vs visfocus.
+edit, trace capture, every registered method (its ``benchmark_points``), and eager attention, each as a ratio to
+plain SDPA; then a long-sequence memory comparison, eager vs visfocus (with the methods that edit attention).
 Run: ``python benchmarks/overhead.py`` or ``visfocus bench`` (``--layers 4`` for a quick run)."""
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import os
 import statistics
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-# Public Qwen3-VL-2B-Instruct dimensions (see PITFALLS.md); token ids as in its tokenizer.
+# Public Qwen3-VL-2B-Instruct dimensions (see docs/pitfalls.md); token ids as in its tokenizer.
 TEXT_2B = dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
                intermediate_size=6144, vocab_size=151936, tie_word_embeddings=True, rope_theta=5e6,
                max_position_embeddings=32768, rope_scaling={"rope_type": "default", "mrope_section": [24, 20, 20],
@@ -101,46 +103,78 @@ def _cpu_allocator_hint() -> None:
         print("note: set MALLOC_MMAP_THRESHOLD_=65536 for exact CPU peak memory (benchmarks/overhead.py does)")
 
 
-# name → (text attention implementation, method name and arguments or None, record a trace)
-CONFIGS: dict[str, tuple[str, tuple[str, dict] | None, bool]] = {
-    "plain_sdpa": ("sdpa", None, False),
-    "visfocus_no_edit": ("visfocus", None, False),
-    "scaling_vis": ("visfocus", ("scaling_vis", {"alpha": 0.5}), False),
-    "trace": ("visfocus", None, True),
-    "adaptvis": ("visfocus", ("adaptvis", {}), False),
-    "clvs": ("visfocus", ("clvs", {}), False),
-    "vea": ("visfocus", ("vea", {}), False),
-    "vcd": ("visfocus", ("vcd", {}), False),
-    "dola": ("visfocus", ("dola", {}), False),
-    "pai": ("visfocus", ("pai", {"gamma": 1.0}), False),  # the attention edit alone
-    "pai_contrast": ("visfocus", ("pai", {}), False),  # with the text-only contrast (γ 1.1)
-    "m3id": ("visfocus", ("m3id", {}), False),
-    "vaf": ("visfocus", ("vaf", {}), False),
-    "deco": ("visfocus", ("deco", {}), False),
-    "eager": ("eager", None, False),
+# The rows that are not a method, name → (text attention implementation, record a trace); every registered method
+# but the baseline (the plain rows) adds its ``benchmark_points`` between "trace" and "eager" (``configs``).
+PLAIN_ROWS: dict[str, tuple[str, bool]] = {
+    "plain_sdpa": ("sdpa", False),
+    "visfocus_no_edit": ("visfocus", False),
+    "trace": ("visfocus", True),
 }
+EAGER_ROWS: dict[str, tuple[str, bool]] = {"eager": ("eager", False)}
+# the rows the long-sequence memory comparison always has; method rows join it when the method edits attention
+LONG_ROWS = ("plain_sdpa", "trace", "eager")
 
 
-def run_config(vlm, image, question: str, name: str, new_tokens: int) -> None:
+@dataclass(frozen=True)
+class Config:
+    """One benchmark row: the text attention implementation, the method (registered name and parameters; None: no
+    method) and whether a trace is recorded."""
+
+    attention: str
+    method: tuple[str, dict[str, Any]] | None = None
+    trace: bool = False
+
+
+def configs() -> dict[str, Config]:
+    """Every row of the benchmark: the plain rows, then each registered method's ``benchmark_points`` (the baseline
+    is the plain rows), then eager attention. A label used twice is an error in the methods' declarations."""
+    from visfocus.interventions import METHODS
+
+    out = {name: Config(impl, None, trace) for name, (impl, trace) in PLAIN_ROWS.items()}
+    for name in sorted(METHODS):
+        if name == "baseline":
+            continue
+        for label, params in METHODS[name].benchmark_points().items():
+            if label in out or label in EAGER_ROWS:
+                raise RuntimeError(f"benchmark row {label!r} of method '{name}' is already a row of the overhead "
+                                   "benchmark; give its bench_points another label")
+            out[label] = Config("visfocus", (name, dict(params)))
+    out.update({name: Config(impl, None, trace) for name, (impl, trace) in EAGER_ROWS.items()})
+    return out
+
+
+def long_configs(chosen: list[str], table: dict[str, Config]) -> list[str]:
+    """The chosen rows the long-sequence memory comparison runs: the plain ones and every method that acts on the
+    attention (``Method.sites``), whose cost grows with the sequence."""
+    from visfocus.interventions import METHODS
+
+    return [c for c in chosen if c in LONG_ROWS or (table[c].method is not None
+                                                    and "attention" in METHODS[table[c].method[0]].sites)]
+
+
+def run_config(vlm, image, question: str, config: Config, new_tokens: int) -> None:
     import visfocus as vf
 
-    impl, method, trace = CONFIGS[name]
-    vlm.model.set_attn_implementation({"": "sdpa", "text_config": impl, "vision_config": "sdpa"})
-    m = vf.method(method[0], **method[1]) if method else None
+    vlm.model.set_attn_implementation({"": "sdpa", "text_config": config.attention, "vision_config": "sdpa"})
+    m = vf.method(config.method[0], **config.method[1]) if config.method else None
     # every answer prefilled whole: the cost of one answer, not of one sharing a stored prefix (prefix_sharing.py)
-    vlm.answer(image, question, method=m, max_new_tokens=new_tokens, trace=trace, options=OPTIONS, share_prefix=False)
+    vlm.answer(image, question, method=m, max_new_tokens=new_tokens, trace=config.trace, options=OPTIONS,
+               share_prefix=False)
 
 
-def measure(vlm, image, question: str, configs, reps: int, new_tokens: int, device: str) -> dict[str, dict]:
+def measure(vlm, image, question: str, table: dict[str, Config], reps: int, new_tokens: int,
+            device: str) -> dict[str, dict]:
+    """Median seconds and peak extra memory of each row of ``table`` (name → Config), interleaved."""
+    configs = list(table)
     times = {c: [] for c in configs}
     peaks = {c: 0 for c in configs}
     for c in configs:  # warm-up, not timed
-        run_config(vlm, image, question, c, new_tokens)
+        run_config(vlm, image, question, table[c], new_tokens)
     for rep in range(reps):
         for c in (configs if rep % 2 == 0 else configs[::-1]):  # interleave, alternating order
             with PeakMemory(device) as mem:
                 start = time.perf_counter()
-                run_config(vlm, image, question, c, new_tokens)
+                run_config(vlm, image, question, table[c], new_tokens)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times[c].append(time.perf_counter() - start)
@@ -163,7 +197,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``visfocus bench`` and ``python benchmarks/overhead.py``."""
     parser.add_argument("--layers", type=int, default=28, help="decoder layers (28 = the real 2B model)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="which of: " + ", ".join(CONFIGS))
+    parser.add_argument("--configs", help="comma-separated rows (default: all): plain_sdpa, visfocus_no_edit, "
+                        "trace, eager and every registered method's benchmark points (visfocus list methods)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--new_tokens", type=int, default=1, help="tokens generated per answer")
     parser.add_argument("--long_tokens", type=int, default=4096, help="prompt length of the memory test (0: skip)")
@@ -173,25 +208,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Measure and print; every setting is checked before a model is built."""
-    import visfocus as vf
     from visfocus.errors import VisfocusError
     from visfocus.testing import make_image
 
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in configs if c not in CONFIGS]
+    table = configs()
+    configs_given = [c.strip() for c in (args.configs or ",".join(table)).split(",") if c.strip()]
+    unknown = [c for c in configs_given if c not in table]
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if unknown or any(d not in ("float32", "bfloat16") for d in dtypes):
-        raise VisfocusError(f"unknown configs {unknown} or dtypes {dtypes}: configs are {', '.join(CONFIGS)}; "
+        raise VisfocusError(f"unknown configs {unknown} or dtypes {dtypes}: configs are {', '.join(table)}; "
                             f"dtypes float32, bfloat16")
     for name in ("layers", "reps", "new_tokens", "long_layers"):
         if getattr(args, name) < 1:
             raise VisfocusError(f"--{name} must be ≥ 1, got {getattr(args, name)}")
     if args.long_tokens < 0:
         raise VisfocusError(f"--long_tokens must be ≥ 0, got {args.long_tokens}")
-    configs = ["plain_sdpa", *[c for c in configs if c != "plain_sdpa"]]
-    missing = sorted({CONFIGS[c][1][0] for c in configs if CONFIGS[c][1]} - set(vf.METHODS))
-    if missing:
-        raise VisfocusError(f"methods not available in this build: {missing}")
+    chosen = ["plain_sdpa", *[c for c in configs_given if c != "plain_sdpa"]]  # the unit of every ratio
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     _cpu_allocator_hint()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
@@ -206,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
               f"{sum(p.numel() for p in vlm.model.parameters()) / 1e9:.2f} B parameters; prompt {prompt.shape[1]} "
               f"tokens ({int((prompt == vlm.adapter.image_token_id).sum())} image); {args.reps} interleaved reps")
         report(f"{name}: seconds per answer ({args.new_tokens} new token(s)) and peak extra memory",
-               measure(vlm, image, QUESTION, configs, args.reps, args.new_tokens, args.device))
+               measure(vlm, image, QUESTION, {c: table[c] for c in chosen}, args.reps, args.new_tokens,
+                       args.device))
         del vlm
     if args.long_tokens:
         vlm = build_vlm(args.long_layers, torch.float32)
@@ -217,9 +250,8 @@ def run(args: argparse.Namespace) -> int:
             question = " ".join(words[: len(question.split()) + 256]) + " " + QUESTION
         n = vlm.adapter.encode([image], [question])["input_ids"].shape[1]
         print(f"\n[long] {n} tokens, {args.long_layers} decoder layers, float32")
-        long_configs = [c for c in ("plain_sdpa", "scaling_vis", "trace", "adaptvis", "clvs", "eager") if c in configs]
         report("long sequence: peak extra memory (attention memory is per layer, so fewer layers suffice)",
-               measure(vlm, image, question, long_configs, 1, 1, args.device))
+               measure(vlm, image, question, {c: table[c] for c in long_configs(chosen, table)}, 1, 1, args.device))
     return 0
 
 

@@ -72,15 +72,12 @@ def run(args: argparse.Namespace) -> int:
         from visfocus.errors import VisfocusError
 
         raise VisfocusError('the app needs Gradio: pip install -e ".[app]"') from None
-    from visfocus.api import load
+    from visfocus.api import load_model
     from visfocus.app.compute import Explorer, examples
     from visfocus.app.exports import ExportFolder
     from visfocus.app.ui import build
-    from visfocus.organism import NOTE, organism_path
 
-    if args.model is None:
-        print(f"[visfocus] {NOTE}", file=sys.stderr)
-    vlm = load(str(organism_path()) if args.model is None else args.model, dtype=args.dtype, device=args.device)
+    vlm = load_model(args.model, {"dtype": args.dtype, "device": args.device})  # None: the organism, announced
     explorer = Explorer(vlm, max_results=args.max_results, profiles=profiles)
     demo = build(explorer, examples(args.data_root), exports=ExportFolder(plan.export_ttl_s),
                  session_ttl_s=plan.session_ttl_s, delete_cache=plan.delete_cache())

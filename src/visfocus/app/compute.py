@@ -39,11 +39,10 @@ class Result:
     params: dict[str, Any]
     text: str
     first_token: str
-    confidence: float
-    alpha_used: float | None
-    top_k: list[tuple[str, float]]  # first-token probabilities, most probable first
+    confidence: float  # the largest first-token probability the method decoded from
+    top_k: list[tuple[str, float]]  # those first-token probabilities, most probable first
     cost: dict[str, Any]
-    extras: dict[str, Any]
+    extras: dict[str, Any]  # the method's per-answer decisions, as it declares them (``Method.extras``)
     parsed: str | None
     correct: bool | None  # None when no gold label is known
     attention: np.ndarray = field(repr=False)  # (L, H, N) float32 post-edit, on the image tokens
@@ -99,9 +98,8 @@ class Explorer:
         """The cached result, or a new one. Bad input raises a ``VisfocusError`` before the model runs."""
         if not isinstance(question, str) or not question.strip():
             raise VisfocusError("the question is empty")
-        built = vf.method(method, **self._method_args(params or {})) if method != "baseline" else None  # validates
-        if built is not None:
-            built.params.validate(self.vlm.num_layers)
+        built = vf.method(method, **self._method_args(params or {}))  # validates (the baseline is a method too)
+        built.params.validate(self.vlm.num_layers)
         defaults = {spec.name: spec.default for spec in param_specs(method)}
         params = {k: v for k, v in (params or {}).items() if v != defaults[k]}  # the same call, the same key
         options = [o.strip() for o in options or () if o.strip()] or None
@@ -141,13 +139,13 @@ class Explorer:
     def _result(self, key, method, params, answer, options, seconds) -> Result:
         arrays = sample_arrays(answer.trace, answer.extras, "heads")
         meta = json.loads(str(arrays["meta"]))
-        probs = torch.softmax(answer.first_token_logits.float(), dim=-1)  # (V,)
+        probs = torch.softmax(answer.first_token_scores.float(), dim=-1)  # (V,) what the method decoded from
         best = torch.topk(probs, TOP_K)
         tokens = [self.vlm.processor.tokenizer.decode([int(i)]) for i in best.indices]
         parsed = parse_answer(answer.text, options)
         pre = arrays.get("attention_pre")
         return Result(key=key, method=method, params=params, text=answer.text, first_token=answer.first_token,
-                      confidence=answer.confidence, alpha_used=answer.alpha_used,
+                      confidence=answer.confidence,
                       top_k=top_k(best.values.tolist(), tokens, TOP_K),
                       cost={**answer.cost, "seconds": round(seconds, 3)}, extras=meta["extras"], parsed=parsed,
                       correct=None, attention=arrays["attention"].astype(np.float32),

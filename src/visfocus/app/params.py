@@ -1,5 +1,6 @@
 """The method parameters an app request may set, read safely: every value typed through the project's parsers
-(``visfocus.values``) and held within its method's own bounds (``ParamSpec.low``/``high``), from the page's controls
+(``visfocus.values``; layer parameters by the method's own declaration, ``typed_values``/``check_value``) and held
+within its method's declared bounds (``ParamSpec.contains``, closed or open), from the page's controls
 (``read_params``) or the ``/compare`` API's JSON (``request_params``); and VEA's layer ``profile`` as a NAME from the
 folder the operator gave (``visfocus app --profiles DIR``, ``ProfileFolder``), never a path a request names. Each
 refusal is one ``VisfocusError``; nothing here runs a model."""
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import METHODS, ParamSpec, fraction_range, param_specs
+from visfocus.interventions.base import METHODS, ParamSpec, param_specs
+from visfocus.interventions.params import bounds_text, check_value, typed_values
 from visfocus.interventions.vea import load_profile
 from visfocus.values import parse_bool, parse_float, parse_int, parse_text, shown
 
@@ -89,38 +91,57 @@ def profile_name(value: Any, profiles: ProfileFolder | None) -> str | None:
     return value
 
 
-def _layers(spec: ParamSpec, value: Any, what: str) -> Any:
-    """Layer indices (``"1;2"``, ``"1,2"`` or a list), a fraction range of the depth (``"0.28:0.45"``), None (all);
-    a ``text`` parameter also takes a word (DoLa's ``"high"``)."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return tuple(parse_int(v, f"{what} (a layer index)") for v in value) or None
-    if not isinstance(value, str):
-        raise VisfocusError(f"{what} must be layer indices (e.g. 1;2;3), got {shown(value)}")
-    items = [v.strip() for v in value.replace(",", ";").split(";") if v.strip()]
-    if spec.kind == "layers" and len(items) == 1 and fraction_range(items[0]) is not None:
-        return items[0]  # a fraction range of the depth, e.g. 0.28:0.45
-    if spec.kind == "text" and items and not all(v.lstrip("+-").isdigit() for v in items):
-        return value.strip()  # a word, e.g. DoLa's "high"
-    if not all(v.lstrip("+-").isdigit() for v in items):
-        raise VisfocusError(f"{what} must be layer indices (e.g. 1;2;3), a fraction range of the depth (e.g. "
-                            f"0.28:0.45) or empty for all layers, got {shown(value)}")
-    return tuple(parse_int(v, f"{what} (a layer index)") for v in items) or None
+def _short(bound: float | None) -> float | str | None:
+    """A bound as messages show it (``0`` for 0.0, ``1e-06``), as the project's parsers do."""
+    return f"{bound:g}" if isinstance(bound, float) else bound
+
+
+def _bounds(spec: ParamSpec) -> str:
+    """" ≥ 0", " in (0, 1]", … ("" when unbounded): the declaration's ``bounds_text`` with short numbers."""
+    text = bounds_text(_short(spec.low), _short(spec.high), spec.low_open, spec.high_open)
+    return f" {text}" if text else ""
 
 
 def _number(spec: ParamSpec, value: Any, what: str) -> int | float | None:
-    """A finite number within the parameter's [low, high]; an ``int`` one also takes an integral float (a page
-    Number sends 4.0). None only where the default is None."""
+    """A finite number within the parameter's declared bounds (``ParamSpec.contains``: closed or open); an ``int``
+    one also takes an integral float (a page Number sends 4.0). None only where the declaration allows it."""
     if value is None or (isinstance(value, str) and not value.strip()):
-        if spec.default is None:
+        if spec.optional or spec.default is None:
             return None
         raise VisfocusError(f"{what} needs a value (default {spec.default})")
-    if spec.kind == "float":
-        return parse_float(value, what, low=spec.low, high=spec.high)
-    if isinstance(value, float) and value.is_integer():
+    if spec.kind == "int" and isinstance(value, float) and value.is_integer():
         value = int(value)
-    return parse_int(value, what, low=spec.low, high=spec.high)
+    kind = "an integer" if spec.kind == "int" else "a number"
+    try:
+        number = parse_float(value, what) if spec.kind == "float" else parse_int(value, what)
+    except VisfocusError:
+        typed = "an integer" if spec.kind == "int" else "a finite number"
+        raise VisfocusError(f"{what} must be {typed}{_bounds(spec)}, got {shown(value)}") from None
+    if not spec.contains(number):
+        raise VisfocusError(f"{what} must be {kind}{_bounds(spec)}, got {_short(number)}")
+    return number
+
+
+def _layers(method: str, spec: ParamSpec, value: Any, what: str) -> Any:
+    """Layer indices (``"1;2"``, ``"1,2"`` or a list), a fraction range of the depth (``"0.28:0.45"``), None or
+    empty (all layers, where the declaration allows None); a ``text`` parameter also takes a word (DoLa's
+    ``"high"``). Typed by the method's declaration (``typed_values``) and checked by it (``check_value``)."""
+    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, (list, tuple))
+                                                                           and not value):
+        if spec.optional:
+            return None
+        raise VisfocusError(f"{what} needs a value (default {spec.default})")
+    given = value.replace(",", ";") if isinstance(value, str) else value
+    try:
+        typed = typed_values(METHODS[method].Params, {spec.name: given}, method)[spec.name]
+        check_value(spec, typed)
+    except VisfocusError:
+        if spec.kind == "text":
+            raise VisfocusError(f"{what} must be a word or layer indices (e.g. 1;2;3), got {shown(value)}") from None
+        raise VisfocusError(f"{what} must be layer indices (e.g. 1;2;3), a fraction range of the depth (e.g. "
+                            f"0.28:0.45){' or empty for all layers' if spec.optional else ''}, got {shown(value)}"
+                            ) from None
+    return typed
 
 
 def read_value(method: str, spec: ParamSpec, value: Any, profiles: ProfileFolder | None = None) -> Any:
@@ -135,7 +156,7 @@ def read_value(method: str, spec: ParamSpec, value: Any, profiles: ProfileFolder
     if spec.kind in ("int", "float"):
         return _number(spec, value, what)
     if spec.kind in ("layers", "text"):
-        return _layers(spec, value, what)
+        return _layers(method, spec, value, what)
     if value is None or value == "":
         return None
     return parse_text(value, what)
