@@ -48,12 +48,11 @@ def adaptvis_grid(base, dev_task: str, vlm) -> dict:
     """The default grid with the dev set's confidence quantiles, exactly as ``sweep`` extends it."""
     from visfocus.evaluate import evaluate
     from visfocus.interventions import METHODS
-    from visfocus.sweep import _confidence_quantiles
+    from visfocus.sweep import dev_confidences
 
-    evaluate(dataclasses.replace(base, tasks=[dev_task]), model=lambda: vlm)
+    baseline = evaluate(dataclasses.replace(base, tasks=[dev_task]), model=lambda: vlm)
     grid = {k: list(v) for k, v in METHODS["adaptvis"].search_grid.items()}
-    grid["threshold"] = sorted(set(grid["threshold"]) | set(_confidence_quantiles(base, dev_task)))
-    return grid
+    return METHODS["adaptvis"].grid_with_dev_confidences(grid, dev_confidences(baseline, dev_task))
 
 
 def timed_sweep(base, dev_task: str, grid: dict, vlm) -> tuple[float, dict]:
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
         k = min(args.reference_points or len(points), len(points))
         chosen = [points[round(i * (len(points) - 1) / max(k - 1, 1))] for i in range(k)]
-        whole = dataclasses.replace(base, prefix_sharing=False)
+        whole = dataclasses.replace(base, share_prefix=False)
         runs = [whole] + [dataclasses.replace(whole, method="adaptvis", method_args=point) for point in chosen]
         # as visfocus sweep ran before: one evaluation per point, each loading the model, every sample prefilled
         started = time.perf_counter()

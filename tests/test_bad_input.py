@@ -13,7 +13,7 @@ from PIL import Image
 from visfocus.benchmarks import TASKS, Record
 from visfocus.benchmarks.scoring import OptionTask
 from visfocus.cli import main as cli_main
-from visfocus.runconfig import RunConfig, read_config_file
+from visfocus.run.config import RunConfig, read_config_file
 from visfocus.testing import make_image
 
 QUESTION = "Where is the cup? Answer with left or right."
@@ -88,8 +88,8 @@ EVAL_CASES = [
     ("batch_size 0", ["--batch_size", "0"], None, None, {}, "--batch_size must be an integer ≥ 1, got 0"),
     ("seed negative", ["--seed", "-1"], None, None, {}, "--seed must be an integer ≥ 0, got -1"),
     ("max_new_tokens 0", ["--max_new_tokens", "0"], None, None, {}, "--max_new_tokens must be an integer ≥ 1"),
-    ("limit not a number", ["--limit", "x"], None, None, {}, "argument --limit: invalid int value: 'x'"),
-    ("trace mode", ["--trace", "all"], None, None, {}, "argument --trace: invalid choice: 'all'"),
+    ("limit not a number", ["--limit", "x"], None, None, {}, "--limit must be an integer ≥ 1, got 'x'"),
+    ("trace mode", ["--trace", "all"], None, None, {}, "--trace must be heads or mean, got 'all'"),
     ("unknown flag", ["--colour", "red"], None, None, {}, "unrecognized arguments: --colour red"),
     # YAML --config
     ("config missing", ["--config", "/nowhere/run.yaml"], None, None, {}, "config file not found: /nowhere/run.yaml"),
@@ -106,7 +106,7 @@ EVAL_CASES = [
      "method arguments must be KEY=VALUE,... or a mapping"),
     ("config method_args layers", [], "method: scaling_vis\nmethod_args: {alpha: 2, layers: [0, true]}\n", None, {},
      "must be an integer"),
-    ("config prefix_sharing", [], "prefix_sharing: sometimes\n", None, {}, "prefix_sharing must be true or false"),
+    ("config share_prefix", [], "share_prefix: sometimes\n", None, {}, "share_prefix must be true or false"),
     # images
     ("truncated image", [], None, [(QUESTION, "cut"), (QUESTION, "good")], {},
      "1 of 2 images are missing or unusable (e.g. given#0 unreadable: "),
@@ -188,7 +188,7 @@ def test_yaml_values_mean_what_they_say(run_eval, tmp_path):
                       'tasks: a, b\nmethod: scaling_vis\nmethod_args: {alpha: 2, layers: [0, 1], decode: "on"}\n'
                       'model_args: {trust_remote_code: "0", dtype: bf16}\n')
     typed = RunConfig.from_values(read_config_file(config))
-    assert (typed.skip_missing, typed.log_samples, typed.limit, typed.prefix_sharing, typed.trace, typed.tasks) == \
+    assert (typed.skip_missing, typed.log_samples, typed.limit, typed.share_prefix, typed.trace, typed.tasks) == \
         (True, False, 3, False, "heads", ["a", "b"])
     assert typed.method_args == {"alpha": 2.0, "layers": (0, 1), "decode": True}
     assert typed.model_args == {"trust_remote_code": False, "dtype": "bf16"}
@@ -198,9 +198,9 @@ def test_yaml_values_mean_what_they_say(run_eval, tmp_path):
     (["compare", "{a}", "{b}", "--n_boot", "0"], "--n_boot (bootstrap resamples) must be an integer ≥ 1, got 0"),
     (["compare", "{a}", "/nowhere"], "/nowhere is not a visfocus run folder (no results.json)"),
     (["compare", "{bad}", "{a}"], "results file {bad}/results.json is not valid JSON"),
-    (["sweep", "--task", "synthetic_spatial", "--method", "scaling_vis", "--grid", "alpha"],
+    (["sweep", "--dev_task", "synthetic_spatial", "--method", "scaling_vis", "--grid", "alpha"],
      "cannot read grid entry 'alpha'"),
-    (["sweep", "--task", "synthetic_spatial", "--method", "scaling_vis", "--grid", "alpha=1|x"],
+    (["sweep", "--dev_task", "synthetic_spatial", "--method", "scaling_vis", "--grid", "alpha=1|x"],
      "method argument alpha must be a finite number, got 'x'"),
     (["sweep", "--task", "synthetic_spatial", "--method", "scaling_vis", "--seed", "-2"], "--seed must be an integer"),
 ])

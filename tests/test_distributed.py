@@ -19,7 +19,7 @@ import torch
 import visfocus as vf
 from visfocus import distributed
 from visfocus.errors import VisfocusError
-from visfocus.evaluate import parse_max_memory, rank_max_memory
+from visfocus.models.loading import parse_max_memory, rank_max_memory
 from visfocus.steer import ScaleLogits, SteerState, steering
 from visfocus.steer.attention import visfocus_attention
 from visfocus.tracefile import load_traces
@@ -143,7 +143,7 @@ def test_a_killed_rank_resumes_on_one_rank_without_losing_or_repeating_a_sample(
 
 
 def test_a_sweep_on_two_ranks_chooses_the_single_process_point(tiny_dirs, tmp_path):
-    args = ["sweep", "--model", str(tiny_dirs["llava"]), "--task", "synthetic_spatial", "--limit", "8",
+    args = ["sweep", "--model", str(tiny_dirs["llava"]), "--dev_task", "synthetic_spatial", "--limit", "8",
             "--method", "scaling_vis", "--grid", "alpha=0.5|2", "--max_new_tokens", "2"]
     _run(1, *args, "--output_path", str(tmp_path / "one"))
     _run(2, *args, "--output_path", str(tmp_path / "two"))

@@ -11,7 +11,7 @@ import pytest
 from visfocus.benchmarks import TASKS, Record
 from visfocus.benchmarks.scoring import OptionTask
 from visfocus.cli import main as cli_main
-from visfocus.compare import compare_runs
+from visfocus.compare import compare_runs, load_run
 from visfocus.errors import VisfocusError
 from visfocus.evaluate import RunConfig, evaluate
 
@@ -40,10 +40,11 @@ def test_run_writes_results_and_samples(tiny_dirs, tmp_path):
     result = saved["tasks"]["synthetic_spatial"]
     assert result["n_samples"] == {"original": 64, "selected": 10, "missing_images": 0, "effective": 10}
     rows = _samples(out, "synthetic_spatial")
-    assert len(rows) == 10 and all(r["alpha_used"] == 2.0 for r in rows)
+    assert len(rows) == 10 and all(r["extras"]["alpha_used"] == 2.0 and "alpha_used" not in r for r in rows)
     assert rows[0]["prompt"].endswith("<|im_start|>assistant\n") and rows[0]["question"] in rows[0]["prompt"]
     assert result["metrics"]["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 10)
-    assert result["cost"]["forward_passes"] == pytest.approx(sum(r["passes"] / r["batch_size"] for r in rows), abs=1)
+    assert result["cost"]["forward_passes"] == pytest.approx(sum(r["forward_passes"] / r["batch_size"] for r in rows),
+                                                             abs=1)
     assert saved["cost"]["prefill_tokens"] == sum(r["prefill_tokens"] for r in rows)
 
 
@@ -84,6 +85,44 @@ def test_changed_config_is_refused(tiny_dirs, tmp_path):
     evaluate(_config(tiny_dirs, tmp_path, limit=2))
     with pytest.raises(VisfocusError, match="max_new_tokens: 3 → 5"):
         evaluate(_config(tiny_dirs, tmp_path, limit=2, max_new_tokens=5))
+
+
+def _as_schema_2(folder: Path, task: str) -> None:
+    """Rewrite a run folder as visfocus wrote it at results schema 2: rows with ``passes``, a top-level
+    ``alpha_used`` and ``method_extras`` (only when not empty); ``config.prefix_sharing``."""
+    samples = folder / f"samples_{task}.jsonl"
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    old_rows = []
+    for row in rows:
+        extras = dict(row.pop("extras"))
+        old = {**row, "passes": row.pop("forward_passes"), "alpha_used": extras.pop("alpha_used", None)}
+        old_rows.append({**{k: v for k, v in old.items() if k != "forward_passes"},
+                         **({"method_extras": extras} if extras else {})})
+    samples.write_text("".join(json.dumps(r) + "\n" for r in old_rows))
+    results = json.loads((folder / "results.json").read_text())
+    results["schema_version"] = 2
+    results["config"]["prefix_sharing"] = results["config"].pop("share_prefix")
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_a_folder_written_at_schema_2_resumes_and_reads_under_todays_names(tiny_dirs, tmp_path):
+    reference = evaluate(_config(tiny_dirs, tmp_path / "ref", method="adaptvis", limit=6, batch_size=2))
+    first = evaluate(_config(tiny_dirs, tmp_path / "old", method="adaptvis", limit=4, batch_size=2))
+    folder = Path(first["config"]["run_dir"])
+    _as_schema_2(folder, "synthetic_spatial")
+    resumed = evaluate(_config(tiny_dirs, tmp_path / "old", method="adaptvis", limit=6, batch_size=2))
+    assert resumed["provenance"][-1]["samples_added"] == {"synthetic_spatial": 2}
+    got, expected = resumed["tasks"]["synthetic_spatial"], reference["tasks"]["synthetic_spatial"]
+    assert got["metrics"]["accuracy"] == expected["metrics"]["accuracy"]
+    assert got["metrics"]["mean_confidence"] == pytest.approx(expected["metrics"]["mean_confidence"])
+    assert {k: v for k, v in got["cost"].items() if k != "seconds"} == \
+        {k: v for k, v in expected["cost"].items() if k != "seconds"}  # the old rows' passes counted
+    assert resumed["config"]["share_prefix"] is True and "prefix_sharing" not in resumed["config"]
+    _, samples = load_run(folder)  # what compare and report read
+    rows, expected = samples["synthetic_spatial"], {r["id"]: r for r in _samples(reference, "synthetic_spatial")}
+    assert len(rows) == 6 and all("passes" not in r and "alpha_used" not in r for r in rows.values())
+    assert {i: (r["forward_passes"], r["extras"]) for i, r in rows.items()} == \
+        {i: (r["forward_passes"], r["extras"]) for i, r in expected.items()}
 
 
 class _MissingImages(OptionTask):

@@ -12,7 +12,8 @@ import pytest
 from visfocus.benchmarks import TASKS, Record
 from visfocus.benchmarks.scoring import BinaryTask
 from visfocus.cli import main as cli_main
-from visfocus.evaluate import RunConfig, evaluate, evaluate_many, group_by_image
+from visfocus.evaluate import RunConfig, evaluate, evaluate_many
+from visfocus.run.records import group_by_image
 from visfocus.sweep import sweep
 from visfocus.testing import make_image
 
@@ -66,7 +67,7 @@ def test_group_by_image_keeps_first_appearance_order():
 def test_eval_with_shared_prefixes_gives_the_answers_of_whole_prefills(tiny_dirs, pope_shaped, tmp_path, method,
                                                                        method_args):
     whole = evaluate(_config(tiny_dirs, pope_shaped, tmp_path / "whole", method=method, method_args=method_args,
-                             prefix_sharing=False))
+                             share_prefix=False))
     shared = evaluate(_config(tiny_dirs, pope_shaped, tmp_path / "shared", method=method, method_args=method_args))
     rows_whole, rows_shared = _rows(whole), _rows(shared)
     _same_answers(rows_whole, rows_shared)  # and the samples file is in sample order, though answered by image
@@ -74,7 +75,7 @@ def test_eval_with_shared_prefixes_gives_the_answers_of_whole_prefills(tiny_dirs
     metrics_shared, metrics_whole = (out["tasks"]["test_pope_shaped"]["metrics"] for out in (shared, whole))
     assert metrics_shared["accuracy"] == metrics_whole["accuracy"] and metrics_shared["f1"] == metrics_whole["f1"]
     assert metrics_shared["mean_confidence"] == pytest.approx(metrics_whole["mean_confidence"], abs=1e-5)
-    assert shared["config"]["prefix_sharing"] is True and whole["config"]["prefix_sharing"] is False
+    assert shared["config"]["share_prefix"] is True and whole["config"]["share_prefix"] is False
     assert all(r["shared_prefix_tokens"] == 0 for r in rows_whole)
     assert all(r["shared_prefix_tokens"] > 0 for r in rows_shared)
     # 12 questions, 3 images: each prefix ran once, so fewer prompt tokens ran; an image's second batch (its
@@ -87,7 +88,7 @@ def test_eval_with_shared_prefixes_gives_the_answers_of_whole_prefills(tiny_dirs
 
 
 def test_a_run_killed_in_the_middle_of_an_image_resumes_to_the_same_results(tiny_dirs, pope_shaped, tmp_path):
-    reference = evaluate(_config(tiny_dirs, pope_shaped, tmp_path / "ref", prefix_sharing=False))
+    reference = evaluate(_config(tiny_dirs, pope_shaped, tmp_path / "ref", share_prefix=False))
 
     def stop(task, batch_index):
         if batch_index == 2:  # 6 samples done: all of image 0 (4) and half of image 1
@@ -105,15 +106,16 @@ def test_a_run_killed_in_the_middle_of_an_image_resumes_to_the_same_results(tiny
     _same_answers(_rows(reference), _rows(resumed))
 
 
-def test_no_prefix_sharing_flag_reaches_the_run(tiny_dirs, pope_shaped, tmp_path):
+@pytest.mark.parametrize("flag", ["--no_share_prefix", "--no_prefix_sharing"])  # the second: the old name
+def test_no_share_prefix_flag_reaches_the_run(tiny_dirs, pope_shaped, tmp_path, flag):
     argv = ["eval", "--model", str(tiny_dirs["llava"]), "--tasks", "test_pope_shaped", "--data_root",
             str(pope_shaped), "--limit", "3", "--max_new_tokens", "2", "--output_path", str(tmp_path / "runs")]
-    assert cli_main([*argv, "--no_prefix_sharing"]) == 0
+    assert cli_main([*argv, flag]) == 0
     (results,) = (tmp_path / "runs").rglob("results.json")
     saved = json.loads(results.read_text())
-    assert saved["config"]["prefix_sharing"] is False
+    assert saved["config"]["share_prefix"] is False
     assert cli_main(argv) == 0  # same run folder: sharing does not change the answers, so the run is the same run
-    assert json.loads(results.read_text())["config"]["prefix_sharing"] is True
+    assert json.loads(results.read_text())["config"]["share_prefix"] is True
 
 
 def test_runs_answered_sample_major_equal_separate_runs(tiny_dirs, pope_shaped, tmp_path):
@@ -123,7 +125,7 @@ def test_runs_answered_sample_major_equal_separate_runs(tiny_dirs, pope_shaped, 
     together = evaluate_many(configs)
     for point, out in zip(points, together):
         alone = evaluate(_config(tiny_dirs, pope_shaped, tmp_path / "alone", method="scaling_vis",
-                                 method_args=point, prefix_sharing=False))
+                                 method_args=point, share_prefix=False))
         _same_answers(_rows(alone), _rows(out))
         # after the first run prefilled a batch, the second re-ran only the last prompt token of each sample
     second = _rows(together[1])
@@ -132,7 +134,7 @@ def test_runs_answered_sample_major_equal_separate_runs(tiny_dirs, pope_shaped, 
 
 def test_sweep_with_shared_prefills_matches_the_sweep_without(tiny_dirs, pope_shaped, tmp_path):
     def run(sharing: bool, folder: str) -> dict:
-        base = _config(tiny_dirs, pope_shaped, tmp_path / folder, prefix_sharing=sharing, max_new_tokens=2)
+        base = _config(tiny_dirs, pope_shaped, tmp_path / folder, share_prefix=sharing, max_new_tokens=2)
         return sweep(base, "test_pope_shaped", None, "adaptvis",
                      {"alpha_low": [0.5], "alpha_high": [1.5, 2.0], "threshold": [0.3, 0.6]})
 
@@ -141,9 +143,9 @@ def test_sweep_with_shared_prefills_matches_the_sweep_without(tiny_dirs, pope_sh
     assert shared["dev_baseline"] == whole["dev_baseline"]
 
 
-def test_a_prefix_sharing_value_that_is_not_a_boolean_is_one_clear_error(tiny_dirs, pope_shaped, tmp_path):
+def test_a_share_prefix_value_that_is_not_a_boolean_is_one_clear_error(tiny_dirs, pope_shaped, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text("prefix_sharing: maybe\n")
+    config.write_text("share_prefix: maybe\n")
     argv = ["eval", "--model", str(tiny_dirs["llava"]), "--tasks", "test_pope_shaped", "--data_root",
             str(pope_shaped), "--config", str(config), "--output_path", str(tmp_path / "runs")]
     assert cli_main(argv) == 2

@@ -193,8 +193,8 @@ def test_loglikelihood_scores_each_answer_word_under_the_method(tmp_path):
 @pytest.mark.parametrize("model_args, message", [
     ("method=adaptvs", "unknown method 'adaptvs'; registered methods: " + ", ".join(sorted(vf.METHODS))),
     ("method=adaptvis,alpha_lo=0.5", "method 'adaptvis' has no parameter alpha_lo; its parameters: "
-     + ", ".join(sorted(vf.methods()["adaptvis"])) + "; model args: pretrained, method, batch_size, max_batch_size, "
-     "trace, trace_dir, prefix_sharing, dtype, device, device_map, max_memory, revision, trust_remote_code"),
+     + ", ".join(sorted(vf.methods()["adaptvis"])) + "; model args: pretrained, method, batch_size, trace, "
+     "share_prefix, trace_dir, max_batch_size, dtype, device, device_map, max_memory, revision, trust_remote_code"),
     ("method=adaptvis,alpha_low=-0.5", "alpha_low must be ≥ 0.0, got -0.5"),
 ])
 def test_bad_model_args_are_one_error_line(tmp_path, model_args, message):
@@ -233,7 +233,7 @@ def test_docs_need_every_image_unless_missing_ones_are_skipped():
         task_docs(key)
     docs = task_docs(task_key("vsr_random_test", {"data_root": str(SHARED_DATA), "skip_missing": True}),
                      skip_missing=True)
-    assert len(docs) == 3  # the staged COCO images (BENCHMARKS.md)
+    assert len(docs) == 3  # the staged COCO images (docs/benchmarks.md)
 
     records = vf.task("vsr_random_test", data_root=SHARED_DATA).records
     assert all(Path(records[d["index"]].image_path).is_file() for d in docs)

@@ -15,19 +15,20 @@ def test_method_parameters_are_typed_by_the_method_and_the_rest_is_how_to_load()
     # as lmms-eval hands them over: numbers already typed, the rest text
     s = parse_settings({"pretrained": "Qwen/Qwen3-VL-2B-Instruct", "method": "adaptvis", "alpha_low": 0.5,
                         "threshold": 0.3, "layers": "8;9;10", "dtype": "bfloat16", "device": "cuda",
-                        "batch_size": "8", "trace": "mean", "prefix_sharing": "false"})
-    assert s.pretrained == "Qwen/Qwen3-VL-2B-Instruct" and s.method_name == "adaptvis"
+                        "batch_size": "8", "trace": "mean", "share_prefix": "false"})
+    assert s.model == "Qwen/Qwen3-VL-2B-Instruct" and s.method_name == "adaptvis"
     assert s.method_args == {"alpha_low": 0.5, "threshold": 0.3, "layers": (8, 9, 10)}
-    assert s.load == {"dtype": "bfloat16", "device": "cuda"}
-    assert (s.batch_size, s.trace, s.prefix_sharing) == (8, "mean", False)
+    assert s.model_args == {"dtype": "bfloat16", "device": "cuda"}
+    assert (s.batch_size, s.trace, s.share_prefix) == (8, "mean", False)
+    assert parse_settings({"prefix_sharing": False}).share_prefix is False  # the old name still reads
     method = s.build_method()
     assert method.name == "adaptvis" and method.params.layers == (8, 9, 10) and method.params.alpha_low == 0.5
 
 
 def test_defaults_are_the_organism_under_the_plain_model():
     s = parse_settings({})
-    assert (s.pretrained, s.method_name, s.method_args, s.load, s.batch_size) == (None, "baseline", {}, {}, 1)
-    assert parse_settings({"pretrained": "organism", "method": "none"}).pretrained is None
+    assert (s.model, s.method_name, s.method_args, s.model_args, s.batch_size) == (None, "baseline", {}, {}, 1)
+    assert parse_settings({"pretrained": "organism", "method": "none"}).model is None
     assert parse_settings({"method": "vcd", "sample": True}).method_args == {"sample": True}
 
 
@@ -38,7 +39,7 @@ def test_defaults_are_the_organism_under_the_plain_model():
     ({"method": "scaling_vis", "alpha": "lots"}, "method argument alpha must be a finite number, got 'lots'"),
     ({"batch_size": "auto"}, "batch_size must be an integer ≥ 1, got 'auto'"),
     ({"trace": "all"}, "trace must be heads or mean, got 'all'"),
-    ({"prefix_sharing": "maybe"}, "prefix_sharing must be true or false (true/1/yes/on or false/0/no/off), got "
+    ({"share_prefix": "maybe"}, "share_prefix must be true or false (true/1/yes/on or false/0/no/off), got "
                                   "'maybe'"),
     ({"trust_remote_code": "maybe"}, "model argument trust_remote_code must be true or false"),
 ])

@@ -15,7 +15,7 @@ from visfocus.errors import VisfocusError
 from visfocus.integrations.lmms.settings import parse_settings
 from visfocus.interventions import METHODS, method, typed_method_args
 from visfocus.models.loading import MODEL_ARGS, parse_model_args
-from visfocus.runconfig import FIELDS, RunConfig, read_config_file
+from visfocus.run.config import FIELDS, RunConfig, read_config_file
 from visfocus.sweep import parse_grid
 from visfocus.values import parse_bool, parse_key_values
 
@@ -75,8 +75,8 @@ def test_method_args_and_grids_of_every_method(name, text):
 
 
 @FUZZ
-@given(args=st.dictionaries(st.sampled_from([*PARAMETER_NAMES, *MODEL_ARGS, "method", "batch_size", "trace",
-                                              "prefix_sharing", "pretrained", "x"]), scalars, max_size=6),
+@given(args=st.dictionaries(st.sampled_from([*PARAMETER_NAMES, *MODEL_ARGS, "method", "batch_size", "trace", "x",
+                                              "share_prefix", "prefix_sharing", "pretrained"]), scalars, max_size=6),
        name=st.sampled_from(sorted(METHODS)))
 def test_lmms_model_args(args, name):
     _only_our_error(parse_settings, {"method": name, **args})

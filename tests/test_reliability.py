@@ -21,7 +21,8 @@ import visfocus as vf
 from visfocus.cli import main as cli_main
 from visfocus.errors import VisfocusError
 from visfocus.evaluate import RunConfig, evaluate
-from visfocus.runfolder import HOLDER_FILE, RunLock
+from visfocus.run.lock import HOLDER_FILE, RunLock
+from visfocus.run.results import SCHEMA_VERSION
 from visfocus.testing import faults
 from visfocus.tracefile import load_traces
 
@@ -227,7 +228,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(setting, tmp_path, capsys):
     folder = tmp_path / "run"
     folder.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from visfocus.runfolder import RunLock; lock = RunLock(Path(sys.argv[1])); "
+                               "from visfocus.run.lock import RunLock; lock = RunLock(Path(sys.argv[1])); "
                                "lock.acquire(); print('locked', flush=True); time.sleep(600)", str(folder)],
                               env=ENV, stdout=subprocess.PIPE, text=True)
     try:
@@ -276,10 +277,10 @@ def test_a_line_that_is_not_a_sample_row_is_one_error_naming_file_and_line(setti
 
 def test_rows_that_vanish_during_a_run_are_reported_not_hidden(setting, tmp_path, monkeypatch):
     model, vlm, reference, _ = setting
-    from visfocus import results
+    from visfocus.run import samples
 
-    append = results.SampleLog.append
-    monkeypatch.setattr(results.SampleLog, "append", lambda self, rows: append(self, rows[:-1]))  # one row lost
+    append = samples.SampleLog.append
+    monkeypatch.setattr(samples.SampleLog, "append", lambda self, rows: append(self, rows[:-1]))  # one row lost
     config = _config(model, tmp_path, tasks=["synthetic_spatial"], limit=4, trace=None)
     with pytest.raises(VisfocusError, match=r"samples were lost: baseline/synthetic_spatial: 2 samples have no "
                                                r"row \(e\.g\. "):
@@ -305,8 +306,8 @@ def test_a_run_with_a_layer_list_resumes_from_flags_or_yaml(setting, tmp_path, c
     assert saved["tasks"]["synthetic_spatial"]["n_samples"]["effective"] == 4
     assert [launch["samples_added"] for launch in saved["provenance"]] == \
         [{"synthetic_spatial": 2}, {"synthetic_spatial": 1}, {"synthetic_spatial": 1}]
-    sweep = ["sweep", "--model", str(model), "--task", "synthetic_spatial", "--limit", "2", "--method", "scaling_vis",
-             "--grid", "layers=0|1;0", "--max_new_tokens", "1", "--output_path", str(tmp_path / "sweep")]
+    sweep = ["sweep", "--model", str(model), "--dev_task", "synthetic_spatial", "--limit", "2", "--method",
+             "scaling_vis", "--grid", "layers=0|1;0", "--max_new_tokens", "1", "--output_path", str(tmp_path / "sweep")]
     assert cli_main(sweep) == 0 and cli_main(sweep) == 0  # every trial resumes
 
 
@@ -382,7 +383,7 @@ def test_a_schema_1_folder_resumes_and_is_upgraded(setting, tmp_path):
     path.write_text(json.dumps(old))
     out = evaluate(_config(model, tmp_path, tasks=["synthetic_spatial"], limit=3, trace=None, method="scaling_vis",
                            method_args={"alpha": 2.0}), model=lambda: vlm)
-    assert out["schema_version"] == 2 and out["tasks"]["synthetic_spatial"]["n_samples"]["effective"] == 3
+    assert out["schema_version"] == SCHEMA_VERSION and out["tasks"]["synthetic_spatial"]["n_samples"]["effective"] == 3
     assert len(out["provenance"]) == 1 and out["identity"]["method_args"] == {"alpha": 2.0, "layers": None,
                                                                                 "decode": False}
     path.write_text(json.dumps(old))

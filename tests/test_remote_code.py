@@ -75,7 +75,7 @@ def test_anything_but_true_or_false_is_one_error_and_runs_nothing(remote_model, 
     with pytest.raises(VisfocusError, match="trust_remote_code must be True or False, got 'false'"):
         vf.load(str(folder), trust_remote_code="false")  # the API takes a real bool only
     assert not marker.exists()
-    assert parse_settings({"trust_remote_code": "0"}).load == {"trust_remote_code": False}
+    assert parse_settings({"trust_remote_code": "0"}).model_args == {"trust_remote_code": False}
     with pytest.raises(VisfocusError, match="trust_remote_code must be true or false"):
         parse_settings({"trust_remote_code": "perhaps"})
 

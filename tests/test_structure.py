@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import visfocus as vf
 
 PACKAGE = Path(vf.__file__).parent
 ROOT = PACKAGE.parent
+REPO = ROOT.parent
 
 
 def _module_names() -> list[str]:
@@ -110,3 +112,53 @@ def test_layers_import_downward_only(lower, higher):
     upward = {(name, target) for name in MODULES if name == lower or name.startswith(lower + ".")
               for target in _imports(name) if any(target == h or target.startswith(h + ".") for h in higher)}
     assert upward == set()
+
+
+# --- the contract between the engine and the methods ---------------------------------------------------------------
+METHOD_MODULES = sorted({cls.__module__ for cls in vf.METHODS.values()})
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80
+
+
+def _source(name: str) -> str:
+    path = ROOT / Path(*name.split("."))
+    return (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m.startswith("visfocus.interventions")])
+def test_methods_reach_the_model_only_through_the_engine(name):
+    calls = {node.func.attr for node in ast.walk(ast.parse(_source(name)))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+    assert not calls & {"register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook"}
+
+
+@pytest.mark.parametrize("name", METHOD_MODULES)
+def test_no_method_module_imports_another(name):
+    assert _imports(name) & set(METHOD_MODULES) == set()
+
+
+def test_every_module_is_small_and_its_functions_short():
+    too_long = []
+    for name in MODULES:
+        source = _source(name)
+        if len(source.splitlines()) > MAX_FILE_LINES:
+            too_long.append(f"{name}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{name}.{node.name}: {length} lines")
+    assert too_long == []
+
+
+def test_no_module_cites_a_document_the_repository_lacks():
+    """Every Markdown file the code, tests, benchmarks or docs name is in the repository (``docs/...`` exactly
+    there; a bare name such as ``MODEL_CARD.md`` somewhere in it) — the package's users can read what it cites."""
+    cited = re.compile(r"(?<![\w/.-])((?:docs/)?[A-Za-z_-]+\.md)\b")
+    shipped = {path.name for path in REPO.rglob("*.md") if ".git" not in path.parts}
+    missing = set()
+    for path in [*PACKAGE.rglob("*.py"), *(REPO / "tests").glob("*.py"), *(REPO / "benchmarks").glob("*.py"),
+                 REPO / "README.md", *(REPO / "docs").glob("*.md")]:
+        for doc in cited.findall(path.read_text(encoding="utf-8")):
+            if not ((REPO / doc).exists() if doc.startswith("docs/") else doc in shipped):
+                missing.add(f"{path.relative_to(REPO)} cites {doc}")
+    assert sorted(missing) == []

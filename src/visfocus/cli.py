@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -16,10 +17,10 @@ from visfocus.errors import VisfocusError
 
 def _eval(args: argparse.Namespace) -> int:
     from visfocus.evaluate import evaluate
-    from visfocus.runconfig import FIELDS, RunConfig, read_config_file
+    from visfocus.run.config import EVAL, RunConfig, read_config_file
 
     values = read_config_file(args.config) if args.config else {}
-    values.update({k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None})
+    values.update(_given(args, EVAL))
     out = evaluate(RunConfig.from_values(values, f"config file {args.config}" if args.config else "visfocus eval"))
     if not distributed.current().is_main:  # rank 0 reports for all
         return 0
@@ -57,18 +58,17 @@ def _relation_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from visfocus.runconfig import FIELDS, RunConfig
+    from visfocus.run.config import SWEEP, RunConfig
     from visfocus.sweep import parse_grid, sweep
 
-    # the sweep's flags that are run fields make its base run (--method names the method searched, set per trial)
-    base = RunConfig.from_values({k: v for k, v in vars(args).items() if k in FIELDS and k != "method"
-                                  and v is not None}, "visfocus sweep")
+    # the sweep's run flags make its base run (the method searched and its arguments are set per trial)
+    base = RunConfig.from_values(_given(args, SWEEP), "visfocus sweep")
     grid = parse_grid(args.method, args.grid) if args.grid else None
-    out = sweep(base, args.task, args.eval_task, args.method, grid)
+    out = sweep(base, args.dev_task, args.eval_task, args.method, grid)
     if not distributed.current().is_main:
         return 0
     metric = out["metric"]
-    print(f"\n{len(out['trials'])} trials on {args.task} ({metric}; baseline {out['dev_baseline'][metric]:.4f}):")
+    print(f"\n{len(out['trials'])} trials on {args.dev_task} ({metric}; baseline {out['dev_baseline'][metric]:.4f}):")
     for trial in sorted(out["trials"], key=lambda t: -(t["metrics"][metric] or 0))[:10]:
         print(f"  {trial['metrics'][metric]:.4f}  {trial['args']}")
     print(f"chosen: {out['chosen']}")
@@ -95,10 +95,11 @@ def _list(args: argparse.Namespace) -> int:
     import visfocus as vf
     from visfocus.models import ADAPTERS
 
-    if args.what in ("all", "methods"):
+    if args.what in ("all", "methods"):  # what each method declares (visfocus.listing)
+        from visfocus.listing import describe_methods
+
         print("methods:")
-        for name, params in vf.methods().items():
-            print(f"  {name}" + (f"  ({', '.join(f'{k}={v}' for k, v in params.items())})" if params else ""))
+        print(textwrap.indent(describe_methods(), "  "))
     if args.what in ("all", "tasks"):
         print("tasks:")
         for name in vf.tasks():
@@ -133,6 +134,37 @@ MODULE_COMMANDS = {
 }
 
 
+def add_run_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of ``command`` that set run configuration fields, one per field that ``visfocus.run.config``
+    declares for it, in its form (a value, a switch, ``--no_<name>``, or an optional value). Values stay text here:
+    the field's own parser types them (``RunConfig.validate``), whatever their source."""
+    from visfocus.run.config import SETTINGS, RunConfig, command_fields, flag_names
+
+    defaults = RunConfig()
+    for name in command_fields(command):
+        s, default = SETTINGS[name], getattr(defaults, name)
+        flags, text = flag_names(name), s.help
+        if s.flag == "value" and default not in (None, {}) and "default" not in text:
+            text += f" (default: {','.join(default) if isinstance(default, list) else default})"
+        if len(flags) > 1:
+            text += f" ({', '.join(flags[1:])}: old name)"
+        if s.flag == "switch":
+            parser.add_argument(*flags, dest=name, action="store_true", default=None, help=text)
+        elif s.flag == "negated":
+            parser.add_argument(*flags, dest=name, action="store_false", default=None, help=text)
+        elif s.flag == "optional":
+            parser.add_argument(*flags, dest=name, nargs="?", const=s.const, metavar=s.metavar, help=text)
+        else:
+            parser.add_argument(*flags, dest=name, metavar=s.metavar, help=text)
+
+
+def _given(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The run configuration fields given on the command line of ``command``."""
+    from visfocus.run.config import command_fields
+
+    return {name: getattr(args, name) for name in command_fields(command) if getattr(args, name, None) is not None}
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with our error format: a bad flag is one ``visfocus: error:`` line (exit status 2), like every other
     bad input."""
@@ -147,49 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("eval", help="evaluate a model (optionally under a method) on tasks; resumable")
-    ev.add_argument("--model", help="Hub id or local path (default: the built-in model organism)")
-    ev.add_argument("--model_args", help="KEY=VALUE,... e.g. dtype=bfloat16,device=cuda")
-    ev.add_argument("--tasks", help="comma-separated task names (default: scenes_test)")
-    ev.add_argument("--method", help="a registered method (visfocus list methods)")
-    ev.add_argument("--method_args", help="KEY=VALUE,... for the method, e.g. alpha=0.5 (tuples: 1;2;3)")
-    ev.add_argument("--data_root", help="folder with the benchmark files (or set VISFOCUS_DATA_ROOT)")
-    ev.add_argument("--limit", type=int)
-    ev.add_argument("--offset", type=int)
-    ev.add_argument("--seed", type=int)
-    ev.add_argument("--batch_size", type=int)
-    ev.add_argument("--max_new_tokens", type=int)
-    ev.add_argument("--prompt_style", help="e.g. truefalse or yesno for VSR")
-    ev.add_argument("--scorer", choices=["exact", "adaptvis"], help="adaptvis: the official lenient scorer")
-    ev.add_argument("--output_path", help="root folder of runs (default: runs)")
-    ev.add_argument("--log_samples", action="store_true", default=None, help="also store each full chat prompt")
-    ev.add_argument("--skip_missing", action="store_true", default=None,
-                    help="evaluate the rest when images are missing (counted in results)")
-    ev.add_argument("--trace", nargs="?", const="heads", choices=["heads", "mean"],
-                    help="write per-sample last-row attention (traces_<task>/; default per head)")
-    ev.add_argument("--no_prefix_sharing", dest="prefix_sharing", action="store_false", default=None,
-                    help="prefill every question whole (default: one image's questions share its prefill; the "
-                         "answers are the same)")
+    add_run_flags(ev, "eval")
     ev.add_argument("--config", help="YAML file with the same keys as these flags (flags override it)")
     ev.set_defaults(func=_eval)
 
-    sw = sub.add_parser("sweep", help="grid search on a dev task, then the chosen point on a test task")
-    sw.add_argument("--model")
-    sw.add_argument("--model_args")
-    sw.add_argument("--task", required=True, help="the dev task the grid is searched on")
-    sw.add_argument("--eval_task", help="the test task the chosen point is reported on")
-    sw.add_argument("--method", required=True)
+    sw = sub.add_parser("sweep", help="grid search on a dev task, then the chosen point on an eval task")
+    sw.add_argument("--dev_task", "--task", dest="dev_task", required=True,
+                    help="the task the grid is searched on (--task: its old name)")
+    sw.add_argument("--eval_task", help="the task the chosen point and the baseline are reported on")
+    sw.add_argument("--method", required=True, help="the method searched (`visfocus list methods`)")
     sw.add_argument("--grid", help="KEY=V1|V2|...,KEY2=... (default: the method's search grid)")
-    sw.add_argument("--data_root")
-    sw.add_argument("--limit", type=int)
-    sw.add_argument("--seed", type=int)
-    sw.add_argument("--batch_size", type=int)
-    sw.add_argument("--max_new_tokens", type=int)
-    sw.add_argument("--prompt_style")
-    sw.add_argument("--scorer", choices=["exact", "adaptvis"])
-    sw.add_argument("--output_path")
-    sw.add_argument("--skip_missing", action="store_true", default=None)
-    sw.add_argument("--no_prefix_sharing", dest="prefix_sharing", action="store_false",
-                    help="prefill every sample whole in every trial (default: the trials share each sample's prefill)")
+    add_run_flags(sw, "sweep")
     sw.set_defaults(func=_sweep)
 
     cmp = sub.add_parser("compare", help="paired comparison of two runs on their shared samples")

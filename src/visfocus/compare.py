@@ -8,12 +8,13 @@ from typing import Any
 
 from visfocus import metrics
 from visfocus.errors import VisfocusError
-from visfocus.results import read_json, read_samples
+from visfocus.run.results import read_json
+from visfocus.run.samples import read_samples
 from visfocus.values import parse_int
 
 
 def load_run(folder: str | Path) -> tuple[dict, dict[str, dict[str, dict]]]:
-    """(results.json, {task: {id: sample row}}) of a run folder."""
+    """(results.json, {task: {id: sample row}}) of a run folder (rows of older versions read under today's names)."""
     folder = Path(folder)
     path = folder / "results.json"
     if not path.is_file():

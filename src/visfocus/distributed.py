@@ -125,3 +125,16 @@ def same_everywhere(ranks: Ranks, value: Any, what: str) -> None:
     for rank, other in enumerate(values):
         if other != values[0]:
             raise VisfocusError(f"rank {rank} has another {what} than rank 0; every rank must run the same command")
+
+
+def on_main(ranks: Ranks, work: Callable[[], None]) -> None:
+    """Run ``work`` on rank 0 only; a ``VisfocusError`` there is raised on every rank (so none waits forever)."""
+    message = None
+    if ranks.is_main:
+        try:
+            work()
+        except VisfocusError as err:
+            message = str(err)
+    message = ranks.broadcast(message)
+    if message is not None:
+        raise VisfocusError(message)

@@ -158,7 +158,7 @@ def _gallery(name: str, samples: dict, traces: dict | None, records: dict, basel
             if image is None or not tr or sid not in tr or not tr[sid]["views"]:
                 continue
             entry, view = tr[sid], tr[sid]["views"][0]
-            layer = entry["attention"].shape[0] // 2  # the middle layer, where grounding is (METHODS §10.4)
+            layer = entry["attention"].shape[0] // 2  # the middle layer, where grounding is (docs/methods.md §10.4)
             grid = attention.grid_map(attention.head_mean(entry["attention"])[layer], view)
             title = f"{label}: {rows[sid]['output']!r} (conf {rows[sid]['confidence']:.2f}), layer {layer}"
             panels.append(_img(figures.heatmap_figure(image, grid, view, boxes=list(record.boxes), title=title)))

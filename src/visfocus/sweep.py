@@ -1,6 +1,8 @@
 """Hyper-parameter search done right (``visfocus sweep``): every grid point on a dev task, the best by the task's main
-metric (ties → the point closest to the identity), then only the chosen point on the test task. Every trial is an
-ordinary resumable run; ``sweep.json`` holds the search space, each trial's metrics, the choice and the test result.
+metric (ties → the point closest to the identity), then only the chosen point on the eval (test) task. Every trial
+is an ordinary resumable run; ``sweep.json`` holds the search space, each trial's metrics, the choice and the eval
+result. A method whose grid depends on the dev set (``Method.wants_dev_confidences``: AdaptVis's thresholds) gets
+the baseline's dev confidences first.
 
 The model loads once, and the trials run sample-major (``evaluate_many``): with prefix sharing, every grid point of a
 batch starts from the batch's one unedited prefill, so a point costs the last prompt token and the decoding."""
@@ -16,14 +18,15 @@ from typing import Any
 import numpy as np
 
 from visfocus import distributed
-from visfocus import results as res
 from visfocus.benchmarks import task
 from visfocus.errors import VisfocusError
-from visfocus.evaluate import LoadOnce, RunConfig, evaluate, evaluate_many, run_dir
+from visfocus.evaluate import LoadOnce, evaluate, evaluate_many
 from visfocus.interventions import METHODS, method
 from visfocus.interventions.base import parse_method_args
-
-QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+from visfocus.run.config import RunConfig
+from visfocus.run.folder import run_dir
+from visfocus.run.results import Results, write_json
+from visfocus.run.samples import read_samples
 
 
 def parse_grid(method_name: str, text: str | None) -> dict[str, list]:
@@ -57,56 +60,54 @@ def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: st
     baseline on ``eval_task``. ``model``: gives the loaded VLM (default: ``base.model``, loaded once)."""
     if method_name not in METHODS:
         raise VisfocusError(f"unknown method '{method_name}'; registered methods: {', '.join(sorted(METHODS))}")
-    user_thresholds = grid is not None and "threshold" in grid
+    given = set(grid or ())
     grid = dict(grid or METHODS[method_name].search_grid)
     if not grid:
         raise VisfocusError(f"method '{method_name}' has no default search grid; pass --grid")
     for point in grid_points(grid):
         method(method_name, **point)  # validate every point before any forward pass
     metric = task(dev_task, base.data_root, base.prompt_style, base.scorer).main_metric
+    model = model or LoadOnce(base.model, base.model_args)  # one model for every trial
 
-    model = model or LoadOnce(base)  # one model for every trial (each trial differs only in task and method)
-
-    def config(task_name: str, name: str | None, args: dict) -> RunConfig:
+    def trial(task_name: str, name: str | None, args: dict) -> RunConfig:
         return dataclasses.replace(base, tasks=[task_name], method=name, method_args=args)
 
     baseline = None
-    if method_name == "adaptvis" and not user_thresholds and grid.get("confidence", ["max_prob"]) == ["max_prob"]:
-        # the paper's grid plus quantiles of the dev set's own confidences (from the baseline run, first)
-        baseline = evaluate(config(dev_task, None, {}), model=model)["tasks"][dev_task]
-        grid["threshold"] = sorted(set(grid.get("threshold", ())) | set(_confidence_quantiles(base, dev_task)))
+    if METHODS[method_name].wants_dev_confidences(grid, given):  # the baseline first: its confidences complete the grid
+        baseline = evaluate(trial(dev_task, None, {}), model=model)
+        grid = METHODS[method_name].grid_with_dev_confidences(grid, dev_confidences(baseline, dev_task))
     points = grid_points(grid)
     # every grid point sample-major: each batch under all points in turn, so they share its unedited prefill
-    runs = [config(dev_task, method_name, point) for point in points]
-    results = [out["tasks"][dev_task] for out in
-               evaluate_many(runs if baseline is not None else [config(dev_task, None, {}), *runs], model=model)]
-    if baseline is None:
-        baseline = results.pop(0)
-    trials = []
-    for point, result in zip(points, results):
-        trials.append({"args": point, "metrics": {metric: result["metrics"].get(metric)},
-                       "n_effective": result["n_samples"]["effective"],
-                       "distance_from_identity": method(method_name, **point).distance_from_identity()})
+    runs = [trial(dev_task, method_name, point) for point in points]
+    outs = evaluate_many(runs if baseline is not None else [trial(dev_task, None, {}), *runs], model=model)
+    baseline = baseline if baseline is not None else outs.pop(0)
+    trials = [{"args": point, "metrics": {metric: out["tasks"][dev_task]["metrics"].get(metric)},
+               "n_effective": out["tasks"][dev_task]["n_samples"]["effective"],
+               "distance_from_identity": method(method_name, **point).distance_from_identity()}
+              for point, out in zip(points, outs)]
     best = choose(trials, metric)
     out: dict[str, Any] = {"schema_version": 1, "method": method_name, "dev_task": dev_task, "eval_task": eval_task,
                            "metric": metric, "search_space": grid, "trials": trials, "chosen": best["args"],
-                           "dev_baseline": {metric: baseline["metrics"].get(metric)}}
+                           "dev_baseline": {metric: baseline["tasks"][dev_task]["metrics"].get(metric)}}
     if eval_task:
-        baseline_test, chosen_test = evaluate_many(
-            [config(eval_task, None, {}), config(eval_task, method_name, best["args"])], model=model)
-        out["test"] = {"baseline": baseline_test["tasks"][eval_task]["metrics"],
-                       "chosen": chosen_test["tasks"][eval_task]["metrics"]}
-    folder = run_dir(base, {}).parent / f"sweep_{method_name}_{dev_task}"
-    if distributed.current().is_main:  # every rank chose the same point from the same merged results
+        baseline_eval, chosen_eval = evaluate_many(
+            [trial(eval_task, None, {}), trial(eval_task, method_name, best["args"])], model=model)
+        out["test"] = {"baseline": baseline_eval["tasks"][eval_task]["metrics"],
+                       "chosen": chosen_eval["tasks"][eval_task]["metrics"]}
+    return _written(out, run_dir(trial(dev_task, None, {})).parent / f"sweep_{method_name}_{dev_task}")
+
+
+def dev_confidences(baseline: Results, dev_task: str) -> list[float]:
+    """The ``confidence`` of every sample row of the baseline's dev run."""
+    rows = read_samples(Path(baseline["config"]["run_dir"]) / f"samples_{dev_task}.jsonl").rows
+    return [row["confidence"] for row in rows.values() if row.get("confidence") is not None]
+
+
+def _written(out: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``out`` written to ``folder/sweep.json`` by rank 0 (every rank chose the same point from the same merged
+    results), with its ``path``."""
+    if distributed.current().is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        res.write_json(folder / "sweep.json", out)
+        write_json(folder / "sweep.json", out)
     out["path"] = str(folder / "sweep.json")
     return out
-
-
-def _confidence_quantiles(base: RunConfig, dev_task: str) -> list[float]:
-    """AdaptVis thresholds from the dev set's own (unedited, max-probability) confidences."""
-    folder = run_dir(dataclasses.replace(base, method=None, method_args={}), {})
-    rows = res.read_samples(Path(folder) / f"samples_{dev_task}.jsonl").rows
-    confidences = [row["confidence"] for row in rows.values() if row.get("confidence") is not None]
-    return [round(float(q), 4) for q in np.quantile(confidences, QUANTILES)] if confidences else []

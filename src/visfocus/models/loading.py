@@ -102,6 +102,32 @@ def parse_max_memory(text: str | dict | None) -> dict | None:
     return out
 
 
+def load_arguments(model: str | None, model_args: Any = None, ranks=None) -> tuple[str, dict[str, Any]]:
+    """What ``visfocus.load`` is called with for ``model`` (a Hub id or local path; None: the built-in model organism)
+    and ``model_args`` (``"KEY=VALUE,..."`` or a mapping, ``parse_model_args``), on this process's rank
+    (``visfocus.distributed.Ranks``; default: a single process): under several ranks, ``cuda`` is this rank's GPU and
+    ``device_map`` shards over this rank's share of the GPUs only."""
+    from visfocus.distributed import Ranks
+    from visfocus.organism import organism_path
+
+    ranks = ranks or Ranks()
+    args = parse_model_args(model_args)
+    args["device"] = ranks.device(args["device"])
+    if args["device_map"] is not None and ranks.distributed and torch.cuda.is_available():
+        # data × model parallel: each rank shards its model over its own GPUs only
+        sizes = {gpu: f"{torch.cuda.get_device_properties(gpu).total_memory}B"
+                 for gpu in range(torch.cuda.device_count())}
+        args["max_memory"] = rank_max_memory(args["max_memory"], ranks.gpus(len(sizes)), sizes)
+    return (str(organism_path()) if model is None else model), args
+
+
+def rank_max_memory(max_memory: dict | None, gpus: list[int], sizes: dict[int, str]) -> dict:
+    """``max_memory`` for one rank: its own GPUs only (the user's cap where given, else the whole device), plus
+    the user's CPU cap; devices left out are not used by ``device_map="auto"``."""
+    given = max_memory or {}
+    return {gpu: given.get(gpu, sizes[gpu]) for gpu in gpus} | ({"cpu": given["cpu"]} if "cpu" in given else {})
+
+
 def load_adapter(id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
                  trust_remote_code: bool = False, device_map: str | dict | None = None,
                  max_memory: dict | None = None, revision: str | None = None) -> Adapter:

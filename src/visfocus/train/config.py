@@ -6,44 +6,47 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from visfocus.errors import VisfocusError
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 LOGGERS = ("jsonl", "tensorboard", "mlflow")
 SDPA = {"": "sdpa", "text_config": "sdpa", "vision_config": "sdpa"}
-# Changing these changes the trained weights, so a checkpoint written under other values is refused, never resumed.
-IDENTITY_KEYS = ("model", "task", "data_root", "lora", "lora_r", "lora_alpha", "lora_dropout", "freeze_vision",
-                 "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "limit",
-                 "seed", "dtype")
+
+
+def _identity(default: Any = dataclasses.MISSING) -> Any:
+    """A field whose value changes the trained weights: a checkpoint written under another value is refused, never
+    resumed (``IDENTITY_KEYS``)."""
+    return field(default=default, metadata={"identity": True})
 
 
 @dataclass
 class FinetuneConfig:
-    model: str
-    task: str
+    model: str = _identity()
+    task: str = _identity()
     output_dir: str
     eval_task: str | None = None  # None: no evaluation, the last weights go to best/
-    data_root: str | None = None
-    lora: bool = False
-    lora_r: int = 64
-    lora_alpha: int = 256
-    lora_dropout: float = 0.05
-    freeze_vision: bool = False
-    epochs: int = 1
-    max_steps: int | None = None  # overrides epochs
-    batch_size: int = 1
-    grad_accum: int = 1
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    data_root: str | None = _identity(None)
+    lora: bool = _identity(False)
+    lora_r: int = _identity(64)
+    lora_alpha: int = _identity(256)
+    lora_dropout: float = _identity(0.05)
+    freeze_vision: bool = _identity(False)
+    epochs: int = _identity(1)
+    max_steps: int | None = _identity(None)  # overrides epochs
+    batch_size: int = _identity(1)
+    grad_accum: int = _identity(1)
+    lr: float = _identity(2e-5)
+    weight_decay: float = _identity(0.0)
+    warmup_steps: int = _identity(0)
     eval_every: int | None = None  # None: evaluate at the end only
     eval_limit: int | None = None
-    limit: int | None = None  # train on the first `limit` records
+    limit: int | None = _identity(None)  # train on the first `limit` records
     save_every: int | None = None  # None: checkpoint at each evaluation (and at the end)
-    seed: int = 0
-    dtype: str = "float32"  # bfloat16/float16: autocast on CUDA over fp32 master weights; ignored on CPU
+    seed: int = _identity(0)
+    dtype: str = _identity("float32")  # bfloat16/float16: autocast on CUDA over fp32 master weights; ignored on CPU
     device: str = "cpu"
     max_new_tokens: int = 8
     log_to: tuple[str, ...] = ("jsonl",)
@@ -65,6 +68,9 @@ class FinetuneConfig:
             if name in self.log_to and importlib.util.find_spec(name) is None:
                 raise VisfocusError(f"--log_to {name} needs the {name} package (pip install {name})")
 
+
+# Changing these changes the trained weights, so a checkpoint written under other values is refused, never resumed.
+IDENTITY_KEYS = tuple(f.name for f in dataclasses.fields(FinetuneConfig) if f.metadata.get("identity"))
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = FinetuneConfig(model="", task="", output_dir="")

@@ -25,6 +25,7 @@ import random
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from visfocus.errors import VisfocusError
 from visfocus.train.checkpoint import load_checkpoint, read_state, recover, save_checkpoint
 from visfocus.train.config import LORA_TARGETS, SDPA, FinetuneConfig, add_arguments, config_from_args
 from visfocus.train.labels import build_example, collate
+from visfocus.train.loggers import Loggers
 
 
 # --- the model --------------------------------------------------------------------------------------------------
@@ -59,9 +61,9 @@ def _freeze_vision(model) -> None:
 def _prepare(config: FinetuneConfig):
     """(vlm, trainable model): the loaded VLM (LoRA layers injected in place, so ``vlm`` answers with them) and the
     module to train — the peft wrapper for LoRA, else the model itself."""
-    import visfocus as vf
+    from visfocus.api import load_model
 
-    vlm = vf.load(config.model, dtype="float32", device=config.device)  # fp32 master weights
+    vlm = load_model(config.model, {"dtype": "float32", "device": config.device})  # fp32 master weights
     model = vlm.model
     if config.freeze_vision:
         _freeze_vision(model)
@@ -84,7 +86,7 @@ def _use_attention(model, name: str | dict) -> None:
 # --- data ---------------------------------------------------------------------------------------------------------
 def _records(name: str, config: FinetuneConfig, limit: int | None) -> tuple[Any, list]:
     from visfocus.benchmarks import task
-    from visfocus.evaluate import check_images
+    from visfocus.run.records import check_images
 
     t = task(name, config.data_root)
     records = t.records[:limit] if limit else list(t.records)
@@ -159,73 +161,77 @@ def evaluate_in_process(vlm, t, records: list, attention: str, batch_size: int, 
     return t.score(rows)
 
 
-# --- logging ----------------------------------------------------------------------------------------------------
-class Loggers:
-    """JSONL always; TensorBoard / MLflow when asked for (one clear error if the package is missing)."""
-
-    def __init__(self, output_dir: Path, log_to: tuple[str, ...], config: FinetuneConfig) -> None:
-        self.jsonl = (output_dir / "train_log.jsonl").open("a", encoding="utf-8")
-        self.tensorboard = self.mlflow = None
-        if "tensorboard" in log_to:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as err:
-                raise VisfocusError("--log_to tensorboard needs the tensorboard package (pip install "
-                                    "tensorboard)") from err
-            self.tensorboard = SummaryWriter(str(output_dir / "tensorboard"))
-        if "mlflow" in log_to:
-            try:
-                import mlflow
-            except ImportError as err:
-                raise VisfocusError("--log_to mlflow needs the mlflow package (pip install mlflow)") from err
-            self.mlflow = mlflow
-            mlflow.start_run(run_name=output_dir.name)
-            mlflow.log_params({k: str(v) for k, v in dataclasses.asdict(config).items()})
-
-    def log(self, step: int, values: dict[str, Any]) -> None:
-        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
-        self.jsonl.flush()
-        numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if self.tensorboard:
-            for key, value in numbers.items():
-                self.tensorboard.add_scalar(key, value, step)
-        if self.mlflow:
-            self.mlflow.log_metrics(numbers, step=step)
-
-    def close(self) -> None:
-        self.jsonl.close()
-        if self.tensorboard:
-            self.tensorboard.close()
-        if self.mlflow:
-            self.mlflow.end_run()
-
-
 # --- the loop -----------------------------------------------------------------------------------------------------
+@dataclass
+class _Training:
+    """Everything one ``finetune`` call trains with, built by ``_setup``; ``state`` is what a checkpoint saves."""
+
+    config: FinetuneConfig
+    vlm: Any
+    model: Any  # the module trained: the peft wrapper for LoRA, else the model itself
+    params: list
+    optimizer: Any
+    scheduler: Any
+    steps: int  # optimizer steps in all
+    state: dict[str, Any]
+    train_task: Any
+    records: list
+    eval_task: Any
+    eval_records: list
+    autocast_dtype: torch.dtype | None
+    loggers: Loggers
+    pad_id: int
+    attention: str  # the visfocus attention function, for evaluation
+    seconds_before: float = 0.0  # wall time of earlier launches (resumed)
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.output_dir / "checkpoint"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.output_dir / "best"
+
+
 def finetune(config: FinetuneConfig, stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train (or resume) as ``config`` says; returns steps, final train loss, best metric and the output paths.
 
     stop_after_steps: simulate a kill — after that optimizer step, write the checkpoint and raise KeyboardInterrupt."""
+    config.validate()
+    checkpoint = Path(config.output_dir) / "checkpoint"
+    resumed = read_state(checkpoint, config) if recover(checkpoint) else None  # refusals come before the slow loading
+    training = _setup(config, resumed)
+    bar = tqdm(total=training.steps, initial=training.state["step"], desc="finetune", unit="step", file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        while training.state["step"] < training.steps:
+            _train_step(training)
+            bar.update(1)
+            bar.set_postfix(loss=f"{training.state['last_loss']:.4f}")
+            _after_step(training, stop_after_steps)
+        _finish(training)
+    finally:
+        bar.close()
+        training.loggers.close()
+    return _summary(training)
+
+
+def _setup(config: FinetuneConfig, resumed: dict[str, Any] | None) -> _Training:
+    """Seed, read the tasks, load the model, build optimizer and schedule (restored from the checkpoint when
+    ``resumed``), open the loggers."""
     from visfocus.steer.attention import register
 
-    config.validate()
-    output_dir = Path(config.output_dir)
-    checkpoint, best_dir = output_dir / "checkpoint", output_dir / "best"
-    resumed = read_state(checkpoint, config) if recover(checkpoint) else None  # refusals come before the slow loading
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     train_task, records = _records(config.task, config, config.limit)
     eval_task, eval_records = (_records(config.eval_task, config, config.eval_limit) if config.eval_task
                                else (None, []))
-    autocast_dtype = None
-    if config.dtype not in ("float32", "fp32"):
-        if str(config.device).startswith("cuda"):
-            from visfocus.models.loading import _dtype
-
-            autocast_dtype = _dtype(config.dtype)
-        else:
-            warnings.warn(f"dtype {config.dtype} on {config.device}: training in float32 (autocast only on CUDA)",
-                          stacklevel=2)
-
+    autocast_dtype = _autocast_dtype(config)
     vlm, model = _prepare(config)
     _use_attention(vlm.model, SDPA)  # training: plain SDPA on the text decoder, no steering
     params = [p for p in model.parameters() if p.requires_grad]
@@ -233,89 +239,110 @@ def finetune(config: FinetuneConfig, stop_after_steps: int | None = None) -> dic
         raise VisfocusError("nothing to train: every parameter is frozen")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps = total_steps(len(records), config)
-
-    def schedule(step: int) -> float:  # linear warmup to lr, then linear decay to 0 at the last step
-        if step < config.warmup_steps:
-            return (step + 1) / (config.warmup_steps + 1)
-        return max(0.0, (steps - step) / max(1, steps - config.warmup_steps))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, steps, config))
+    output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"step": 0, "best_metric": None, "best_step": None, "evaluated_step": None,
-                             "last_loss": None,
-                             "config": dataclasses.asdict(config)}
+                             "last_loss": None, "config": dataclasses.asdict(config)}
     if resumed is not None:
-        load_checkpoint(checkpoint, model, optimizer, scheduler)
+        load_checkpoint(output_dir / "checkpoint", model, optimizer, scheduler)
         state = {**resumed, "config": dataclasses.asdict(config)}
-    metric_name = eval_task.main_metric if eval_task else None
-    attention = register()
-    loggers = Loggers(output_dir, tuple(config.log_to), config)
-    pad_id = vlm.processor.tokenizer.pad_token_id
-    pad_id = vlm.processor.tokenizer.eos_token_id if pad_id is None else pad_id
+    tokenizer = vlm.processor.tokenizer
+    pad_id = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+    return _Training(config, vlm, model, params, optimizer, scheduler, steps, state, train_task, records, eval_task,
+                     eval_records, autocast_dtype, Loggers(output_dir, tuple(config.log_to), config), pad_id,
+                     register(), seconds_before=state.get("seconds", 0.0))
+
+
+def _autocast_dtype(config: FinetuneConfig) -> torch.dtype | None:
+    """bfloat16/float16 autocast over the fp32 master weights on CUDA; on the CPU, float32 (with a warning)."""
+    if config.dtype in ("float32", "fp32"):
+        return None
+    if str(config.device).startswith("cuda"):
+        from visfocus.models.loading import _dtype
+
+        return _dtype(config.dtype)
+    warnings.warn(f"dtype {config.dtype} on {config.device}: training in float32 (autocast only on CUDA)",
+                  stacklevel=4)
+    return None
+
+
+def _lr_factor(step: int, steps: int, config: FinetuneConfig) -> float:
+    """Linear warmup to lr, then linear decay to 0 at the last step."""
+    if step < config.warmup_steps:
+        return (step + 1) / (config.warmup_steps + 1)
+    return max(0.0, (steps - step) / max(1, steps - config.warmup_steps))
+
+
+def _train_step(tr: _Training) -> None:
+    """One optimizer step over its ``grad_accum`` micro-batches: loss, gradients clipped to 1.0, step, log."""
+    tr.model.train()
+    config, step = tr.config, tr.state["step"]
+    micro = _micro_batches(step, len(tr.records), config)
+    n_tokens, loss_sum = 0, 0.0
+    for indices in micro:
+        examples = [build_example(tr.vlm.adapter, _image(tr.records[i]), tr.records[i].question,
+                                  tr.train_task.target_text(tr.records[i])) for i in indices]
+        batch = {k: v.to(config.device) for k, v in collate(examples, tr.pad_id).items()}
+        loss = batch_loss(tr.model, tr.vlm.adapter, batch, tr.autocast_dtype)
+        (loss / len(micro)).backward()
+        loss_sum += float(loss.detach())
+        n_tokens += int((batch["labels"] != -100).sum())
+    grad_norm = torch.nn.utils.clip_grad_norm_(tr.params, 1.0)
+    lr = tr.scheduler.get_last_lr()[0]
+    tr.optimizer.step()
+    tr.scheduler.step()
+    tr.optimizer.zero_grad(set_to_none=True)
+    tr.state["step"] = step + 1
+    tr.state["last_loss"] = loss_sum / len(micro)
+    tr.state["seconds"] = tr.seconds_before + time.perf_counter() - tr.started
+    tr.loggers.log(tr.state["step"], {"loss": tr.state["last_loss"], "lr": lr, "grad_norm": float(grad_norm),
+                                      "tokens": n_tokens})
+
+
+def _after_step(tr: _Training, stop_after_steps: int | None) -> None:
+    """Evaluate every ``eval_every`` steps (not at the last: ``_finish`` does), checkpoint every ``save_every``
+    (default: at each evaluation), and the simulated kill of ``stop_after_steps``."""
+    config, done = tr.config, tr.state["step"]
     save_every = config.save_every or config.eval_every
+    if config.eval_every and done % config.eval_every == 0 and done < tr.steps:
+        _evaluate_and_keep_best(tr, done)
+    if (save_every and done % save_every == 0) or done == stop_after_steps:
+        save_checkpoint(tr.checkpoint, tr.model, tr.optimizer, tr.scheduler, tr.state)
+    if done == stop_after_steps and done < tr.steps:
+        raise KeyboardInterrupt(f"stopped after step {done} (stop_after_steps)")
 
-    def evaluate_and_keep_best(step: int) -> None:
-        if eval_task is None:
-            return
-        state["evaluated_step"] = step
-        metrics = evaluate_in_process(vlm, eval_task, eval_records, attention, config.batch_size,
-                                      config.max_new_tokens)
-        value = metrics.get(metric_name)
-        loggers.log(step, {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-        if value is not None and (state["best_metric"] is None or value > state["best_metric"]):
-            state["best_metric"], state["best_step"] = value, step
-            save_model(best_dir, vlm, model, config.lora)
 
-    model.train()
-    started, seconds_before = time.perf_counter(), state.get("seconds", 0.0)  # wall time summed over resumptions
-    bar = tqdm(total=steps, initial=state["step"], desc="finetune", unit="step", file=sys.stderr, dynamic_ncols=True)
-    try:
-        while state["step"] < steps:
-            step = state["step"]
-            micro = _micro_batches(step, len(records), config)
-            n_tokens = 0
-            loss_sum = 0.0
-            for indices in micro:
-                examples = [build_example(vlm.adapter, _image(records[i]), records[i].question,
-                                          train_task.target_text(records[i]))
-                            for i in indices]
-                batch = {k: v.to(config.device) for k, v in collate(examples, pad_id).items()}
-                loss = batch_loss(model, vlm.adapter, batch, autocast_dtype)
-                (loss / len(micro)).backward()
-                loss_sum += float(loss.detach())
-                n_tokens += int((batch["labels"] != -100).sum())
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] = step + 1
-            state["last_loss"] = loss_sum / len(micro)
-            state["seconds"] = seconds_before + time.perf_counter() - started
-            loggers.log(state["step"], {"loss": state["last_loss"], "lr": lr, "grad_norm": float(grad_norm),
-                                        "tokens": n_tokens})
-            bar.update(1)
-            bar.set_postfix(loss=f"{state['last_loss']:.4f}")
-            done = state["step"]
-            if config.eval_every and done % config.eval_every == 0 and done < steps:
-                evaluate_and_keep_best(done)
-            if (save_every and done % save_every == 0) or done == stop_after_steps:
-                save_checkpoint(checkpoint, model, optimizer, scheduler, state)
-            if done == stop_after_steps and done < steps:
-                raise KeyboardInterrupt(f"stopped after step {done} (stop_after_steps)")
-        if eval_task is not None and state["evaluated_step"] != state["step"]:
-            evaluate_and_keep_best(state["step"])
-        if eval_task is None:
-            save_model(best_dir, vlm, model, config.lora)
-        save_checkpoint(checkpoint, model, optimizer, scheduler, state)
-    finally:
-        bar.close()
-        loggers.close()
-    return {"steps": state["step"], "final_loss": state["last_loss"], "best_metric": state["best_metric"],
-            "metric": metric_name, "best_step": state["best_step"], "output_dir": str(output_dir),
-            "best_dir": str(best_dir), "checkpoint_dir": str(checkpoint),
-            "log": str(output_dir / "train_log.jsonl"), "trainable_parameters": sum(p.numel() for p in params),
-            "train_seconds": state.get("seconds", 0.0)}
+def _evaluate_and_keep_best(tr: _Training, step: int) -> None:
+    """The eval task's metrics now; a better main metric than the best so far saves the model to ``best/``."""
+    if tr.eval_task is None:
+        return
+    tr.state["evaluated_step"] = step
+    metrics = evaluate_in_process(tr.vlm, tr.eval_task, tr.eval_records, tr.attention, tr.config.batch_size,
+                                  tr.config.max_new_tokens)
+    value = metrics.get(tr.eval_task.main_metric)
+    tr.loggers.log(step, {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    if value is not None and (tr.state["best_metric"] is None or value > tr.state["best_metric"]):
+        tr.state["best_metric"], tr.state["best_step"] = value, step
+        save_model(tr.best_dir, tr.vlm, tr.model, tr.config.lora)
+
+
+def _finish(tr: _Training) -> None:
+    """After the last step: its evaluation (unless done), ``best/`` as the last weights when nothing is evaluated,
+    and the final checkpoint."""
+    if tr.eval_task is not None and tr.state["evaluated_step"] != tr.state["step"]:
+        _evaluate_and_keep_best(tr, tr.state["step"])
+    if tr.eval_task is None:
+        save_model(tr.best_dir, tr.vlm, tr.model, tr.config.lora)
+    save_checkpoint(tr.checkpoint, tr.model, tr.optimizer, tr.scheduler, tr.state)
+
+
+def _summary(tr: _Training) -> dict[str, Any]:
+    return {"steps": tr.state["step"], "final_loss": tr.state["last_loss"], "best_metric": tr.state["best_metric"],
+            "metric": tr.eval_task.main_metric if tr.eval_task else None, "best_step": tr.state["best_step"],
+            "output_dir": str(tr.output_dir), "best_dir": str(tr.best_dir), "checkpoint_dir": str(tr.checkpoint),
+            "log": str(tr.output_dir / "train_log.jsonl"), "trainable_parameters": sum(p.numel() for p in tr.params),
+            "train_seconds": tr.state.get("seconds", 0.0)}
 
 
 def run(args: argparse.Namespace) -> int:

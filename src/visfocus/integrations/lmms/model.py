@@ -1,7 +1,7 @@
 """``lmms-eval --model visfocus``: any lmms-eval task answered by a visfocus-loaded VLM under any visfocus method.
 
 ``--model_args pretrained=<Hub id or path>,method=<name>,<the method's parameters>,dtype=...,device=...,
-device_map=...,trace=heads|mean,trace_dir=...,prefix_sharing=true|false`` (see ``settings``). ``generate_until``
+device_map=...,trace=heads|mean,trace_dir=...,share_prefix=true|false`` (see ``settings``). ``generate_until``
 answers through ``VLM.answer_batch`` in batches of ``--batch_size``, in request order, honouring each task's
 ``gen_kwargs`` (``decoding``); ``loglikelihood`` scores each continuation under the method's own next-token
 distribution (``VLM.score_continuations``), for every method, and returns what lmms-eval's own models return and its
@@ -25,11 +25,11 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from visfocus import distributed
+from visfocus.api import load_model
 from visfocus.errors import VisfocusError
-from visfocus.evaluate import RunConfig, load_model
 from visfocus.integrations.lmms.decoding import Decoding, cut_at_stop, decoding
 from visfocus.integrations.lmms.settings import LmmsSettings, exit_with, parse_settings
-from visfocus.runconfig import run_dir
+from visfocus.run.folder import folder_path
 from visfocus.tracefile import sample_arrays, write_shard
 
 
@@ -52,8 +52,7 @@ def trace_folder(settings: LmmsSettings, output_path: str | None, rank: int) -> 
     if root is None:
         raise VisfocusError(f"trace={settings.trace} needs --output_path or trace_dir=<folder>")
     base = Path(root) if settings.trace_dir else Path(root) / "visfocus_traces"
-    folder = run_dir(RunConfig(model=settings.pretrained, method=None if settings.method_name == "baseline" else
-                               settings.method_name, output_path=str(base)), settings.method_args)
+    folder = folder_path(base, settings.model, settings.method_name, settings.method_args)
     earlier = sorted(folder.glob(f"traces_*/rank{rank}_*.npz"))
     if earlier:
         raise VisfocusError(f"{folder} already holds trace files of an earlier run (e.g. {earlier[0]}); remove "
@@ -80,9 +79,7 @@ class VisFocusLmms(lmms):
         self.trace_root = None
         if self.settings.trace is not None:
             self.trace_root = trace_folder(self.settings, _output_path_from_argv(sys.argv), ranks.rank)
-        load = dict(self.settings.load)
-        load.setdefault("device", _default_device())
-        self.vlm = load_model(RunConfig(model=self.settings.pretrained, model_args=load), ranks)
+        self.vlm = load_model(self.settings.model, {"device": _default_device(), **self.settings.model_args}, ranks)
         self._device = self.vlm.model.device
         self._reported: set[str] = set()
         _keep_loglikelihood_pairs()
@@ -165,7 +162,7 @@ class VisFocusLmms(lmms):
             names.append((task, doc_id))
         answers = self.vlm.answer_batch(images, questions, self.method, max_new_tokens=how.max_new_tokens,
                                         options=options, trace=self.trace_root is not None, sampling=how.sampling,
-                                        share_prefix=self.settings.prefix_sharing)
+                                        share_prefix=self.settings.share_prefix)
         if self.trace_root is not None:
             self._write_traces(names, answers)
         return [cut_at_stop(a.text, how.until) for a in answers]
@@ -198,7 +195,7 @@ class VisFocusLmms(lmms):
                 continuations.append(continuation)
                 options.append(self._options(doc))
             scores = self.vlm.score_continuations(images, contexts, continuations, self.method, options=options,
-                                                  share_prefix=self.settings.prefix_sharing)
+                                                  share_prefix=self.settings.share_prefix)
             # what lmms-eval's own models return and its multiple-choice scoring expects (it takes the lowest): the
             # mean negative log-likelihood per continuation token, not the log-likelihood its name suggests
             out.extend((float(-s.logprob / len(s.tokens)), bool(s.greedy)) for s in scores)

@@ -21,9 +21,9 @@ from lmms_eval.api.task import ConfigurableTask
 
 from visfocus.benchmarks import Task, task
 from visfocus.errors import VisfocusError
-from visfocus.evaluate import image_problem
 from visfocus.images import open_image
 from visfocus.integrations.lmms.settings import exit_with
+from visfocus.run.records import image_problem
 
 _LOADED: dict[str, Task] = {}  # task key (json of its settings) → the visfocus task, loaded once per process
 _METRICS: dict[str, tuple[str, ...]] = {}  # task key → its metric names
