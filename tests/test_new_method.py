@@ -117,3 +117,17 @@ def test_registry_parametrised_tests_cover_a_new_method(tmp_path):
                   env, REPO)
     passed = re.search(r"(\d+) passed", result)
     assert passed and int(passed.group(1)) == len(ids) and "failed" not in result
+
+
+def test_a_method_module_that_fails_to_import_is_named_in_one_error_line(tmp_path):
+    (tmp_path / "broken_method.py").write_text("raise RuntimeError('half written')\n", encoding="utf-8")
+    env = dict(os.environ, VISFOCUS_METHODS="broken_method, not_a_module", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "visfocus", "eval", "--method", TOY, "--limit", "1",
+                           "--output_path", str(tmp_path / "runs")], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("visfocus: error: unknown method")
+    assert "'broken_method', which failed to import (RuntimeError: half written)" in lines[0]
+    assert "'not_a_module', which failed to import (ModuleNotFoundError" in lines[0]
+    assert not (tmp_path / "runs").exists()

@@ -21,8 +21,8 @@ from visfocus import distributed
 from visfocus.benchmarks import task
 from visfocus.errors import VisfocusError
 from visfocus.evaluate import LoadOnce, evaluate, evaluate_many
-from visfocus.interventions import METHODS, method
-from visfocus.interventions.base import parse_method_args
+from visfocus.interventions import method
+from visfocus.interventions.base import method_class, parse_method_args
 from visfocus.run.config import RunConfig
 from visfocus.run.folder import run_dir
 from visfocus.run.results import Results, write_json
@@ -58,10 +58,9 @@ def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: st
           grid: dict[str, list] | None = None, model: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Search ``grid`` (default: the method's search grid) on ``dev_task``, then report the chosen point and the
     baseline on ``eval_task``. ``model``: gives the loaded VLM (default: ``base.model``, loaded once)."""
-    if method_name not in METHODS:
-        raise VisfocusError(f"unknown method '{method_name}'; registered methods: {', '.join(sorted(METHODS))}")
+    cls = method_class(method_name)
     given = set(grid or ())
-    grid = dict(grid or METHODS[method_name].search_grid)
+    grid = dict(grid or cls.search_grid)
     if not grid:
         raise VisfocusError(f"method '{method_name}' has no default search grid; pass --grid")
     for point in grid_points(grid):
@@ -73,9 +72,9 @@ def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: st
         return dataclasses.replace(base, tasks=[task_name], method=name, method_args=args)
 
     baseline = None
-    if METHODS[method_name].wants_dev_confidences(grid, given):  # the baseline first: its confidences complete the grid
+    if cls.wants_dev_confidences(grid, given):  # the baseline first: its confidences complete the grid
         baseline = evaluate(trial(dev_task, None, {}), model=model)
-        grid = METHODS[method_name].grid_with_dev_confidences(grid, dev_confidences(baseline, dev_task))
+        grid = cls.grid_with_dev_confidences(grid, dev_confidences(baseline, dev_task))
     points = grid_points(grid)
     # every grid point sample-major: each batch under all points in turn, so they share its unedited prefill
     runs = [trial(dev_task, method_name, point) for point in points]

@@ -2,7 +2,8 @@
 
 Every module of this package is imported here, so a new method is one new file. Methods kept outside the package
 (your own) register the same way: name their modules in the environment variable ``VISFOCUS_METHODS`` (comma
-separated, importable from ``sys.path``), and visfocus imports them when it starts — only those you name."""
+separated, importable from ``sys.path``), and visfocus imports them when it starts — only those you name. A module
+that fails to import is named, with its error, in the error for an unknown method."""
 
 import importlib
 import os
@@ -10,6 +11,7 @@ import pkgutil
 
 from visfocus.interventions.base import (
     METHODS,
+    UNAVAILABLE,
     Method,
     MethodResult,
     method,
@@ -30,9 +32,8 @@ def _import_methods() -> None:
     for name in filter(None, (n.strip() for n in os.environ.get(EXTRA_METHODS_VARIABLE, "").split(","))):
         try:
             importlib.import_module(name)
-        except ImportError as err:
-            raise ImportError(f"{EXTRA_METHODS_VARIABLE} names the module {name!r}, which cannot be imported: "
-                              f"{err}") from err
+        except Exception as err:  # a user's module: its failure is told where its method is asked for
+            UNAVAILABLE[name] = f"{type(err).__name__}: {err}"
 
 
 _import_methods()

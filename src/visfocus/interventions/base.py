@@ -42,9 +42,11 @@ from visfocus.interventions.params import (  # noqa: F401  (re-exported: the nam
     typed_values,
 )
 from visfocus.steer.runner import Generation
-from visfocus.steer.sites import Contract
+from visfocus.steer.sites import SITES, Contract
+from visfocus.steer.streams import STREAMS
 
 METHODS: dict[str, type[Method]] = {}
+UNAVAILABLE: dict[str, str] = {}  # modules named in VISFOCUS_METHODS that failed to import: {module: error}
 
 
 @dataclass
@@ -145,9 +147,6 @@ class Method:
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: list ``cls`` under ``cls.name`` (checking what it declares)."""
-    from visfocus.steer.sites import SITES
-    from visfocus.steer.streams import STREAMS
-
     unknown = (set(cls.sites) - set(SITES)) | (set(cls.side_streams) - set(STREAMS))
     if unknown:
         raise TypeError(f"method '{cls.name}' declares unknown sites or side streams: {sorted(unknown)}")
@@ -177,9 +176,17 @@ def methods() -> dict[str, dict[str, Any]]:
     return {name: {f.name: f.default for f in dataclasses.fields(cls.Params)} for name, cls in sorted(METHODS.items())}
 
 
+def method_class(name: Any) -> type[Method]:
+    """The registered method ``name``; one clear error naming the registered ones (and any module of
+    ``VISFOCUS_METHODS`` that failed to import) otherwise."""
+    return METHODS[_known(name)]
+
+
 def _known(name: Any) -> str:
     if not isinstance(name, str) or name not in METHODS:
-        raise VisfocusError(f"unknown method {name!r}; registered methods: {', '.join(sorted(METHODS))}")
+        failed = "".join(f"; VISFOCUS_METHODS names {module!r}, which failed to import ({error})"
+                         for module, error in UNAVAILABLE.items())
+        raise VisfocusError(f"unknown method {name!r}; registered methods: {', '.join(sorted(METHODS))}{failed}")
     return name
 
 

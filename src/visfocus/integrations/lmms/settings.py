@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from visfocus.distributed import environment_ranks
 from visfocus.errors import VisfocusError
 from visfocus.interventions import Method, method, methods, parse_method_args
+from visfocus.interventions.base import method_class
 from visfocus.run.config import BASELINE, FLATTENED, MODEL_ARGS, SETTINGS
 
 # lmms-eval model arg → the run configuration field it sets; old names are read as the field's (prefix_sharing)
@@ -71,9 +72,8 @@ def parse_settings(args: dict[str, Any]) -> LmmsSettings:
     typed = _field_values(args)
     name = typed.get("method") or BASELINE
     # what is left belongs to the method: typed by its parameter dataclass, then validated by building it
-    known = methods().get(name)
-    if known is None:
-        raise VisfocusError(f"unknown method '{name}'; registered methods: {', '.join(sorted(methods()))}")
+    method_class(name)  # one error for an unknown method
+    known = methods()[name]
     unknown = sorted(set(args) - set(known))
     if unknown:
         raise VisfocusError(f"method '{name}' has no parameter {', '.join(unknown)}; its parameters: "
