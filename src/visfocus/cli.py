@@ -104,8 +104,15 @@ def _list(args: argparse.Namespace) -> int:
         print("tasks:")
         for name in vf.tasks():
             print(f"  {name}")
-    if args.what in ("all", "models"):
+    if args.what in ("all", "models"):  # every image-text-to-text model type: supported or why not (catalog)
+        from visfocus.models.catalog import catalog, format_catalog, image_text_to_text_model_types
+
         print("model families: " + ", ".join(sorted({cls.family for cls in ADAPTERS.values()})))
+        if args.what == "models":
+            print("\n".join(format_catalog(catalog())))
+        else:
+            rest = len(set(image_text_to_text_model_types()) - set(ADAPTERS))
+            print(f"  ({rest} other image-text-to-text model types not supported: `visfocus list models` says why)")
     return 0
 
 
