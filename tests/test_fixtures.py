@@ -12,15 +12,17 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, ProcessorMixin
 
+from visfocus.models import ADAPTERS
 from visfocus.models import processor as processor_module
 from visfocus.models.processor import load_processor
 from visfocus.testing import FAMILIES, build_tiny, make_image, tiny_model_dir
+from visfocus.testing.fixtures import FIXTURES
 
 QWEN = [f for f in FAMILIES if f.startswith("qwen")]
-REAL_PROCESSORS = {"qwen3_vl": "Qwen3VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor",
-                   "qwen2_vl": "Qwen2VLProcessor", "llava": "LlavaProcessor", "llava_next": "LlavaNextProcessor"}
-# Image tokens for a 224x160 (width x height) picture; pinned so that other tests can rely on the geometry.
-TOKENS_224x160 = {"qwen3_vl": 35, "qwen2_5_vl": 48, "qwen2_vl": 48, "llava": 36, "llava_next": 70}
+REAL_PROCESSORS = {family: spec.real_processor for family, spec in FIXTURES.items()}
+# Image tokens for a 224x160 (width x height) picture; pinned (in each fixture spec) so that other tests can rely on
+# the geometry.
+TOKENS_224x160 = {family: spec.image_tokens_224x160 for family, spec in FIXTURES.items()}
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -38,7 +40,10 @@ def tiny(request, tmp_path_factory):
 
 
 def test_families_registry():
-    assert FAMILIES == ("qwen3_vl", "qwen2_5_vl", "qwen2_vl", "llava", "llava_next")
+    """Every registered adapter model type has a fixture spec and every fixture spec an adapter."""
+    assert FAMILIES == tuple(FIXTURES)
+    assert set(FAMILIES) == set(ADAPTERS)
+    assert all(ADAPTERS[family].family == family for family in FAMILIES)
 
 
 def test_fixture_is_small_and_consistent(tiny):
@@ -60,7 +65,7 @@ def test_fixture_is_small_and_consistent(tiny):
         for name, token in [("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
                             ("video_token_id", "<|video_pad|>")]:
             assert getattr(cfg, name) == tok.convert_tokens_to_ids(token)
-    else:
+    elif tok.bos_token_id is not None:
         assert text.bos_token_id == tok.bos_token_id == gen.bos_token_id
     # The real class name is on disk, so AutoProcessor picks the real processor where torchvision exists.
     for name in ("processor_config.json", "tokenizer_config.json"):
@@ -70,10 +75,8 @@ def test_fixture_is_small_and_consistent(tiny):
 def test_image_token_layout_and_forward(tiny):
     family, _, model, processor = tiny
     prompt = chat(processor)
-    if family in QWEN:
-        assert "<|vision_start|><|image_pad|><|vision_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
-    else:
-        assert prompt.startswith("USER: <image>\n") and prompt.endswith(" ASSISTANT:")
+    contains, ending = FIXTURES[family].prompt_marks
+    assert contains in prompt and prompt.endswith(ending)
     inputs = processor(images=[make_image(224, 160)], text=[prompt], return_tensors="pt")
     ids = inputs["input_ids"][0]
     is_image = ids == model.config.image_token_id

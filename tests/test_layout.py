@@ -40,7 +40,7 @@ def test_layout_columns_are_the_image_tokens(family, tiny_vlms, image):
         assert set(view.columns.tolist()) <= set(layout.image_positions.tolist())
 
 
-@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.startswith("qwen")])
 def test_qwen_grid_matches_image_grid_thw_and_covers_the_image(family, tiny_vlms, image):
     vlm = tiny_vlms[family]
     inputs = vlm.adapter.encode([image], [QUESTION])
@@ -71,6 +71,34 @@ def test_llava_next_has_a_base_view_and_tiles_without_newlines(tiny_vlms, image)
     newline_tokens = len(layout.image_positions) - base.rows * base.cols - tiles.rows * tiles.cols
     assert newline_tokens == tiles.rows
     assert base.columns.tolist() == layout.image_positions[:16].tolist()
+
+
+@pytest.mark.parametrize(("size", "grid", "region"), [
+    # 224 × 160 on 3 × 4 tiles of 56 px (resized to 224 × 160, pasted 4 px down): 12 × 16 tokens, no whole row of
+    # padding to drop, then shrunk (anyres_max_9: 192 > 1.1² × 9 × 16 tokens) to 10 × 13.
+    ((224, 160), (10, 13), (0.0, -4.0, 224.0, 164.0)),
+    # 160 × 256 on 4 × 3 tiles (resized to 140 × 224, pasted 14 px right): 16 × 12 tokens, one column of padding
+    # dropped on each side, not shrunk.
+    ((160, 256), (16, 10), (0.0, 0.0, 160.0, 256.0)),
+])
+def test_llava_onevision_tiles_are_unpadded_shrunk_and_skip_newlines(size, grid, region, tiny_vlms):
+    from visfocus.testing import make_image
+
+    vlm, picture = tiny_vlms["llava_onevision"], make_image(*size, seed=3)
+    inputs = vlm.adapter.encode([picture], [QUESTION])
+    layout = vlm.adapter.layouts(inputs, [picture])[0]
+    base, tiles = layout.images[0]
+    assert (base.name, base.rows, base.cols, base.region) == ("base", 4, 4, (0.0, 0.0, *map(float, size)))
+    assert (tiles.name, (tiles.rows, tiles.cols)) == ("tiles", grid)
+    assert tiles.region == pytest.approx(region)
+    positions = layout.image_positions
+    assert base.columns.tolist() == positions[:16].tolist()
+    newlines = positions[16:].reshape(tiles.rows, tiles.cols + 1)[:, -1]  # each grid row ends with its newline
+    assert sorted(tiles.columns.tolist() + newlines.tolist()) == positions[16:].tolist()
+    boxes = tiles.boxes()  # the grid covers the whole picture, row-major
+    assert boxes[0, :2].tolist() == [0, 0] and boxes[-1, 2:].tolist() == list(size)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    assert areas.sum() == pytest.approx(size[0] * size[1])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

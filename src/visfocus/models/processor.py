@@ -17,8 +17,10 @@ from transformers import AutoConfig, AutoProcessor, ProcessorMixin
 
 from visfocus.errors import VisfocusError
 
-# model_type (from config.json) -> name of the real processor class in transformers.
-QWEN_PROCESSORS: dict[str, str] = {
+# model_type (from config.json) -> name of the real processor class in transformers, for the families whose processor
+# AutoProcessor cannot build here (its video processor needs torchvision): ``load_processor`` falls back to the same
+# class without the video slot (``NO_VIDEO_PROCESSORS``). A family file adds its own with ``register_no_video``.
+FALLBACK_PROCESSORS: dict[str, str] = {
     "qwen3_vl": "Qwen3VLProcessor",
     "qwen3_vl_moe": "Qwen3VLProcessor",
     "qwen2_5_vl": "Qwen2_5_VLProcessor",
@@ -67,6 +69,14 @@ NO_VIDEO_PROCESSORS: dict[str, type[ProcessorMixin]] = {
 }
 
 
+def register_no_video(model_type: str, processor: type[ProcessorMixin]) -> None:
+    """Make ``processor`` (a ``_NoVideo`` subclass of the family's processor) ``load_processor``'s fallback for
+    ``model_type``."""
+    name = next(base.__name__ for base in processor.__mro__[1:] if base.__module__.startswith("transformers"))
+    FALLBACK_PROCESSORS[model_type] = name
+    NO_VIDEO_PROCESSORS[name] = processor
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
@@ -91,7 +101,7 @@ def load_processor(id_or_path: str, *, trust_remote_code: bool = False, **kwargs
         model_type = AutoConfig.from_pretrained(id_or_path, trust_remote_code=trust_remote_code, **hub).model_type
     except Exception as exc:  # noqa: BLE001
         model_type, problem = None, f"{problem}; config unreadable ({_first_line(exc)})"
-    fallback = NO_VIDEO_PROCESSORS.get(QWEN_PROCESSORS.get(model_type or "", ""))
+    fallback = NO_VIDEO_PROCESSORS.get(FALLBACK_PROCESSORS.get(model_type or "", ""))
     if fallback is None:
         raise VisfocusError(
             f"Cannot load a processor for {id_or_path!r}: {problem}; no fallback for model_type {model_type!r} "

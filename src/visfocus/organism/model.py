@@ -50,14 +50,14 @@ def tokenizer() -> transformers.PreTrainedTokenizerFast:
 
 
 def processor(tok):
-    from visfocus.models.processor import NO_VIDEO_PROCESSORS, QWEN_PROCESSORS
+    from visfocus.models.processor import FALLBACK_PROCESSORS, NO_VIDEO_PROCESSORS
 
     unit = (VISION["patch_size"] * VISION["spatial_merge_size"]) ** 2  # pixels per image token
     image_processor = transformers.Qwen2VLImageProcessorPil(
         size={"shortest_edge": 4 * unit, "longest_edge": MAX_IMAGE_TOKENS * unit}, patch_size=VISION["patch_size"],
         merge_size=VISION["spatial_merge_size"], temporal_patch_size=VISION["temporal_patch_size"],
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    return NO_VIDEO_PROCESSORS[QWEN_PROCESSORS["qwen3_vl"]](image_processor, tok, chat_template=tok.chat_template)
+    return NO_VIDEO_PROCESSORS[FALLBACK_PROCESSORS["qwen3_vl"]](image_processor, tok, chat_template=tok.chat_template)
 
 
 def config(tok, init_std: float = INIT_STD) -> transformers.Qwen3VLConfig:
