@@ -14,9 +14,8 @@ from eager_reference import (
 )
 
 import visfocus as vf
-import visfocus.interventions.vaf  # noqa: F401  (registration; not yet in interventions/__init__)
 from visfocus.steer import Runner, ScaleLogits, SteerState, steering
-from visfocus.testing import FAMILIES
+from visfocus.testing import FAMILIES, make_image, tiny_model_dir
 
 QUESTION = "Where is the cup in relation to the table?"
 
@@ -340,3 +339,22 @@ def test_each_declared_site_and_stream_is_needed_and_enforced(name, kind, what, 
     vlm = tiny_vlms["qwen2_5_vl"]
     with pytest.raises(RuntimeError, match=f"method '{name}' uses the {kind} '{what}' without declaring it"):
         _declaring(name, kind, what).apply(vlm.prepare([image], [QUESTION]), max_new_tokens=2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_unedited_answer_equals_a_plain_sdpa_forward(family, tiny_vlms, image):
+    """The prompt, positions and mask visfocus builds are the model's own: its unedited first-token logits equal a
+    plain transformers forward with SDPA of the same inputs (one row, and a left-padded batch of two)."""
+    from transformers import AutoModelForImageTextToText
+
+    vlm = tiny_vlms[family]
+    plain = AutoModelForImageTextToText.from_pretrained(tiny_model_dir(family), attn_implementation="sdpa").eval()
+    for images, questions in (([image], [QUESTION]),
+                              ([image, make_image(160, 256, seed=2)], [QUESTION, "Is the dog under the table?"])):
+        answers = vlm.answer_batch(images, questions, max_new_tokens=1)
+        inputs = vlm.adapter.encode(images, questions)
+        positions = vlm.adapter.prefill_position_ids(inputs)
+        with torch.no_grad():
+            expected = plain(**inputs, **({} if positions is None else {"position_ids": positions})).logits[:, -1]
+        for b, answer in enumerate(answers):
+            assert (answer.first_token_logits - expected[b].float()).abs().max().item() <= 1e-5
