@@ -12,7 +12,9 @@ families, and every family-parametrised test runs over it.
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
+import pkgutil
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -302,6 +304,17 @@ register_fixture(FixtureSpec(
     video_processor="LlavaOnevisionVideoProcessor",
     prompt_marks=("<|im_start|>user <image>\n", "<|im_end|>\n<|im_start|>assistant\n")))
 
+
+
+def _import_spec_modules() -> None:
+    """A family's spec may live in a module of its own, ``visfocus/testing/spec_<family>.py`` (it imports
+    ``FixtureSpec`` and ``register_fixture`` from here): every such module is imported now, before ``FAMILIES``."""
+    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
+        if info.name.startswith("spec_"):
+            importlib.import_module(f"visfocus.testing.{info.name}")
+
+
+_import_spec_modules()
 # Every family with a fixture spec, in registration order: what family-parametrised tests run over.
 FAMILIES: tuple[str, ...] = tuple(FIXTURES)
 
