@@ -39,6 +39,11 @@ def tiny(request, tmp_path_factory):
     return family, path, model, load_processor(str(path))
 
 
+
+def _side(value) -> int:
+    """A vision config's image or patch size: an int, or (height, width) as InternVL's config stores it."""
+    return value if isinstance(value, int) else int(value[0])
+
 def test_families_registry():
     """Every registered adapter model type has a fixture spec and every fixture spec an adapter."""
     assert FAMILIES == tuple(FIXTURES)
@@ -93,7 +98,7 @@ def test_image_token_layout_and_forward(tiny):
         assert "mm_token_type_ids" in inputs
     else:
         vision = model.config.vision_config
-        base = (vision.image_size // vision.patch_size) ** 2
+        base = (_side(vision.image_size) // _side(vision.patch_size)) ** 2
         if family == "llava":
             assert count == base
         else:  # base view + anyres tiles + one newline token per tile row

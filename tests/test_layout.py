@@ -111,3 +111,37 @@ def test_left_padding_does_not_move_layout_columns(family, tiny_vlms, image, oth
         assert batch[b].image_positions.tolist() == alone.image_positions.tolist()
         for v_batch, v_alone in zip(batch[b].images[0], alone.images[0]):
             assert (v_batch.rows, v_batch.cols) == (v_alone.rows, v_alone.cols)
+
+
+@pytest.mark.parametrize(("size", "grid"), [((224, 160), (2, 3)), ((160, 256), (3, 2)), ((56, 56), (1, 1))])
+def test_internvl_tiles_row_major_then_the_thumbnail(size, grid, tiny_vlms):
+    from visfocus.testing import make_image
+
+    vlm, picture = tiny_vlms["internvl"], make_image(*size, seed=4)
+    inputs = vlm.adapter.encode([picture], [QUESTION])
+    layout = vlm.adapter.layouts(inputs, [picture])[0]
+    views, (rows, cols), (w, h) = layout.images[0], grid, size
+    tiles = rows * cols
+    assert inputs["pixel_values"].shape[0] == len(views) == tiles + (tiles > 1)  # one view per processed tile
+    positions = layout.image_positions
+    assert len(positions) == 4 * len(views)  # 56 px tile, patch 14, pixel shuffle 0.5: 2 × 2 tokens
+    for k, view in enumerate(views):  # the tokens of one tile after another, in the order of pixel_values
+        assert (view.rows, view.cols) == (2, 2)
+        assert view.columns.tolist() == positions[4 * k:4 * k + 4].tolist()
+    if tiles == 1:
+        assert [v.name for v in views] == ["image"] and views[0].region == (0.0, 0.0, float(w), float(h))
+        return
+    assert [v.name for v in views] == [f"tile_{r}_{c}" for r in range(rows) for c in range(cols)] + ["thumbnail"]
+    for k, view in enumerate(views[:-1]):  # row-major tiles of the image stretched to cols × rows tiles
+        r, c = divmod(k, cols)
+        assert view.region == pytest.approx((c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows))
+        boxes = view.boxes()  # 2 × 2 tokens per tile, each a quarter of it
+        assert boxes[0].tolist() == pytest.approx([c * w / cols, r * h / rows, (c + 0.5) * w / cols,
+                                                   (r + 0.5) * h / rows])
+        assert boxes[-1, 2:].tolist() == pytest.approx([(c + 1) * w / cols, (r + 1) * h / rows])
+    tile_boxes = np.concatenate([v.boxes() for v in views[:-1]])
+    areas = (tile_boxes[:, 2] - tile_boxes[:, 0]) * (tile_boxes[:, 3] - tile_boxes[:, 1])
+    assert areas.sum() == pytest.approx(w * h)  # the tiles cover the picture once
+    thumbnail = views[-1]
+    assert thumbnail.region == (0.0, 0.0, float(w), float(h))
+    assert thumbnail.boxes()[-1].tolist() == pytest.approx([w / 2, h / 2, w, h])
