@@ -103,8 +103,9 @@ def test_image_token_layout_and_forward(tiny):
             assert count == base
         else:  # base view + anyres tiles + one newline token per tile row
             assert count > base
-            helper = processor._get_num_multimodal_tokens(image_sizes=[[160, 224]])
-            assert count == helper["num_image_tokens"][0]
+            helper = processor._get_num_multimodal_tokens(image_sizes=[[160, 224]])["num_image_tokens"][0]
+            # transformers 5.23's InternVL processor counts its <img> and </img> in it too (5.25 does not)
+            assert count == helper or (family == "internvl" and count == helper - 2)
             assert inputs["pixel_values"].shape[1] > 1  # base view + tiles
     assert count == TOKENS_224x160[family]
 
