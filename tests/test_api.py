@@ -115,6 +115,7 @@ def test_unsupported_architecture_names_the_supported_families(tmp_path):
         vf.load(str(tmp_path))
     for family in FAMILIES:
         assert family in str(err.value)
+    assert "`visfocus list models`" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_non_image_file_is_one_clear_error(tiny_vlms, tmp_path):

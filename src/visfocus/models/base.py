@@ -26,7 +26,7 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
 def adapter_for(model_type: str) -> type[Adapter]:
     if model_type not in ADAPTERS:
         raise VisfocusError(f"unsupported model architecture '{model_type}'; visfocus supports: "
-                            f"{', '.join(sorted(ADAPTERS))}")
+                            f"{', '.join(sorted(ADAPTERS))} (`visfocus list models` says why others are not)")
     return ADAPTERS[model_type]
 
 
