@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, ProcessorMixin
 
-from visfocus.models import ADAPTERS
+from visfocus.models import ADAPTERS, adapter_for
 from visfocus.models import processor as processor_module
 from visfocus.models.processor import load_processor
 from visfocus.testing import FAMILIES, build_tiny, make_image, tiny_model_dir
@@ -39,16 +40,10 @@ def tiny(request, tmp_path_factory):
     return family, path, model, load_processor(str(path))
 
 
-
-def _side(value) -> int:
-    """A vision config's image or patch size: an int, or (height, width) as InternVL's config stores it."""
-    return value if isinstance(value, int) else int(value[0])
-
 def test_families_registry():
     """Every registered adapter model type has a fixture spec and every fixture spec an adapter."""
     assert FAMILIES == tuple(FIXTURES)
-    assert set(FAMILIES) == set(ADAPTERS)
-    assert all(ADAPTERS[family].family == family for family in FAMILIES)
+    assert set(FAMILIES) == {adapter.family for adapter in ADAPTERS.values()}
 
 
 def test_fixture_is_small_and_consistent(tiny):
@@ -78,36 +73,33 @@ def test_fixture_is_small_and_consistent(tiny):
 
 
 def test_image_token_layout_and_forward(tiny):
+    """The chat prompt is the family's; the processor gives the pinned number of image tokens for a 224 × 160
+    picture; the adapter finds one image in them, whose views' grids imply exactly that count (``views`` checks it),
+    each view token an image token of at most one view; the model runs on it."""
     family, _, model, processor = tiny
     prompt = chat(processor)
     contains, ending = FIXTURES[family].prompt_marks
     assert contains in prompt and prompt.endswith(ending)
-    inputs = processor(images=[make_image(224, 160)], text=[prompt], return_tensors="pt")
+    image = make_image(224, 160)
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
     ids = inputs["input_ids"][0]
-    is_image = ids == model.config.image_token_id
+    adapter = adapter_for(model.config.model_type)(model, processor)
+    is_image = ids == adapter.image_token_id
     count = int(is_image.sum())
-    where = is_image.nonzero().flatten()
-    assert int(where[-1] - where[0]) + 1 == count  # one contiguous run
+    assert count == TOKENS_224x160[family]
+    [layout] = adapter.layouts(dict(inputs), [image])
+    assert len(layout.images) == 1
+    columns = np.concatenate([view.columns for view in layout.images[0]])
+    assert len(set(columns.tolist())) == len(columns) and bool(is_image[columns].all())
 
     if family in QWEN:
         t, gh, gw = inputs["image_grid_thw"][0].tolist()
         merge = processor.image_processor.merge_size
         assert count == t * (gh // merge) * (gw // merge)
+        where = is_image.nonzero().flatten()
         assert ids[where[0] - 1] == model.config.vision_start_token_id
         assert ids[where[-1] + 1] == model.config.vision_end_token_id
         assert "mm_token_type_ids" in inputs
-    else:
-        vision = model.config.vision_config
-        base = (_side(vision.image_size) // _side(vision.patch_size)) ** 2
-        if family == "llava":
-            assert count == base
-        else:  # base view + anyres tiles + one newline token per tile row
-            assert count > base
-            helper = processor._get_num_multimodal_tokens(image_sizes=[[160, 224]])["num_image_tokens"][0]
-            # transformers 5.23's InternVL processor counts its <img> and </img> in it too (5.25 does not)
-            assert count == helper or (family == "internvl" and count == helper - 2)
-            assert inputs["pixel_values"].shape[1] > 1  # base view + tiles
-    assert count == TOKENS_224x160[family]
 
     with torch.no_grad():
         logits = model(**inputs).logits

@@ -73,7 +73,10 @@ class Batch:
         mask = inputs["attention_mask"].bool()
         lengths = [adapter.shared_prefix_length(inputs["input_ids"][b][mask[b]].tolist())
                    for b in range(mask.shape[0])]
-        inputs, prefix_cols = split_layout(inputs, lengths, adapter.image_token_id)
+        laid_out, prefix_cols = split_layout(inputs, lengths, adapter.image_token_id)
+        if not adapter.shares_prefix_exactly(laid_out):
+            return inputs, None
+        inputs = laid_out
         keys = [image_fingerprint(im.mode, im.size, im.tobytes()) for im in images]
         return inputs, Sharing(store=prefix_store, prefix_lengths=lengths, image_keys=keys, prefix_cols=prefix_cols,
                                select_vision=adapter.select_vision,

@@ -143,6 +143,13 @@ class Adapter:
             shared += 1
         return min(last + 1 + shared, len(row_ids) - 1)
 
+    def shares_prefix_exactly(self, inputs: dict) -> bool:
+        """Whether the prompts of ``inputs`` (laid out for sharing: every row's image prefix ends at one column, the
+        question after a gap of masked padding) give the same answers from a stored image prefix as whole. True
+        for causal masks; a family whose image tokens see the question (prefix-LM) says False, and one whose
+        sliding window could span the gap says so when it does. False: the batch is prefilled whole."""
+        return True
+
     def select_vision(self, inputs: dict, rows: list[int]) -> dict:
         """The vision inputs of the images of batch rows ``rows`` (one image per row)."""
         batch = inputs["input_ids"].shape[0]
@@ -173,12 +180,18 @@ class Adapter:
             row_ids = ids[b][mask[b]].cpu().numpy()
             positions = np.nonzero(row_ids == self.image_token_id)[0]
             layout = RowLayout(image_positions=positions)
-            for segment in contiguous_segments(positions):
+            for segment in self.image_segments(row_ids, positions):
                 image = images[image_index]
                 layout.images.append(self.views(inputs, image_index, segment, (image.width, image.height)))
                 image_index += 1
             out.append(layout)
         return out
+
+    def image_segments(self, row_ids: np.ndarray, positions: np.ndarray) -> list[np.ndarray]:
+        """The image-token positions of one row (its real tokens, no padding) split into one array per image: here
+        each run of consecutive positions is one image. Families whose image tokens are interrupted by marker tokens
+        (tile separators, row breaks) split by those markers instead."""
+        return contiguous_segments(positions)
 
     def views(self, inputs: dict, image_index: int, segment: np.ndarray, size: tuple[int, int]) -> list[ImageView]:
         raise NotImplementedError

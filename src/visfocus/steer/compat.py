@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 from functools import cache
 
+from transformers import DynamicCache
+
 
 @cache
 def _forward_takes_cache(model_class: type) -> bool:
@@ -26,3 +28,11 @@ def output_cache(output):
     """The KV cache a model output carries (its ``cache`` field where it has one, else ``past_key_values``)."""
     fields = getattr(output, "__dataclass_fields__", {})
     return output.cache if "cache" in fields else output.past_key_values
+
+
+def fresh_cache() -> DynamicCache:
+    """An empty KV cache whose every layer keeps every column. transformers would build sliding-window layers for a
+    model with sliding-window attention (Gemma 3, Cohere 2), which keep only the last window − 1 keys; the engine
+    reads key column k as position k (image columns, traces, stored prefixes), so it starts every forward from this
+    cache instead. The sliding window itself is still applied, by the model's mask."""
+    return DynamicCache()

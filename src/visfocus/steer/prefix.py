@@ -24,7 +24,7 @@ from typing import TypeAlias
 import torch
 from transformers import DynamicCache
 
-from visfocus.steer.compat import cache_argument, output_cache
+from visfocus.steer.compat import cache_argument, fresh_cache, output_cache
 from visfocus.steer.context import Cost, SteerState, steering
 
 
@@ -298,7 +298,7 @@ class SharedPrefill:
             part["position_ids"] = self.prefill_position_ids[rows, C - width:C]  # (R, width)
         state = SteerState(image_cols=self.image_cols[rows, C - width:C], cost=self.cost)  # no edit, no trace
         with steering(state):
-            out = self.model(**part, use_cache=True, logits_to_keep=1)
+            out = self.model(**part, **{cache_argument(self.model): fresh_cache()}, use_cache=True, logits_to_keep=1)
         layers = cache_layers(output_cache(out))
         for j, (key, r) in enumerate(missing.items()):
             self.store.put(key, extract(layers, j, torch.arange(width - sh.prefix_lengths[r], width)))

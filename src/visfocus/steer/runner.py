@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
-from visfocus.steer.compat import cache_argument, output_cache
+from visfocus.steer.compat import cache_argument, fresh_cache, output_cache
 from visfocus.steer.context import Cost, SteerState, steering
 from visfocus.steer.edits import Edit
 from visfocus.steer.forced import ForcedContinuation, eos_token_ids
@@ -156,7 +156,7 @@ class Runner:
             cache.crop(-1)  # drop the last prompt position; generate re-runs it under the edits
         if cache is not None:
             kwargs = {k: v for k, v in kwargs.items() if k not in self.drop_on_continue}
-            kwargs[cache_argument(self.model)] = cache
+        kwargs[cache_argument(self.model)] = fresh_cache() if cache is None else cache
         processed = bool(logits_processor)
         processors = LogitsProcessorList(logits_processor or [])  # a copy: the caller's list stays as it is
         if self.forced is not None:  # last, so it sees the method's final scores
@@ -201,7 +201,7 @@ class Runner:
         if self.sharing is not None:
             cache, first = self._shared().prefill(forward, tag=tag, vision=vision, reuse=not trace)
         else:
-            kwargs = {**self.inputs, **(vision or {})}
+            kwargs = {**self.inputs, **(vision or {}), cache_argument(self.model): fresh_cache()}
             if self.prefill_position_ids is not None:
                 kwargs["position_ids"] = self.prefill_position_ids
             cache, first = forward(kwargs)

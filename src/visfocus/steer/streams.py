@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from visfocus.steer.compat import cache_argument, output_cache
+from visfocus.steer.compat import cache_argument, fresh_cache, output_cache
 from visfocus.steer.context import SteerState, steering
 
 STREAMS = {
@@ -53,8 +53,7 @@ class SideStream:
 
     def _forward(self, kwargs: dict, image_cols: torch.Tensor) -> torch.Tensor:
         """A plain forward (no edit, no trace) continuing this stream's cache; the (B, V) float32 last logits."""
-        if self.cache is not None:
-            kwargs[cache_argument(self.runner.model)] = self.cache
+        kwargs[cache_argument(self.runner.model)] = fresh_cache() if self.cache is None else self.cache
         with steering(SteerState(image_cols=image_cols, cost=self.runner.cost)):
             out = self.runner.model(**kwargs, use_cache=True, logits_to_keep=1)
         self.cache = output_cache(out)
