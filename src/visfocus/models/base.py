@@ -35,6 +35,7 @@ class Adapter:
 
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
+    checkpoint: ClassVar[str]  # the family's smallest public checkpoint on the Hub (README, `visfocus list models`)
     # Vision inputs left out when decoding continues from a cache (the image is already in it).
     drop_on_continue: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes", "image_grid_thw")
 
