@@ -89,9 +89,29 @@ class Adapter:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
+    @cached_property
+    def end_of_turn(self) -> str:
+        """The token that closes an assistant answer: the special token the chat template writes right after one
+        (``<|im_end|>``, ``<end_of_turn>``), else the tokenizer's eos (LLaVA's ``</s>``); "" if neither exists."""
+        tokenizer = self.processor.tokenizer
+        answer = "yes"
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is it?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        try:
+            text = self.processor.apply_chat_template(messages, tokenize=False)
+        except Exception:  # noqa: BLE001 - no chat template, or one without assistant turns: the eos
+            text = ""
+        after = text[text.rfind(answer) + len(answer):].lstrip(" ") if answer in text else ""
+        specials = sorted({*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}, key=len, reverse=True)
+        return next((t for t in specials if t and after.startswith(t)), tokenizer.eos_token or "")
+
     def encode(self, images: list[Image.Image], questions: list[str]) -> dict:
         """Left-padded model inputs for one image per question."""
-        prompts = [self.build_prompt(q) for q in questions]
+        return self.encode_prompts(images, [self.build_prompt(q) for q in questions])
+
+    def encode_prompts(self, images: list[Image.Image], prompts: list[str]) -> dict:
+        """Left-padded model inputs for one image per chat prompt (``build_prompt``'s text, or it with an answer
+        after it for training): the processor's call, its vision inputs batched as it batches them."""
         self.processor.tokenizer.padding_side = "left"
         return dict(self.processor(images=images, text=prompts, padding=True, return_tensors="pt"))
 

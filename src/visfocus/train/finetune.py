@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from visfocus.errors import VisfocusError
 from visfocus.train.checkpoint import load_checkpoint, read_state, recover, save_checkpoint
 from visfocus.train.config import LORA_TARGETS, SDPA, FinetuneConfig, add_arguments, config_from_args
-from visfocus.train.labels import build_example, collate
+from visfocus.train.labels import build_batch
 from visfocus.train.loggers import Loggers
 
 
@@ -180,7 +180,6 @@ class _Training:
     eval_records: list
     autocast_dtype: torch.dtype | None
     loggers: Loggers
-    pad_id: int
     attention: str  # the visfocus attention function, for evaluation
     seconds_before: float = 0.0  # wall time of earlier launches (resumed)
     started: float = dataclasses.field(default_factory=time.perf_counter)
@@ -247,10 +246,8 @@ def _setup(config: FinetuneConfig, resumed: dict[str, Any] | None) -> _Training:
     if resumed is not None:
         load_checkpoint(output_dir / "checkpoint", model, optimizer, scheduler)
         state = {**resumed, "config": dataclasses.asdict(config)}
-    tokenizer = vlm.processor.tokenizer
-    pad_id = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
     return _Training(config, vlm, model, params, optimizer, scheduler, steps, state, train_task, records, eval_task,
-                     eval_records, autocast_dtype, Loggers(output_dir, tuple(config.log_to), config), pad_id,
+                     eval_records, autocast_dtype, Loggers(output_dir, tuple(config.log_to), config),
                      register(), seconds_before=state.get("seconds", 0.0))
 
 
@@ -281,9 +278,10 @@ def _train_step(tr: _Training) -> None:
     micro = _micro_batches(step, len(tr.records), config)
     n_tokens, loss_sum = 0, 0.0
     for indices in micro:
-        examples = [build_example(tr.vlm.adapter, _image(tr.records[i]), tr.records[i].question,
-                                  tr.train_task.target_text(tr.records[i])) for i in indices]
-        batch = {k: v.to(config.device) for k, v in collate(examples, tr.pad_id).items()}
+        rows = [tr.records[i] for i in indices]
+        batch = build_batch(tr.vlm.adapter, [_image(r) for r in rows], [r.question for r in rows],
+                            [tr.train_task.target_text(r) for r in rows])
+        batch = {k: v.to(config.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         loss = batch_loss(tr.model, tr.vlm.adapter, batch, tr.autocast_dtype)
         (loss / len(micro)).backward()
         loss_sum += float(loss.detach())
