@@ -73,7 +73,8 @@ register_fixture(FixtureSpec(
     family="mistral3", model_class="Mistral3ForConditionalGeneration", build=_mistral3,
     chat_template=_MISTRAL3_TEMPLATE, bpe_specials=tuple(MISTRAL3_SPECIALS), added_specials=(),
     tokenizer_kwargs={"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-                      "extra_special_tokens": [t for t in MISTRAL3_SPECIALS if t.startswith("[")], "add_bos_token": False,
+                      "extra_special_tokens": [t for t in MISTRAL3_SPECIALS if t.startswith("[")],
+                      "add_bos_token": False,  # the chat template writes BOS
                       "image_token": "[IMG]", "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]"},
     generation_ids=_llava_generation_ids, real_processor="PixtralProcessor", image_tokens_224x160=4 * 5,
     prompt_marks=("[/SYSTEM_PROMPT][INST][IMG]", "[/INST]")))
