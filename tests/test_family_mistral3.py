@@ -66,6 +66,30 @@ def test_the_model_gives_one_feature_per_image_token(vlm):
     assert sum(counts) == int((inputs["input_ids"] == vlm.adapter.image_token_id).sum()) == 2 * 20
 
 
+def test_the_patch_merger_emits_blocks_row_major(vlm):
+    """Token k of a rows × cols grid is merged from the 2 × 2 patches at block (k // cols, k % cols): fed patch
+    features that carry their own patch index, a merging layer that keeps the top-left patch's first channel gives
+    back the top-left patch index of each block in the adapter's row-major order."""
+    merger = vlm.model.model.multi_modal_projector.patch_merger
+    rows, cols, merge, patch = 3, 4, 2, int(vlm.model.config.vision_config.patch_size)
+    h, w = rows * merge, cols * merge  # patches
+    hidden = merger.merging_layer.in_features // merge**2
+    features = torch.zeros(h * w, hidden)  # (patches, D), row-major patches
+    features[:, 0] = torch.arange(h * w, dtype=torch.float32)
+    weight = torch.zeros_like(merger.merging_layer.weight)  # (D, D·merge²)
+    weight[0, 0] = 1.0  # channel 0 of the first patch of the block
+    original = merger.merging_layer.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            merger.merging_layer.weight.copy_(weight)
+            merged = merger(features, torch.tensor([[h * patch, w * patch]]))[:, 0]  # (rows·cols,)
+    finally:
+        with torch.no_grad():
+            merger.merging_layer.weight.copy_(original)
+    expected = [(merge * r) * w + merge * c for r in range(rows) for c in range(cols)]
+    assert merged.tolist() == expected
+
+
 def test_two_images_in_one_prompt_are_two_segments(vlm):
     """An image ends at its [IMG_END]: a 1 × 2 image right after a 2 × 1 one splits there."""
     tok = vlm.processor.tokenizer
