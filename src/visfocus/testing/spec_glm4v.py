@@ -1,5 +1,5 @@
 """Tiny GLM-4.1V fixture (as zai-org/GLM-4.1V-9B-Thinking): patch 14, merge 2 -> one ``<|image|>`` token per 28 × 28
-px block of the ``smart_resize``d image (a 224 × 160 picture: 168 × 224 px -> 6 × 8 = 48 tokens). The text decoder
+px block of the ``smart_resize``d image (a 224 × 160 picture: 224 × 168 px -> 6 × 8 = 48 tokens). The text decoder
 keeps the real checkpoint's RoPE shape: ``partial_rotary_factor`` 0.5 (8 of each head's 16 dims rotate, in
 interleaved pairs), M-RoPE sections over those 4 frequencies.
 
