@@ -28,6 +28,7 @@ processor_module.register_no_video("glm4v", Glm4vProcessorNoVideo)
 class Glm4vAdapter(Qwen2VLAdapter):
     family = "glm4v"
     model_types = ("glm4v",)
+    checkpoint = "zai-org/GLM-4.1V-9B-Thinking"
 
     def rotate(self, x: torch.Tensor, position_shift: torch.Tensor) -> torch.Tensor:
         """Move post-RoPE vectors x (B, H, K, D) by ``position_shift`` ((B, K) or (3, B, K)) with GLM's partial,

@@ -81,6 +81,7 @@ def token_grid(processor, size: tuple[int, int]) -> tuple[int, int]:
 class Mistral3Adapter(Adapter):
     family = "mistral3"
     model_types = ("mistral3",)
+    checkpoint = "mistralai/Mistral-Small-3.1-24B-Instruct-2503"
 
     @property
     def marker_ids(self) -> tuple[int, int]:
