@@ -67,7 +67,7 @@ def _smolvlm(family: str, tok: Any) -> tuple[Any, Any]:
 
 
 def _smolvlm_generation_ids(tok: Any) -> dict[str, Any]:
-    """As the real SmolVLM generation config: stop on <end_of_utterance> or <|im_end|>."""
+    """Stop on <end_of_utterance> (the tokenizer's eos, which ends every turn of the template) or <|im_end|>."""
     return {"bos_token_id": tok.bos_token_id, "eos_token_id": [tok.eos_token_id, tok.pad_token_id]}
 
 
