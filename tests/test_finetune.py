@@ -21,7 +21,7 @@ from visfocus.errors import VisfocusError
 from visfocus.testing import FAMILIES
 from visfocus.train import FinetuneConfig
 from visfocus.train.checkpoint import FILES, is_complete, recover, sibling
-from visfocus.train.finetune import finetune, vision_modules
+from visfocus.train.finetune import finetune, vision_parameters
 from visfocus.train.labels import IGNORE_INDEX, build_batch, build_example
 
 END = {"qwen3_vl": "<|im_end|>", "llava": "</s>"}
@@ -78,12 +78,18 @@ def _config(tiny_dirs, tmp_path, name: str, **kw) -> FinetuneConfig:
     return FinetuneConfig(**{**base, **kw})
 
 
+# Where Qwen-VL and LLaVA keep their vision side, written out independently of ``vision_parameters``.
+VISION_PREFIXES = ("model.visual.", "model.vision_tower.", "model.multi_modal_projector.", "model.image_newline")
+
+
 def _vision_names(model) -> set[str]:
-    names = set()
-    for module in vision_modules(model):
-        ids = {id(p) for p in module.parameters()}
-        names |= {n for n, p in model.named_parameters() if id(p) in ids}
-    return names
+    return {n for n, _ in model.named_parameters() if n.startswith(VISION_PREFIXES)}
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "llava", "llava_next"])
+def test_the_vision_side_is_everything_outside_the_text_decoder(tiny_vlms, family):
+    vlm = tiny_vlms[family]
+    assert set(vision_parameters(vlm.model, vlm.adapter.text_model)) == _vision_names(vlm.model) != set()
 
 
 def test_lora_with_frozen_vision_trains_only_adapters(tiny_dirs, tmp_path):

@@ -94,6 +94,7 @@ def tile_grid(processor, size: tuple[int, int]) -> tuple[int, int]:
 class SmolVLMAdapter(Adapter):
     family = "smolvlm"
     model_types = ("smolvlm", "idefics3")
+    checkpoint = "HuggingFaceTB/SmolVLM-256M-Instruct"
     # pixel_values (B, images, C, H, W) and pixel_attention_mask (B, images, H, W): one image's tiles per row
     drop_on_continue = ("pixel_values", "pixel_attention_mask")
 
