@@ -40,7 +40,8 @@ def build_example(adapter, image: Image.Image, question: str, answer: str) -> di
     target = answer_text(prompt, answer) + end_of_turn(adapter)
     tokenizer = adapter.processor.tokenizer
     tokenizer.padding_side = "left"
-    inputs = dict(adapter.processor(images=[image], text=[prompt + target], return_tensors="pt"))
+    inputs = dict(adapter.processor(images=[image], text=[prompt + target], return_tensors="pt",
+                                    **adapter.special_tokens_kwargs(prompt)))
     ids = inputs["input_ids"]  # (1, S), image tokens expanded
     target_ids = torch.tensor(tokenizer(target, add_special_tokens=False)["input_ids"], dtype=ids.dtype)  # (T,)
     n = target_ids.numel()
