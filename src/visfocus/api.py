@@ -283,7 +283,8 @@ class VLM:
         prompt with ``max_new_tokens`` fits the context, let ``setup`` ready its runner (sampling, teacher forcing),
         and run the method on it."""
         store = self.prefix_store if share_prefix and method.shares_prefix else None
-        batch = Batch.build(self.adapter, images, questions, options, record_trace=trace, prefix_store=store)
+        batch = Batch.build(self.adapter, images, questions, options, record_trace=trace, prefix_store=store,
+                            new_tokens=max_new_tokens)
         self._check_context(batch, questions, max_new_tokens, noun)
         setup(batch.runner)
         try:

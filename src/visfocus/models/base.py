@@ -166,11 +166,12 @@ class Adapter:
             shared += 1
         return min(last + 1 + shared, len(row_ids) - 1)
 
-    def shares_prefix_exactly(self, inputs: dict) -> bool:
+    def shares_prefix_exactly(self, inputs: dict, new_tokens: int | None = None) -> bool:
         """Whether the prompts of ``inputs`` (laid out for sharing: every row's image prefix ends at one column, the
-        question after a gap of masked padding) give the same answers from a stored image prefix as whole. True
-        for causal masks; a family whose image tokens see the question (prefix-LM) says False, and one whose
-        sliding window could span the gap says so when it does. False: the batch is prefilled whole."""
+        question after a gap of masked padding) give the same answers from a stored image prefix as whole, while
+        decoding adds up to ``new_tokens`` tokens (None: a number not known in advance). True for causal masks; a
+        family whose image tokens see the question (prefix-LM) says False, and one whose sliding window could span
+        the gap says so when it does. False: the batch is prefilled whole."""
         return True
 
     def select_vision(self, inputs: dict, rows: list[int]) -> dict:
