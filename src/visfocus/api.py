@@ -107,7 +107,9 @@ class VLM:
         fine = [i for i, problem in enumerate(problems) if problem is None]
         if limit is not None and fine and max_new_tokens is not None:
             prompts = [self.adapter.build_prompt(questions[i]) for i in fine]
-            lengths = [len(ids) for ids in self.processor.tokenizer(prompts, verbose=False)["input_ids"]]
+            special = self.adapter.special_tokens_kwargs(prompts[0])  # no second BOS where the template writes one
+            tokenized = self.processor.tokenizer(prompts, verbose=False, **special)
+            lengths = [len(ids) for ids in tokenized["input_ids"]]
             for i, length in zip(fine, lengths, strict=True):
                 if length + max_new_tokens > limit:
                     problems[i] = too_long(noun, questions[i], length, max_new_tokens, limit, with_image=False)
