@@ -4,7 +4,7 @@ tiles + thumbnail = 28 tokens). The processor writes ``<|START_OF_IMG|>``, ``TIL
 ``TILE_GLOBAL`` before the thumbnail's and ``<|END_OF_IMG|>``; the tile markers are plain text here (several BPE
 tokens each), the adapter splits by any non-image token. The decoder has a sliding-window layer (RoPE) then a
 full-attention layer (no RoPE), a window of ``AYA_SLIDING_WINDOW`` columns that ordinary prompts fit in and long ones
-exceed, and ``logit_scale`` 0.5 (0.125 in the real checkpoint: kept larger so that edits still move the logits)."""
+exceed, and ``logit_scale`` 0.5 (Cohere2's default is 0.0625: kept larger so that edits still move the logits)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import transformers
 
 from visfocus.testing.fixtures import TEXT, VISION, FixtureSpec, register_fixture
 
-AYA_TILE = 56  # px per tile (364 in the real checkpoint)
+AYA_TILE = 56  # px per tile (the processor's default img_size is 364)
 AYA_PATCH = 14
 AYA_DOWNSAMPLE = 2  # pixel shuffle: 2 × 2 patches -> one token
-AYA_MAX_TILES = 6  # 12 in the real checkpoint
+AYA_MAX_TILES = 6
 AYA_SEQ = (AYA_TILE // (AYA_PATCH * AYA_DOWNSAMPLE)) ** 2  # tokens per tile
-AYA_SLIDING_WINDOW = 128  # columns (4096 in the real checkpoint)
+AYA_SLIDING_WINDOW = 128  # columns (Cohere2's default is 4096)
 AYA_LOGIT_SCALE = 0.5
 # Cohere's ids 0..7, trained in first as in the real tokenizer; the turn and image tokens follow the BPE
 COHERE_SPECIALS = ["<PAD>", "<UNK>", "<CLS>", "<SEP>", "<MASK_TOKEN>", "<BOS_TOKEN>", "<EOS_TOKEN>", "<EOP_TOKEN>"]
