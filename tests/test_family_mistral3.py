@@ -131,11 +131,15 @@ def test_sliding_window_is_none_and_honoured(vlm, image):
     text_config = vlm.model.config.get_text_config()
     assert text_config.sliding_window is None and vlm.adapter.shares_prefix_exactly(inputs)
     width = inputs["input_ids"].shape[1]
+    gapped = dict(inputs, attention_mask=inputs["attention_mask"].clone())
+    gapped["attention_mask"][0, width // 2] = 0  # a gap of padding inside the row, as the sharing layout leaves
     try:
-        text_config.sliding_window = width
-        assert vlm.adapter.shares_prefix_exactly(inputs)
-        text_config.sliding_window = width - 1  # could span the gap between a stored prefix and the question
-        assert not vlm.adapter.shares_prefix_exactly(inputs)
+        text_config.sliding_window = width - 1
+        assert vlm.adapter.shares_prefix_exactly(inputs)  # no gap: the window binds as in the whole prompt
+        assert not vlm.adapter.shares_prefix_exactly(gapped, new_tokens=1)  # it could span the gap
+        text_config.sliding_window = width + 1
+        assert vlm.adapter.shares_prefix_exactly(gapped, new_tokens=1)
+        assert not vlm.adapter.shares_prefix_exactly(gapped)  # decoding of unknown length could reach it
     finally:
         text_config.sliding_window = None
 

@@ -49,20 +49,6 @@ class AyaVisionAdapter(Adapter):
         rotated = torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)  # (B, H, K, D)
         return x * cos + rotated * sin
 
-    def shares_prefix_exactly(self, inputs: dict, new_tokens: int | None = None) -> bool:
-        """A sliding window counts columns: a row whose question sits after a gap of masked padding sees its image
-        prefix from further away than its positions say. Exact where no row has such a gap, or where the laid-out
-        width and the ``new_tokens`` decoded after it stay within the window (then it binds nowhere); with gaps and
-        an unknown number of new tokens, not."""
-        text = self.model.config.get_text_config()
-        window = getattr(text, "sliding_window", None)
-        if window is None or "sliding_attention" not in (getattr(text, "layer_types", None) or ()):
-            return True
-        mask = inputs["attention_mask"].bool()  # (B, S)
-        started = mask.long().cumsum(-1) > 0  # (B, S) from each row's first real token on
-        gapped = bool((started & ~mask).any())
-        return not gapped or (new_tokens is not None and mask.shape[1] + new_tokens <= int(window))
-
     # --- image tokens ------------------------------------------------------------------------------------------
     def image_segments(self, row_ids: np.ndarray, positions: np.ndarray) -> list[np.ndarray]:
         """One array per ``<|START_OF_IMG|>`` … ``<|END_OF_IMG|>`` span: the image tokens between them (tile

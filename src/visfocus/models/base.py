@@ -192,8 +192,21 @@ class Adapter:
         question after a gap of masked padding) give the same answers from a stored image prefix as whole, while
         decoding adds up to ``new_tokens`` tokens (None: a number not known in advance). True for causal masks; a
         family whose image tokens see the question (prefix-LM) says False, and one whose sliding window could span
-        the gap says so when it does. False: the batch is prefilled whole."""
-        return True
+        the gap says so when it does. False: the batch is prefilled whole.
+
+        Here: exact unless the text model has sliding-window layers (its config's ``sliding_window``, on the layers
+        ``layer_types`` marks ``sliding_attention``, or on all when it names none) and some row has a gap: a window
+        counts columns, so such a row would see its image prefix from further away than its positions say. With
+        gaps, exact only when the laid-out width plus ``new_tokens`` fits in the window (it then binds nowhere)."""
+        text = self.model.config.get_text_config()
+        window = getattr(text, "sliding_window", None)
+        layer_types = getattr(text, "layer_types", None)
+        if window is None or (layer_types is not None and "sliding_attention" not in layer_types):
+            return True
+        mask = inputs["attention_mask"].bool()  # (B, S)
+        started = mask.long().cumsum(-1) > 0  # (B, S): from each row's first real token on
+        gapped = bool((started & ~mask).any())
+        return not gapped or (new_tokens is not None and mask.shape[1] + new_tokens <= int(window))
 
     def select_vision(self, inputs: dict, rows: list[int]) -> dict:
         """The vision inputs of the images of batch rows ``rows`` (one image per row)."""

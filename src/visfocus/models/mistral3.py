@@ -120,9 +120,3 @@ class Mistral3Adapter(Adapter):
         """Without the image: its ``[IMG]``, ``[IMG_BREAK]`` and ``[IMG_END]`` tokens."""
         drop = {self.image_token_id, *self.marker_ids}
         return [t for t in row_ids if t not in drop]
-
-    def shares_prefix_exactly(self, inputs: dict) -> bool:
-        """Exact unless the text model's sliding window is shorter than a prompt (it could then span the gap of
-        padding between the stored prefix and the question)."""
-        window = getattr(self.model.config.get_text_config(), "sliding_window", None)
-        return window is None or int(window) >= int(inputs["input_ids"].shape[1])
