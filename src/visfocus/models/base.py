@@ -37,6 +37,12 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]]
     # Vision inputs left out when decoding continues from a cache (the image is already in it).
     drop_on_continue: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes", "image_grid_thw")
+    # Per-token inputs beside the ids and the mask, and the value ``generate`` gives a token it appends after the
+    # prompt (a full forward over the prompt and fed tokens must give them the same; unlisted ones: 0).
+    appended_token_inputs: ClassVar[dict[str, int]] = {}
+    # The whole prompt attends bidirectionally (a prefix-LM): an edit of one prompt row reaches the rows before it
+    # in later layers, so the engine never re-runs the last prompt token alone on a cached prompt.
+    prefix_lm: ClassVar[bool] = False
 
     def __init__(self, model, processor) -> None:
         self.model = model
@@ -68,7 +74,11 @@ class Adapter:
         return self.text_model.norm(hidden)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(hidden)
+        """Logits from final-normed hidden states, soft-capped as the model caps its own output where the text
+        config says so (``final_logit_softcapping``: Gemma 2, PaliGemma 2): cap · tanh(logits / cap)."""
+        logits = self.model.lm_head(hidden)
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def prompt_position_ids(self, inputs: dict) -> torch.Tensor:
         """The RoPE positions of the prompt's tokens: (B, S); M-RoPE families (3, B, S)."""
