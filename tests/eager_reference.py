@@ -1,5 +1,6 @@
-"""An eager attention reference written independently of the engine: explicit q·kᵀ with repeated KV heads, the
-last prompt row's image logits scaled by α, additive mask, softmax, and the probabilities of that row recorded.
+"""An eager attention reference written independently of the engine: explicit q·kᵀ with repeated KV heads (soft-capped
+where the layer passes ``softcap``), the last prompt row's image logits scaled by α, additive mask, softmax, and the
+probabilities of that row recorded.
 
 ``reference_scaled_logits`` instead scales chosen rows × chosen columns: SETTINGS["scale"] holds, per batch row, which
 prompt rows to edit, whether to edit the rows after the prompt (decoding rows, fed here in the same forward), one
@@ -15,12 +16,15 @@ NAME = "visfocus_test_eager"
 SETTINGS: dict = {"alpha": 1.0, "image_cols": None, "last_pos": None, "rows": {}, "rows_pre": {}, "scale": None}
 
 
-def reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+                        **kwargs):
     n_rep = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(n_rep, dim=1)  # (B, H, K, D)
     value = value.repeat_interleave(n_rep, dim=1)  # (B, H, K, D)
     q_len, kv_len = query.shape[2], key.shape[2]
     logits = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling  # (B, H, Q, K)
+    if softcap is not None:  # Gemma 2's attention-logit soft-capping, before the mask as its eager attention does
+        logits = torch.tanh(logits / softcap) * softcap
     row = SETTINGS["last_pos"] - (kv_len - q_len)
     if 0 <= row < q_len:
         unedited = logits[:, :, row, :].clone()  # (B, H, K)
@@ -118,14 +122,15 @@ def post_image_selection(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return rows, factors
 
 
-def append_tokens(inputs: dict, tokens: torch.Tensor) -> dict:
-    """``inputs`` with ``tokens`` (B, k) fed after the prompt (mask 1, other per-token inputs 0), for a full forward
-    that checks decoding steps without a cache."""
+def append_tokens(inputs: dict, tokens: torch.Tensor, fill: dict[str, int] | None = None) -> dict:
+    """``inputs`` with ``tokens`` (B, k) fed after the prompt (mask 1, other per-token inputs ``fill[name]``, else 0:
+    as ``generate`` extends them, ``Adapter.appended_token_inputs``), for a full forward that checks decoding steps
+    without a cache."""
     ids = inputs["input_ids"]
     out = dict(inputs)
+    fill = {"attention_mask": 1, **(fill or {})}
     for name, value in inputs.items():
         if isinstance(value, torch.Tensor) and value.shape == ids.shape:
-            extra = tokens if name == "input_ids" else (torch.ones_like(tokens) if name == "attention_mask"
-                                                        else torch.zeros_like(tokens))
+            extra = tokens if name == "input_ids" else torch.full_like(tokens, fill.get(name, 0))
             out[name] = torch.cat([value, extra.to(value.dtype)], dim=1)
     return out

@@ -66,15 +66,26 @@ def test_every_method_at_its_identity_point_equals_the_unedited_model(name, fami
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_scaling_only_changes_last_row(family, tiny_vlms, image):
+    """An edit of the last prompt row leaves every other row as it was. In a prefix-LM the earlier rows attend to
+    the last one, so an edit in a layer before the last reaches them (checked to happen); in the last layer only, it
+    cannot."""
     vlm = tiny_vlms[family]
     inputs, image_cols, positions = _prepare(vlm, [image], [QUESTION])
     kwargs = dict(inputs, position_ids=positions) if positions is not None else dict(inputs)
+    last_layer = frozenset({vlm.num_layers - 1})
     with torch.no_grad():
         plain = vlm.model(**kwargs).logits  # (1, S, V)
         with steering(SteerState(image_cols=image_cols, edits=(ScaleLogits(alpha=0.0),))):
             edited = vlm.model(**kwargs).logits  # (1, S, V)
-    assert torch.equal(edited[:, :-1], plain[:, :-1])
+        with steering(SteerState(image_cols=image_cols, edits=(ScaleLogits(alpha=0.0, layers=last_layer),))):
+            edited_last_layer = vlm.model(**kwargs).logits  # (1, S, V)
+    if vlm.adapter.prefix_lm:
+        assert (edited[:, :-1] - plain[:, :-1]).abs().max().item() > 1e-3
+    else:
+        assert torch.equal(edited[:, :-1], plain[:, :-1])
+    assert torch.equal(edited_last_layer[:, :-1], plain[:, :-1])
     assert (edited[:, -1] - plain[:, -1]).abs().max().item() > 1e-3
+    assert (edited_last_layer[:, -1] - plain[:, -1]).abs().max().item() > 1e-3
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -251,14 +262,17 @@ def test_post_image_rows_match_eager_reference(family, padded, tiny_vlms, refere
     real = inputs["attention_mask"].bool()  # (B, S)
     assert (full - expected)[real].abs().max().item() <= 1e-4
     untouched = real & ~rows.cumsum(-1).bool()  # up to and including each row's last image token
-    assert torch.equal(full[untouched], plain[untouched])
+    if vlm.adapter.prefix_lm:  # the image rows attend to the edited rows after them: they move, as the reference's
+        assert (full - plain)[untouched].abs().max().item() > 1e-4
+    else:
+        assert torch.equal(full[untouched], plain[untouched])
     assert ((full - plain)[rows].abs().amax(-1) > 1e-4).all()  # every selected row moves
     # generate: the prefill's last row, then the first decoding step (one row on the cache) against a full forward
     runner = Runner(vlm.model, inputs, image_cols, drop_on_continue=vlm.adapter.drop_on_continue,
                     prefill_position_ids=positions)
     out = runner.generate(edits, max_new_tokens=2, min_new_tokens=2)
     assert (out.step_logits[0].float() - expected[:, -1]).abs().max().item() <= 1e-4
-    fed = append_tokens(inputs, out.new_tokens[:, :1])
+    fed = append_tokens(inputs, out.new_tokens[:, :1], vlm.adapter.appended_token_inputs)
     decoded = reference_scaled_logits(references[family], fed, vlm.adapter.prefill_position_ids(fed), image_cols,
                                       rows=rows, factors=factors, decode=True)[:, -1]  # (B, V)
     assert (out.step_logits[1].float() - decoded).abs().max().item() <= 1e-4
@@ -344,11 +358,15 @@ def test_each_declared_site_and_stream_is_needed_and_enforced(name, kind, what, 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_unedited_answer_equals_a_plain_sdpa_forward(family, tiny_vlms, image):
     """The prompt, positions and mask visfocus builds are the model's own: its unedited first-token logits equal a
-    plain transformers forward with SDPA of the same inputs (one row, and a left-padded batch of two)."""
+    plain transformers forward with SDPA of the same inputs (one row, and a left-padded batch of two). transformers'
+    SDPA attention ignores attention-logit soft-capping (Gemma 2's ``attn_logit_softcapping``), which the model's
+    eager attention applies and visfocus applies too: for a text config that soft-caps, the plain forward is eager."""
     from transformers import AutoModelForImageTextToText
 
     vlm = tiny_vlms[family]
-    plain = AutoModelForImageTextToText.from_pretrained(tiny_model_dir(family), attn_implementation="sdpa").eval()
+    softcaps = getattr(vlm.model.config.get_text_config(), "attn_logit_softcapping", None) is not None
+    plain = AutoModelForImageTextToText.from_pretrained(
+        tiny_model_dir(family), attn_implementation="eager" if softcaps else "sdpa").eval()
     for images, questions in (([image], [QUESTION]),
                               ([image, make_image(160, 256, seed=2)], [QUESTION, "Is the dog under the table?"])):
         answers = vlm.answer_batch(images, questions, max_new_tokens=1)

@@ -28,6 +28,10 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def chat(processor: ProcessorMixin, question: str = "Where is the cup in relation to the table?") -> str:
+    """The prompt of one image and ``question``: the chat template's, or (a processor without one, as PaliGemma's)
+    the image token then the question."""
+    if processor.chat_template is None:
+        return processor.image_token + question
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 

@@ -125,10 +125,12 @@ SURVEY_NAME = "visfocus_test_clvs_survey"
 SURVEY: dict = {}
 
 
-def survey_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def survey_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
     n_rep = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(n_rep, dim=1), value.repeat_interleave(n_rep, dim=1)  # (B, H, K, D)
     scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling  # (B, H, Q, K)
+    if softcap is not None:  # the layer's attention-logit soft-capping (Gemma 2), as its eager attention
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, :key.shape[2]].float()
     else:
@@ -154,6 +156,9 @@ def survey_after_layer(model, layer: int, hidden: torch.Tensor) -> None:
     uncertainty = threshold
     if layer >= num_layers / 2:
         logits = model.get_output_embeddings()(hidden)  # (1, S, V) every position, no final norm
+        cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+        if cap is not None:  # the model's logits are soft-capped (Gemma 2): so are the survey's
+            logits = torch.tanh(logits / cap) * cap
         p = torch.softmax(torch.topk(logits, 10, dim=-1).values, dim=-1)  # (1, S, 10)
         uncertainty = (-(p * torch.log(p + 1e-12)).sum() / math.log(10)).item()  # summed over all positions
         SURVEY["U"][layer] = uncertainty

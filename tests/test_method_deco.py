@@ -36,9 +36,10 @@ def _forward(vlm, inputs, extra_tokens=None):
     if extra_tokens is not None and extra_tokens.shape[1] > 0:
         k = extra_tokens.shape[1]
         kwargs["input_ids"] = torch.cat([inputs["input_ids"], extra_tokens], dim=1)
+        appended = {"attention_mask": 1, **vlm.adapter.appended_token_inputs}  # as generate extends them
         for key in ("attention_mask", "mm_token_type_ids", "token_type_ids"):
             if key in kwargs:
-                fill = 1 if key == "attention_mask" else 0
+                fill = appended.get(key, 0)
                 kwargs[key] = torch.cat([inputs[key], inputs[key].new_full((inputs[key].shape[0], k), fill)], dim=1)
     positions = vlm.adapter.prefill_position_ids(kwargs)  # None for Qwen: the model computes its M-RoPE positions
     if positions is not None:

@@ -25,11 +25,14 @@ STEPS = 3
 TOL = 1e-4
 
 
-def pai_reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def pai_reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+                            **kwargs):
     n_rep = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(n_rep, dim=1), value.repeat_interleave(n_rep, dim=1)  # (B, H, K, D)
     q_len, kv_len = query.shape[2], key.shape[2]
     logits = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling  # (B, H, Q, K)
+    if softcap is not None:  # the layer's attention-logit soft-capping (Gemma 2), as its eager attention
+        logits = torch.tanh(logits / softcap) * softcap
     if attention_mask is not None:
         logits = logits + attention_mask[:, :, :, :kv_len].float()
     else:
@@ -62,6 +65,8 @@ def _text_only_prompt(vlm, question: str) -> str:
     for placeholder in ("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n", "[IMG]",
                         "<|begin_of_image|><|image|><|end_of_image|>", "<image>"):
         prompt = prompt.replace(placeholder, "")
+    if vlm.processor.chat_template is None:  # the processor's own format (PaliGemma): BOS after the image, "\n" last
+        prompt = f"{vlm.processor.tokenizer.bos_token}{prompt}\n"
     return prompt
 
 

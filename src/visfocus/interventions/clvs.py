@@ -106,10 +106,7 @@ class Smoother:
         shift = self._shift_for(row.key.shape[2]).to(row.key.device)  # (.., B, K)
         key = self.adapter.rotate(row.key.float(), shift)  # (B, Hkv, K, D)
         query = self.adapter.rotate(row.query[:, :, None, :], shift[..., row.abs_pos:row.abs_pos + 1])  # (B,H,1,D)
-        B, H, _, D = query.shape
-        H_kv = key.shape[1]
-        scores = torch.matmul(query.reshape(B, H_kv, H // H_kv, D), key.transpose(-1, -2))  # (B, Hkv, g, K)
-        return torch.softmax(scores.reshape(B, H, -1) * row.scale + row.mask, dim=-1)  # (B, H, K)
+        return torch.softmax(row.scores(query[:, :, 0], key) + row.mask, dim=-1)  # (B, H, K)
 
     # --- layer_output site ----------------------------------------------------------------------------------------
     def after_layer(self, layer: int, hidden: torch.Tensor) -> None:

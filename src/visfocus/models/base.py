@@ -39,6 +39,12 @@ class Adapter:
     checkpoint: ClassVar[str]  # the family's smallest public checkpoint on the Hub (README, `visfocus list models`)
     # Vision inputs left out when decoding continues from a cache (the image is already in it).
     drop_on_continue: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes", "image_grid_thw")
+    # Per-token inputs beside the ids and the mask, and the value ``generate`` gives a token it appends after the
+    # prompt (a full forward over the prompt and fed tokens must give them the same; unlisted ones: 0).
+    appended_token_inputs: ClassVar[dict[str, int]] = {}
+    # The whole prompt attends bidirectionally (a prefix-LM): an edit of one prompt row reaches the rows before it
+    # in later layers, so the engine never re-runs the last prompt token alone on a cached prompt.
+    prefix_lm: ClassVar[bool] = False
 
     def __init__(self, model, processor) -> None:
         self.model = model
@@ -60,8 +66,9 @@ class Adapter:
     # --- the text decoder -------------------------------------------------------------------------------------
     @property
     def text_model(self):
-        """The language model inside the VLM (decoder layers, final norm, rotary embedding)."""
-        return self.model.model.language_model
+        """The language model inside the VLM (decoder layers, final norm, rotary embedding), where the model says it
+        is (``get_decoder``: ``language_model``, SmolVLM's ``text_model``)."""
+        return self.model.get_decoder()
 
     def decoder_layers(self) -> list:
         return list(self.text_model.layers)
@@ -70,9 +77,14 @@ class Adapter:
         return self.text_model.norm(hidden)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The model's logits for final-normed hidden states (..., D) -> (..., V), ``logit_scale`` included."""
-        logits = self.model.lm_head(hidden)  # (..., V)
-        return logits * self.logit_scale if self.logit_scale != 1.0 else logits
+        """The model's logits for final-normed hidden states (..., D) -> (..., V), as its forward makes them: the
+        output embeddings, times ``logit_scale`` (Cohere), soft-capped where the text config says so
+        (``final_logit_softcapping``: Gemma 2, PaliGemma 2): cap · tanh(logits / cap)."""
+        logits = self.model.get_output_embeddings()(hidden)  # (..., V)
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     @cached_property
     def logit_scale(self) -> float:

@@ -103,10 +103,6 @@ class SmolVLMAdapter(Adapter):
         return super().encode([[image] for image in images], questions)
 
     @property
-    def text_model(self):
-        return self.model.model.text_model
-
-    @property
     def tile_side(self) -> int:
         """Tokens along each side of one tile's grid (patches per side, shrunk by the pixel shuffle)."""
         vision = self.model.config.vision_config

@@ -5,7 +5,11 @@ Edits on ``rows="post_image_prompt_and_decode"`` also need, in the forward that 
 after the image: per batch row b, the real (unmasked) rows after its last image column. Their span is found from the
 image columns and the mask of each batch row, so left padding (and any layout) is exact; the rows between the first
 such row over the batch and the last prompt row are recomputed as one (B, H, R, K) block (R: tens of rows) and only
-the selected (b, row) pairs are spliced in. The last prompt row and the decoding rows take the one-row path below."""
+the selected (b, row) pairs are spliced in. The last prompt row and the decoding rows take the one-row path below.
+
+Attention-logit soft-capping (Gemma 2's ``softcap``: logits → cap · tanh(logits / cap), before the mask) is applied
+wherever scores are computed: SDPA cannot cap, so a layer called with ``softcap`` computes every row as transformers'
+eager attention does, and the recomputed rows cap their scores before any edit."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from visfocus.errors import VisfocusError
 from visfocus.steer.context import SteerState, active_state
-from visfocus.steer.edits import Edit, RowView
+from visfocus.steer.edits import Edit, RowView, soft_cap
 
 ATTN_NAME = "visfocus"
 POST_IMAGE = "post_image_prompt_and_decode"
@@ -77,7 +81,8 @@ def _image_end(image_cols: torch.Tensor, device) -> tuple[torch.Tensor, torch.Te
 
 
 def _post_image_rows(state: SteerState, edits: list[Edit], query: torch.Tensor, key: torch.Tensor,
-                     value: torch.Tensor, attention_mask: torch.Tensor | None, scale: float, out: torch.Tensor) -> None:
+                     value: torch.Tensor, attention_mask: torch.Tensor | None, scale: float, softcap: float | None,
+                     out: torch.Tensor) -> None:
     """Recompute, under ``edits`` (all on rows="post_image_prompt_and_decode"), every prompt row of this forward
     after each batch row's image but the last prompt row (the one-row path edits that one), and splice the
     selected rows into ``out`` (B, Q, H, D) in place."""
@@ -108,6 +113,7 @@ def _post_image_rows(state: SteerState, edits: list[Edit], query: torch.Tensor, 
     # Group the query heads by their KV head instead of repeating K/V (GQA).
     q_rows = query[:, :, start:stop, :].float().reshape(B, H_kv, group * R, D)  # (B, Hkv, g·R, D)
     scores = (torch.matmul(q_rows, key.float().transpose(-1, -2)) * scale).reshape(B, H, R, kv_len)  # (B, H, R, K)
+    scores = soft_cap(scores, softcap)  # (B, H, R, K)
     image_cols = state.image_cols_for(kv_len).to(query.device)  # (B, K)
     for edit in edits:
         scores = edit.apply_rows(scores, image_cols)  # (B, H, R, K)
@@ -127,8 +133,12 @@ def visfocus_attention(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                    **kwargs)  # (B, Q, H, D)
+    softcap = kwargs.pop("softcap", None)
+    if softcap is None:
+        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                        **kwargs)  # (B, Q, H, D)
+    else:
+        out = _softcapped_attention(query, key, value, attention_mask, scaling, softcap)  # (B, Q, H, D)
     state = active_state()
     if state is None:
         return out, None
@@ -139,7 +149,7 @@ def visfocus_attention(
     post_image = [e for e in state.edits if e.rows == POST_IMAGE and e.applies_to(layer, False)]
     if post_image and kv_len - q_len <= state.last_prompt_pos:  # this forward holds prompt rows
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        _post_image_rows(state, post_image, query, key, value, attention_mask, scale, out)
+        _post_image_rows(state, post_image, query, key, value, attention_mask, scale, softcap, out)
     target = _target_row(state, q_len, kv_len)
     if target is None:
         return out, None
@@ -156,7 +166,7 @@ def visfocus_attention(
     # Group the query heads by their KV head instead of repeating K/V (GQA).
     q_row = query[:, :, row, :].reshape(B, H_kv, group, D).float()  # (B, Hkv, g, D)
     scores = torch.matmul(q_row, key.float().transpose(-1, -2)) * scale  # (B, Hkv, g, K)
-    scores = scores.reshape(B, H, kv_len)  # (B, H, K)
+    scores = soft_cap(scores.reshape(B, H, kv_len), softcap)  # (B, H, K)
     mask = _row_mask(attention_mask, row, kv_len - q_len + row, kv_len, query.device)  # (B|1, 1, K)
 
     probs_pre = torch.softmax(scores + mask, dim=-1)  # (B, H, K)
@@ -174,7 +184,8 @@ def visfocus_attention(
         probs = torch.softmax(scores + mask, dim=-1)  # (B, H, K)
     if any(e.changes_probs for e in edits):
         view = RowView(layer=layer, row=row, abs_pos=kv_len - q_len + row, is_decode=is_decode,
-                       query=query[:, :, row, :].float(), key=key, scale=scale, mask=mask, image_cols=image_cols)
+                       query=query[:, :, row, :].float(), key=key, scale=scale, mask=mask, image_cols=image_cols,
+                       softcap=softcap)
         for edit in edits:
             if edit.changes_probs:
                 probs = edit.edit_probs(probs, view)  # (B, H, K)
@@ -184,6 +195,32 @@ def visfocus_attention(
     if record:
         state.recorder.record(layer, probs_pre, probs)
     return out, None
+
+
+def _softcapped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, scaling: float | None, softcap: float) -> torch.Tensor:
+    """Every row as transformers' eager attention with ``softcap`` computes it (Gemma 2's ``eager_attention_forward``):
+    q·kᵀ·scale capped, the mask added (masked: the dtype's minimum, so a fully masked padding row stays finite),
+    softmax in float32 cast back, times V. A missing mask means causal, as eager's mask is. Returns (B, Q, H, D)."""
+    B, H, q_len, D = query.shape
+    kv_len, H_kv = key.shape[2], key.shape[1]
+    group = H // H_kv
+    scale = scaling if scaling is not None else D**-0.5
+    # Group the query heads by their KV head instead of repeating K/V (GQA).
+    grouped = query.reshape(B, H_kv, group * q_len, D)  # (B, Hkv, g·Q, D)
+    scores = (torch.matmul(grouped, key.transpose(-1, -2)) * scale).reshape(B, H, q_len, kv_len)  # (B, H, Q, K)
+    scores = soft_cap(scores, softcap)
+    if attention_mask is None:  # causal, no padding
+        positions = torch.arange(kv_len - q_len, kv_len, device=query.device)  # (Q,)
+        attention_mask = torch.arange(kv_len, device=query.device)[None, :] <= positions[:, None]  # (Q, K)
+        attention_mask = attention_mask[None, None]  # (1, 1, Q, K)
+    if attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask[..., :kv_len], torch.finfo(scores.dtype).min)
+    else:
+        scores = scores + attention_mask[..., :kv_len]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # (B, H, Q, K)
+    out = torch.matmul(probs.reshape(B, H_kv, group * q_len, kv_len), value)  # (B, Hkv, g·Q, D)
+    return out.reshape(B, H, q_len, D).transpose(1, 2).contiguous()  # (B, Q, H, D)
 
 
 def _count(state: SteerState, q_len: int, kv_len: int) -> None:

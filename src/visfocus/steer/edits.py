@@ -33,6 +33,22 @@ class RowView:
     scale: float
     mask: torch.Tensor  # (B|1, 1, K) additive
     image_cols: torch.Tensor  # (B, K) bool
+    softcap: float | None = None  # the layer's attention-logit soft-capping (``soft_cap``), None: none
+
+    def scores(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """The layer's pre-mask attention logits of query (B, H, D) over key (B, Hkv, K, D): q·kᵀ·scale, soft-capped
+        where the layer caps. Returns (B, H, K) float32."""
+        B, H, D = query.shape
+        H_kv = key.shape[1]
+        grouped = query.float().reshape(B, H_kv, H // H_kv, D)  # (B, Hkv, g, D)
+        logits = torch.matmul(grouped, key.float().transpose(-1, -2)).reshape(B, H, -1) * self.scale  # (B, H, K)
+        return soft_cap(logits, self.softcap)
+
+
+def soft_cap(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Attention-logit soft-capping as transformers' eager attention applies it (Gemma 2): cap · tanh(scores / cap);
+    ``softcap`` None: scores unchanged."""
+    return scores if softcap is None else torch.tanh(scores / softcap) * softcap
 
 
 @dataclass(frozen=True)

@@ -57,13 +57,16 @@ class Runner:
     caller's sampling: a method that passes ``do_sample`` itself still decides).
     forced: set by ``force(tokens)``: every ``generate`` takes those tokens and records how the method rates them
     (``visfocus.steer.forced``); None: the model's own choices.
+    rerun_last_token: whether ``generate(prefix=...)`` may run only the last prompt token on the prefix's cache, exact
+    for a causal prompt. In a prefix-LM the earlier prompt rows attend to the last one, so an edit of its row reaches
+    theirs in later layers: False runs the whole prompt under the edits instead (the prefix goes unused).
     Methods receive a runner inside a ``visfocus.interventions.Batch``, which holds the rest of the batch.
     """
 
     def __init__(self, model, inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
                  prefill_position_ids: torch.Tensor | None, layouts: list | None = None,
                  record_trace: bool = False, sharing: Sharing | None = None,
-                 decoder_layers: list | None = None) -> None:
+                 decoder_layers: list | None = None, rerun_last_token: bool = True) -> None:
         self.model = model
         self.decoder_layers = decoder_layers  # the text decoder's layers, for the layer sites (``steer.sites``)
         self.contract: Contract | None = None  # what the running method declared (None: engine use, unchecked)
@@ -77,6 +80,7 @@ class Runner:
         self.sharing = sharing
         self.generation_defaults: dict = {}
         self.forced: ForcedContinuation | None = None
+        self.rerun_last_token = rerun_last_token
 
     def fork(self, model_inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
              prefill_position_ids: torch.Tensor | None, layouts: list, decoder_layers: list | None) -> Runner:
@@ -84,7 +88,8 @@ class Runner:
         decodes as this one does (the caller's sampling, teacher forcing) and answers to the same contract."""
         self.require("side_stream", "fork")
         other = Runner(self.model, model_inputs, image_cols, drop_on_continue=drop_on_continue,
-                       prefill_position_ids=prefill_position_ids, layouts=layouts, decoder_layers=decoder_layers)
+                       prefill_position_ids=prefill_position_ids, layouts=layouts, decoder_layers=decoder_layers,
+                       rerun_last_token=self.rerun_last_token)
         other.cost, other.recorder, other.forced, other.contract = self.cost, self.recorder, self.forced, self.contract
         other.generation_defaults = dict(self.generation_defaults)
         return other
@@ -135,8 +140,8 @@ class Runner:
                  logits_processor=None, keep_prefix: bool = True, layer_hooks: tuple[LayerHook, ...] = (),
                  **generation_settings) -> Generation:
         """Decoding under ``edits`` (the attention site; greedy unless ``generation_settings`` or the runner's
-        ``generation_defaults`` say ``do_sample=True``). With ``prefix``, positions 0..S-2 come from its cache and only
-        the last prompt token (and the decoding steps) run here.
+        ``generation_defaults`` say ``do_sample=True``). With ``prefix`` (and ``rerun_last_token``), positions
+        0..S-2 come from its cache and only the last prompt token (and the decoding steps) run here.
         ``keep_prefix=False`` crops the prefix's own cache instead of a copy (the prefix is used up; saves a copy).
         ``logits_processor``: the method's processors (the logits site, a ``LogitsProcessorList``); with any, the
         generation's ``first_scores`` are the processed first-token scores, else the raw logits. ``layer_hooks``: the
@@ -144,6 +149,8 @@ class Runner:
         its ``ForcedContinuation`` after the method's processors and resets its record here."""
         self._check_sites(edits, logits_processor, layer_hooks)
         kwargs, cache = dict(self.inputs), None
+        if not self.rerun_last_token:
+            prefix = None  # the whole prompt runs under the edits
         if prefix is None and self.sharing is not None:  # the prompt but its last token from the shared prefix
             if self.sharing.store.keep_prompts:  # the whole prompt, to keep it
                 prefix, keep_prefix = self.prefill(), False
