@@ -24,12 +24,13 @@ def _images(a, b):
     return [a, a, b, a, b]
 
 
-def _shares(vlm, images) -> bool:
-    """Whether the family shares these rows' image prefixes exactly (``Adapter.shares_prefix_exactly``; a prefix-LM's
-    image tokens see the question, so it never does and the batch is prefilled whole)."""
+def _shares(vlm, images, new_tokens: int = TOKENS) -> bool:
+    """Whether the family shares these rows' image prefixes exactly while decoding ``new_tokens`` tokens
+    (``Adapter.shares_prefix_exactly``: a prefix-LM's image tokens see the question, so it never does; a sliding
+    window that could span the gap before the question forbids it), else the batch is prefilled whole."""
     from visfocus.interventions.batch import Batch
 
-    return Batch._encode(vlm.adapter, images, QUESTIONS, vlm.prefix_store)[1] is not None
+    return Batch._encode(vlm.adapter, images, QUESTIONS, vlm.prefix_store, new_tokens)[1] is not None
 
 
 def assert_nothing_shared(*answer_lists) -> None:

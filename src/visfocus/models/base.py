@@ -144,6 +144,14 @@ class Adapter:
         return dict(self.processor(images=images, text=prompts, padding=True, return_tensors="pt",
                                    **self.special_tokens_kwargs(prompts[0])))
 
+    def encode_answers(self, images: list[Image.Image], prompts: list[str],
+                       answers: list[str]) -> tuple[dict, list[str]]:
+        """Training inputs: left-padded chat prompts each followed by its answer and ``end_of_turn``, and per row the
+        text that must end its ids (the supervised tokens). After a prompt ending in non-space ("ASSISTANT:") the
+        answer starts with a space."""
+        targets = [(a if not p or p[-1].isspace() else " " + a) + self.end_of_turn for p, a in zip(prompts, answers)]
+        return self.encode_prompts(images, [p + t for p, t in zip(prompts, targets)]), targets
+
     def special_tokens_kwargs(self, prompt: str) -> dict:
         """Tokenizer options for a chat prompt: a template that writes the BOS token itself (Cohere) gets no second
         one from the tokenizer, as the processor's own ``apply_chat_template`` decides."""
@@ -210,6 +218,8 @@ class Adapter:
         ``layer_types`` marks ``sliding_attention``, or on all when it names none) and some row has a gap: a window
         counts columns, so such a row would see its image prefix from further away than its positions say. With
         gaps, exact only when the laid-out width plus ``new_tokens`` fits in the window (it then binds nowhere)."""
+        if self.prefix_lm:  # the image tokens attend to the question: a stored image prefix cannot be reused
+            return False
         text = self.model.config.get_text_config()
         window = getattr(text, "sliding_window", None)
         layer_types = getattr(text, "layer_types", None)

@@ -40,20 +40,25 @@ class PaliGemmaAdapter(Adapter):
         """``<image>`` then the question: the processor expands the image token, puts BOS after it and "\\n" last."""
         return f"{self.processor.image_token}{question}"
 
-    def encode(self, images: list[Image.Image], questions: list[str]) -> dict:
+    def encode_prompts(self, images: list[Image.Image], prompts: list[str]) -> dict:
         """The processor's inputs without its training ``labels`` (they would make every forward compute a loss)."""
-        inputs = super().encode(images, questions)
+        inputs = super().encode_prompts(images, prompts)
         inputs.pop("labels", None)
         return inputs
+
+    def encode_answers(self, images: list[Image.Image], prompts: list[str],
+                       answers: list[str]) -> tuple[dict, list[str]]:
+        """As PaliGemma trains: the answer is the processor's ``suffix`` — after the prompt's "\n", ended by EOS,
+        ``token_type_ids`` 1 (causal) — so each row ends in answer + EOS."""
+        self.processor.tokenizer.padding_side = "left"
+        inputs = dict(self.processor(images=images, text=prompts, suffix=answers, padding=True, return_tensors="pt"))
+        inputs.pop("labels", None)
+        return inputs, [a + self.processor.tokenizer.eos_token for a in answers]
 
     @cached_property
     def template_after_image(self) -> tuple[int, ...]:
         """The processor puts BOS between the image tokens and the question."""
         return (int(self.processor.tokenizer.bos_token_id),)
-
-    def shares_prefix_exactly(self, inputs: dict) -> bool:
-        """Never: the image tokens attend to the question (prefix-LM), so a stored image prefix cannot be reused."""
-        return False
 
     # --- positions: PaliGemma counts from 1 (its forward adds 1 to the positions generate and arange give) ---------
     def prefill_position_ids(self, inputs: dict) -> torch.Tensor:

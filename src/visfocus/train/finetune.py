@@ -83,6 +83,15 @@ def _use_attention(model, name: str | dict) -> None:
     model.set_attn_implementation(name)
 
 
+def _train_attention(model) -> None:
+    """Training runs transformers' own attention, no steering: SDPA, or eager on a text decoder that refuses SDPA
+    (Gemma 2's soft-capped attention)."""
+    try:
+        _use_attention(model, SDPA)
+    except ValueError:
+        _use_attention(model, {**SDPA, "text_config": "eager"})
+
+
 # --- data ---------------------------------------------------------------------------------------------------------
 def _records(name: str, config: FinetuneConfig, limit: int | None) -> tuple[Any, list]:
     from visfocus.benchmarks import task
@@ -156,7 +165,7 @@ def evaluate_in_process(vlm, t, records: list, attention: str, batch_size: int, 
                                  "correct": t.is_correct(a.text, parsed, r), "confidence": a.confidence,
                                  "relation": r.relation, "group": r.group, "pair": r.pair})
     finally:
-        _use_attention(model, SDPA)
+        _train_attention(model)
         model.train(was_training)
     return t.score(rows)
 
@@ -232,7 +241,7 @@ def _setup(config: FinetuneConfig, resumed: dict[str, Any] | None) -> _Training:
                                else (None, []))
     autocast_dtype = _autocast_dtype(config)
     vlm, model = _prepare(config)
-    _use_attention(vlm.model, SDPA)  # training: plain SDPA on the text decoder, no steering
+    _train_attention(vlm.model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise VisfocusError("nothing to train: every parameter is frozen")

@@ -25,15 +25,10 @@ def end_of_turn(adapter) -> str:
     return eos
 
 
-def answer_text(prompt: str, answer: str) -> str:
-    """The answer as it continues the prompt: after a prompt ending in non-space ("ASSISTANT:") a space comes first."""
-    return answer if not prompt or prompt[-1].isspace() else " " + answer
-
-
 def build_batch(adapter, images: list[Image.Image], questions: list[str],
                 answers: list[str]) -> dict[str, torch.Tensor]:
     """Model inputs for a left-padded batch of chat prompt + answer + end-of-turn, made by the family's own processor
-    call (``Adapter.encode_prompts``: its vision inputs batched as it batches them), with ``labels`` (B, S):
+    call (``Adapter.encode_answers``: its vision inputs batched as it batches them), with ``labels`` (B, S):
     IGNORE_INDEX everywhere but each row's answer and end tokens."""
     if not len(images) == len(questions) == len(answers) or not images:
         raise VisfocusError(f"a training batch needs one image, question and answer per row, got {len(images)}, "
@@ -41,9 +36,8 @@ def build_batch(adapter, images: list[Image.Image], questions: list[str],
     for question, answer in zip(questions, answers):
         if not answer or not answer.strip():
             raise VisfocusError(f"an empty answer cannot be trained on (question: {question!r})")
-    prompts = [adapter.build_prompt(q) for q in questions]
-    targets = [answer_text(p, a) + end_of_turn(adapter) for p, a in zip(prompts, answers)]
-    inputs = adapter.encode_prompts(list(images), [p + t for p, t in zip(prompts, targets)])
+    end_of_turn(adapter)  # one clear error where nothing ends an answer
+    inputs, targets = adapter.encode_answers(list(images), [adapter.build_prompt(q) for q in questions], list(answers))
     ids = inputs["input_ids"]  # (B, S), image tokens expanded, left-padded
     labels = torch.full_like(ids, IGNORE_INDEX)  # (B, S)
     tokenizer = adapter.processor.tokenizer
