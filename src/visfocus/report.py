@@ -155,7 +155,12 @@ def _gallery(name: str, samples: dict, traces: dict | None, records: dict, basel
         panels = []
         image = _image(record)
         for label, tr, rows in (("run", traces, samples), ("baseline", base_traces, base_samples)):
-            if image is None or not tr or sid not in tr or not tr[sid]["views"]:
+            if image is None or not tr or sid not in tr:
+                continue
+            if tr[sid].get("no_grid"):  # query tokens: no heatmap to draw, say why
+                panels.append(f"<p>{html.escape(label)}: no heatmap ({html.escape(tr[sid]['no_grid'])})</p>")
+                continue
+            if not tr[sid]["views"]:
                 continue
             entry, view = tr[sid], tr[sid]["views"][0]
             layer = entry["attention"].shape[0] // 2  # the middle layer, where grounding is (docs/methods.md §10.4)

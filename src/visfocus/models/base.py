@@ -37,6 +37,9 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]]
     # Vision inputs left out when decoding continues from a cache (the image is already in it).
     drop_on_continue: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes", "image_grid_thw")
+    # Why this family's image tokens cover no part of the image in particular (query tokens): then ``views`` gives
+    # none, and everything that needs a token grid (image maps, heatmaps, boxes) refuses with this reason. None: a grid.
+    no_grid_reason: str | None = None
 
     def __init__(self, model, processor) -> None:
         self.model = model
@@ -179,7 +182,7 @@ class Adapter:
         for b in range(ids.shape[0]):
             row_ids = ids[b][mask[b]].cpu().numpy()
             positions = np.nonzero(row_ids == self.image_token_id)[0]
-            layout = RowLayout(image_positions=positions)
+            layout = RowLayout(image_positions=positions, no_grid=self.no_grid_reason)
             for segment in self.image_segments(row_ids, positions):
                 image = images[image_index]
                 layout.images.append(self.views(inputs, image_index, segment, (image.width, image.height)))
