@@ -4,7 +4,9 @@ the front, the Q-Former's question padded on the right, a text-only prompt of BO
 
 from __future__ import annotations
 
+import html
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +131,13 @@ def test_app_heatmap_says_why_instead_of_drawing(vlm, image):
                     no_grid=vlm.adapter.no_grid_reason)
     picture, note = heatmap(result, image, 0, "mean", 0, "viridis", 0.5, 0)
     assert picture is None and note == vlm.adapter.no_grid_reason
+
+
+def test_a_traced_run_reports_without_heatmaps_saying_why(vlm, tiny_dirs, tmp_path):
+    from visfocus.evaluate import RunConfig, evaluate
+    from visfocus.report import build_report
+
+    config = RunConfig(model=str(tiny_dirs["instructblip"]), tasks=["synthetic_spatial"], limit=3, batch_size=3,
+                       max_new_tokens=1, output_path=str(tmp_path / "run"), trace="heads")
+    page = build_report(Path(evaluate(config)["config"]["run_dir"]))
+    assert f"No box overlap: {html.escape(vlm.adapter.no_grid_reason)}" in page

@@ -115,7 +115,10 @@ def task_section(name: str, run_dir: Path, results: dict, samples: dict[str, dic
     else:
         out.append("<p>No traces: run <code>visfocus eval ... --trace</code>.</p>")
     out.append("<h3>Box overlap by layer</h3>")
-    if traces and box_map:
+    no_grid = next((t["no_grid"] for t in (traces or {}).values() if t.get("no_grid")), None)
+    if no_grid:  # query tokens: no token covers a pixel box
+        out.append(f"<p>No box overlap: {html.escape(no_grid)}.</p>")
+    elif traces and box_map:
         overlap = boxes.overlap_auroc_by_layer(traces, samples, box_map)
         hits = boxes.pointing_game_by_layer(traces, box_map)
         out.append(_img(figures.line_figure(
