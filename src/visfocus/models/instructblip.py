@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import transformers
 
+from visfocus.errors import VisfocusError
 from visfocus.models.base import Adapter, register_adapter
 from visfocus.models.layout import ImageView
 from visfocus.steer.compat import cache_argument
@@ -71,18 +72,22 @@ class SteerableInstructBlip(transformers.InstructBlipForConditionalGeneration):
 class InstructBlipAdapter(Adapter):
     family = "instructblip"
     model_types = ("instructblip",)
+    checkpoint = "Salesforce/instructblip-vicuna-7b"  # the smallest decoder-only one (Vicuna 7B)
     drop_on_continue = ("pixel_values", "qformer_input_ids", "qformer_attention_mask")
-    no_grid_reason = ("instructblip: its {n} Q-Former query tokens have no spatial grid; attention over them is still "
-                      "traced per token")
 
     def __init__(self, model, processor) -> None:
         if not model.config.use_decoder_only_language_model:
-            raise ValueError("instructblip: only decoder-only language models (Vicuna, Llama) are supported, not "
+            raise VisfocusError("instructblip: only decoder-only language models (Vicuna, Llama) are supported, not "
                              f"{model.config.text_config.model_type}")
         if type(model) is transformers.InstructBlipForConditionalGeneration:
             model.__class__ = SteerableInstructBlip  # the same weights; forward/generate also run without the image
         super().__init__(model, processor)
-        self.no_grid_reason = self.no_grid_reason.format(n=self.num_query_tokens)
+
+    @property
+    def no_grid_reason(self) -> str:
+        """The query tokens are learned queries over the whole image, not patches: no token has a pixel box."""
+        return (f"instructblip: its {self.num_query_tokens} Q-Former query tokens have no spatial grid; attention over "
+                "them is still traced per token")
 
     @property
     def num_query_tokens(self) -> int:
