@@ -54,6 +54,10 @@ EXACT_AT_IDENTITY = {"clvs": 0.0, "pai": 0.0, "m3id": 0.0, "scaling_vis": 1e-5, 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_method_at_its_identity_point_equals_the_unedited_model(name, family, tiny_vlms, image):
     vlm = tiny_vlms[family]
+    if vf.METHODS[name].needs_grid and vlm.adapter.no_grid_reason:  # no grid to read: refused with the reason
+        with pytest.raises(vf.VisfocusError, match="no spatial grid"):
+            vlm.answer(image, QUESTION, method=vf.method(name, **vf.METHODS[name].identity), max_new_tokens=3)
+        return
     plain = vlm.answer(image, QUESTION, max_new_tokens=3)
     same = vlm.answer(image, QUESTION, method=vf.method(name, **vf.METHODS[name].identity), max_new_tokens=3)
     assert same.text == plain.text
@@ -143,6 +147,12 @@ def test_trace_image_map_uses_the_token_grid(family, tiny_vlms, image):
     layout = out.layout
     views = [v for views in layout.images for v in views]
     assert sum(v.rows * v.cols for v in views) <= len(layout.image_positions)
+    if vlm.adapter.no_grid_reason:  # query tokens: no view, one clear error naming why (the trace itself is there)
+        assert views == [] and torch.isfinite(out.trace.last_row).all()
+        with pytest.raises(vf.VisfocusError, match="no spatial grid") as err:
+            out.trace.image_map(layer=vlm.num_layers - 1)
+        assert str(err.value) == vlm.adapter.no_grid_reason
+        return
     heat = out.trace.image_map(layer=vlm.num_layers - 1)
     view = layout.images[0][0]
     assert heat.shape == (view.rows, view.cols)

@@ -11,6 +11,7 @@ from PIL import Image
 
 import visfocus as vf
 from visfocus import profile_layers as profiling
+from visfocus.errors import VisfocusError
 from visfocus.heatmap import main as heatmap_main
 from visfocus.testing import FAMILIES, make_image
 
@@ -51,6 +52,10 @@ def test_lora_finetuning_trains_adapters_on_every_family(family, tiny_dirs, tmp_
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_layer_profile_ranks_every_decoder_layer(family, tiny_vlms):
     vlm = tiny_vlms[family]
+    if vlm.adapter.no_grid_reason:  # no token grid over the image: no box to rank a layer by, one clear error
+        with pytest.raises(VisfocusError, match="no spatial grid"):
+            profiling.profile_layers(vlm, vf.task("synthetic_spatial"), n=2)
+        return
     profile = profiling.profile_layers(vlm, vf.task("synthetic_spatial"), n=2)
     scores = profile["auroc_per_layer"]
     assert len(scores) == vlm.adapter.num_layers
@@ -64,6 +69,11 @@ def test_the_heatmap_command_draws_the_attention_over_the_photo(family, tiny_dir
     make_image(96, 64, seed=4).save(picture)
     argv = ["--model", str(tiny_dirs[family]), "--image", str(picture), "--question", "Where is the red box?",
             "--max_new_tokens", "1", "--out", str(out)]
+    if vf.load(str(tiny_dirs[family])).adapter.no_grid_reason:  # nothing to draw over the photo: one clear error
+        with pytest.raises(VisfocusError, match="no spatial grid"):
+            heatmap_main(argv)
+        assert not out.exists()
+        return
     assert heatmap_main(argv) == 0
     with Image.open(out) as drawn:
         assert drawn.format == "PNG" and np.asarray(drawn.convert("L")).std() > 10

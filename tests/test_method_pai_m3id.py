@@ -5,6 +5,7 @@ placeholder cut out of the string) and run by its own plain forward."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -104,7 +105,14 @@ def _text_only(model, vlm, tokens: list[int]):
     wrote_bos = tokenizer.bos_token is not None and prompt.startswith(tokenizer.bos_token)
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not wrote_bos)["input_ids"]
     ids = torch.cat([ids, torch.tensor([tokens], dtype=ids.dtype)], dim=1) if tokens else ids
-    return model(input_ids=ids).logits[:, -1].float()
+    return _text_forward(model)(input_ids=ids).logits[:, -1].float()
+
+
+def _text_forward(model):
+    """What runs a prompt without an image: the VLM, or its language model where the VLM's ``forward`` requires the
+    image (InstructBLIP)."""
+    pixels = inspect.signature(type(model).forward).parameters.get("pixel_values")
+    return model.language_model if pixels is not None and pixels.default is inspect.Parameter.empty else model
 
 
 def _run(vlm, image, method, steps=STEPS):

@@ -9,6 +9,7 @@ import torch
 import visfocus as vf
 from visfocus.interventions.base import Params, param_specs
 from visfocus.interventions.baseline import Baseline
+from visfocus.interventions.batch import Batch
 from visfocus.steer.prefix import PrefixStore, StoredPrefix, image_fingerprint, leading_padding, split_layout
 from visfocus.testing import FAMILIES
 
@@ -28,7 +29,6 @@ def _shares(vlm, images, new_tokens: int = TOKENS) -> bool:
     """Whether the family shares these rows' image prefixes exactly while decoding ``new_tokens`` tokens
     (``Adapter.shares_prefix_exactly``: a prefix-LM's image tokens see the question, so it never does; a sliding
     window that could span the gap before the question forbids it), else the batch is prefilled whole."""
-    from visfocus.interventions.batch import Batch
 
     return Batch._encode(vlm.adapter, images, QUESTIONS, vlm.prefix_store, new_tokens)[1] is not None
 
@@ -207,7 +207,8 @@ def test_kept_prompts_rerun_only_the_last_prompt_token(family, tiny_vlms, image,
     for g, r in zip(got, refs):
         assert_same_answers(g, r)
     assert_same_answers(sub, sub_ref)
-    if not _shares(vlm, images):
+    if not _shares(vlm, images):  # no prompt kept: each call prefills whole
+        assert store_size == 0 and sub[0].cost["prefill_tokens"] == sub_ref[0].cost["prefill_tokens"]
         assert_nothing_shared(sub, *got)
         return
     assert sub[0].cost["prefill_tokens"] == 1

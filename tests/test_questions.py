@@ -30,9 +30,15 @@ def special_texts(vlm: vf.VLM) -> list[str]:
     the processor's image placeholder."""
     tokenizer = vlm.processor.tokenizer
     texts = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
-    texts.add(vlm.processor.image_token)
-    assert tokenizer.eos_token in texts and vlm.processor.image_token in texts
+    texts.add(image_text(vlm))
+    assert tokenizer.eos_token in texts and image_text(vlm) in texts
     return sorted(texts)
+
+
+def image_text(vlm: vf.VLM) -> str:
+    """The processor's image placeholder text (InstructBLIP's processor keeps it as an ``AddedToken``)."""
+    token = vlm.processor.image_token
+    return str(getattr(token, "content", token))
 
 
 def prompt_length(vlm: vf.VLM, question: str) -> int:
@@ -59,7 +65,7 @@ def test_special_tokens_in_a_question_are_refused_naming_the_token(family, tiny_
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_long_question_is_cut_in_the_message(family, tiny_vlms, image):
-    token = tiny_vlms[family].processor.image_token
+    token = image_text(tiny_vlms[family])
     question = "Where is the cup " + "really " * 30 + token
     with pytest.raises(vf.VisfocusError) as err:
         tiny_vlms[family].answer(image, question)
@@ -113,7 +119,7 @@ def test_a_prompt_that_only_its_image_and_new_tokens_push_past_the_context_is_re
 def test_question_problems_reports_each_question(family, tiny_vlms):
     vlm = tiny_vlms[family]
     limit = vlm.context_length
-    token = vlm.processor.image_token
+    token = image_text(vlm)
     questions = [QUESTION, f"what is {token}?", "fine \ud800", "cup " * limit]
     problems = vlm.question_problems(questions)
     assert problems[0] is None and token in problems[1] and "Unicode" in problems[2] and "context" in problems[3]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from visfocus.errors import VisfocusError
 from visfocus.images import open_image
+from visfocus.models.layout import require_grid
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     chosen = method(name, **parse_method_args(name, args.method_args or ""))
     vlm = load(args.model, dtype=args.dtype, device=args.device)
     layers = check_layers(layers, vlm.num_layers)
+    require_grid(vlm.adapter.no_grid_reason)  # a heatmap needs the image tokens' pixel boxes
     answer = vlm.answer(image, args.question, chosen, max_new_tokens=args.max_new_tokens, trace=True)
     arrays = sample_arrays(answer.trace, answer.extras)
     views = json.loads(str(arrays["meta"]))["views"]

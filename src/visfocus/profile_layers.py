@@ -22,6 +22,7 @@ from visfocus.api import load_image
 from visfocus.errors import VisfocusError
 from visfocus.interventions.vea import save_profile
 from visfocus.metrics import auroc
+from visfocus.models.layout import require_grid
 
 
 def patch_labels(view_boxes: np.ndarray, evidence_boxes) -> np.ndarray:
@@ -66,6 +67,7 @@ def profile_layers(vlm, records, n: int = 100, top_fraction: float = 0.1) -> dic
         raise VisfocusError(f"n must be an integer ≥ 1, got {n!r}")
     if not isinstance(top_fraction, (int, float)) or not 0 < top_fraction <= 1:
         raise VisfocusError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
+    require_grid(vlm.adapter.no_grid_reason)  # evidence boxes are matched to the image tokens' pixel boxes
     per_sample, skipped = [], 0
     for record in records:
         if len(per_sample) >= n:
@@ -75,7 +77,7 @@ def profile_layers(vlm, records, n: int = 100, top_fraction: float = 0.1) -> dic
             continue
         image = load_image(record.image if record.image is not None else record.image_path)
         batch = vlm.prepare([image], [record.question])
-        view = batch.layouts[0].images[0][0]  # the first image's first view (LLaVA-NeXT: the base view)
+        view = batch.layouts[0].view(0, 0)  # the first image's first view (LLaVA-NeXT: the base view)
         labels = patch_labels(view.boxes(), evidence_boxes(record, image.size))  # (rows*cols,)
         if labels.all() or not labels.any():
             skipped += 1

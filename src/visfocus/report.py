@@ -115,7 +115,10 @@ def task_section(name: str, run_dir: Path, results: dict, samples: dict[str, dic
     else:
         out.append("<p>No traces: run <code>visfocus eval ... --trace</code>.</p>")
     out.append("<h3>Box overlap by layer</h3>")
-    if traces and box_map:
+    no_grid = next((t["no_grid"] for t in (traces or {}).values() if t.get("no_grid")), None)
+    if no_grid:  # query tokens: no token covers a pixel box
+        out.append(f"<p>No box overlap: {html.escape(no_grid)}.</p>")
+    elif traces and box_map:
         overlap = boxes.overlap_auroc_by_layer(traces, samples, box_map)
         hits = boxes.pointing_game_by_layer(traces, box_map)
         out.append(_img(figures.line_figure(
@@ -155,7 +158,12 @@ def _gallery(name: str, samples: dict, traces: dict | None, records: dict, basel
         panels = []
         image = _image(record)
         for label, tr, rows in (("run", traces, samples), ("baseline", base_traces, base_samples)):
-            if image is None or not tr or sid not in tr or not tr[sid]["views"]:
+            if image is None or not tr or sid not in tr:
+                continue
+            if tr[sid].get("no_grid"):  # query tokens: no heatmap to draw, say why
+                panels.append(f"<p>{html.escape(label)}: no heatmap ({html.escape(tr[sid]['no_grid'])})</p>")
+                continue
+            if not tr[sid]["views"]:
                 continue
             entry, view = tr[sid], tr[sid]["views"][0]
             layer = entry["attention"].shape[0] // 2  # the middle layer, where grounding is (docs/methods.md §10.4)

@@ -7,7 +7,8 @@
 - ``<id>__shares``         (L, 3) float32: head-mean mass on image / text / special-token keys (sums to 1), post-edit
 - ``<id>__shares_pre``     (L, 3) float32, pre-edit
 - ``<id>__meta``           JSON (a 0-d string array): the image views (name, rows, cols, region, image size, and
-  ``index``: which of the N image tokens each grid cell is) and the method's extras (evidence maps, branch, ...)
+  ``index``: which of the N image tokens each grid cell is) and the method's extras (evidence maps, branch, ...);
+  ``no_grid``, where the image tokens have no spatial grid (no views), says why
 
 Size grows as samples × layers × image tokens: for the 2B Qwen3-VL (28 layers, 16 heads, 196 image tokens) a sample
 takes about 28·16·196·2 B ≈ 176 KB with ``heads`` (×2 when a method edits) and ≈ 11 KB with ``mean``, before
@@ -49,7 +50,10 @@ def sample_arrays(trace: Trace, extras: dict[str, Any] | None = None, mode: str 
                 views.append({"name": v.name, "rows": v.rows, "cols": v.cols, "region": list(v.region),
                               "image_size": list(v.image_size),
                               "index": np.searchsorted(layout.image_positions, v.columns).tolist()})
-    out["meta"] = np.array(json.dumps({"views": views, "extras": extras or {}}, default=_jsonable))
+    meta = {"views": views, "extras": extras or {}}
+    if layout is not None and layout.no_grid:
+        meta["no_grid"] = layout.no_grid  # why ``views`` is empty: the image tokens have no spatial grid
+    out["meta"] = np.array(json.dumps(meta, default=_jsonable))
     return out
 
 
@@ -67,7 +71,8 @@ def write_shard(folder: Path, name: str, samples: dict[str, dict[str, np.ndarray
 
 
 def load_traces(run_dir: str | Path, task: str) -> dict[str, dict[str, Any]]:
-    """{sample id: {"attention", "shares", "shares_pre", ["attention_pre"], "views", "extras"}} of a run's task."""
+    """{sample id: {"attention", "shares", "shares_pre", ["attention_pre"], "views", "extras", ["no_grid"]}} of a
+    run's task."""
     folder = Path(run_dir) / f"traces_{task}"
     if not folder.is_dir():
         raise VisfocusError(f"no traces for task '{task}' in {run_dir}; run `visfocus eval ... --trace`")

@@ -19,7 +19,7 @@ import numpy as np
 
 from visfocus.analysis.attention import grid_map, image_attention
 from visfocus.metrics import auroc
-from visfocus.models.layout import ImageView
+from visfocus.models.layout import ImageView, require_grid
 
 
 def cell_boxes(view: Mapping[str, Any]) -> np.ndarray:
@@ -69,6 +69,7 @@ def _usable(traces: Mapping[str, Mapping[str, Any]], boxes: Mapping[str, Sequenc
     """(sample id, view, indicator) for the samples with boxes, that view, and a non-empty indicator."""
     out = []
     for sid in ids:
+        require_grid(traces[sid].get("no_grid"))  # box overlap needs each token's pixel box
         views = traces[sid].get("views") or []
         if not boxes.get(sid) or len(views) <= view_index:
             continue

@@ -49,6 +49,7 @@ class Result:
     attention_pre: np.ndarray | None = field(default=None, repr=False)  # (L, H, N) before the edit, when edited
     shares: np.ndarray = field(default=None, repr=False)  # (L, 3) image / text / special, post-edit
     views: list[dict[str, Any]] = field(default_factory=list)  # token grids (trace-file view dicts)
+    no_grid: str | None = None  # why there are no views: the image tokens have no spatial grid (None: they do)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the arrays, JSON-ready."""
@@ -150,7 +151,7 @@ class Explorer:
                       cost={**answer.cost, "seconds": round(seconds, 3)}, extras=meta["extras"], parsed=parsed,
                       correct=None, attention=arrays["attention"].astype(np.float32),
                       attention_pre=None if pre is None else pre.astype(np.float32), shares=arrays["shares"],
-                      views=meta["views"])
+                      views=meta["views"], no_grid=meta.get("no_grid"))
 
 
 @dataclass

@@ -122,7 +122,10 @@ def output_picture(result: Result | None, key: str, image: Image.Image | None) -
 
 def heatmap(result: Result, image: Image.Image, layer: int, head: str, head_index: int, cmap: str, opacity: float,
             sinks: int) -> tuple[Image.Image, str]:
-    """The overlay of one result at the view settings, and a note of the masked sinks."""
+    """The overlay of one result at the view settings, and a note of the masked sinks; no picture and the reason
+    where the image tokens have no spatial grid."""
+    if result.no_grid:
+        return None, result.no_grid
     layer = min(int(layer), result.attention.shape[0] - 1)
     chosen_head = min(max(int(head_index or 0), 0), result.attention.shape[1] - 1)  # a typed index beyond the heads
     row = views.head_row(result.attention, layer, head if head != "head" else chosen_head)
@@ -296,6 +299,8 @@ class Page:
         result = state.get(method) or next(iter(state.values()), None)
         if result is None or evt.index is None:
             return None, "run a comparison first"
+        if result.no_grid:
+            return None, result.no_grid
         hit = views.pixel_cell(result.views[0], evt.index[0], evt.index[1])
         if hit is None:
             return None, "that point is outside the image grid"
@@ -313,9 +318,11 @@ class Page:
         paths = []
         for name, result in state.items():
             picture_heat, _ = heatmap(result, picture, layer, head, head_index, cmap, opacity, sinks)
-            picture_heat.save(folder / f"heatmap_{name}_layer{int(layer)}.png")
+            if picture_heat is not None:  # None: no grid to draw on
+                picture_heat.save(folder / f"heatmap_{name}_layer{int(layer)}.png")
+                paths.append(folder / f"heatmap_{name}_layer{int(layer)}.png")
             render.bars(result.top_k, "first token").save(folder / f"topk_{name}.png")
-            paths += [folder / f"heatmap_{name}_layer{int(layer)}.png", folder / f"topk_{name}.png"]
+            paths.append(folder / f"topk_{name}.png")
         render.shares_by_method({n: r.shares for n, r in state.items()}).save(folder / "shares.png")
         (folder / "results.json").write_text(json.dumps({n: r.export() for n, r in state.items()}))
         return [str(p) for p in paths] + [str(folder / "shares.png"), str(folder / "results.json")]

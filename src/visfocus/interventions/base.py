@@ -77,6 +77,9 @@ class Method:
     extras: ClassVar[dict[str, str]] = {}
     # extras the app draws over the image: {extra key: caption} (e.g. VEA's evidence map, a (rows, cols) grid)
     app_outputs: ClassVar[dict[str, str]] = {}
+    # The method reads attention on the image's token grid (maps, pixel boxes): a family whose image tokens have no
+    # grid (``Adapter.no_grid_reason``) is refused with that reason before any work.
+    needs_grid: ClassVar[bool] = False
     # the overhead benchmark's configurations: {label: parameters} (None: one point, ``{name: {}}``)
     bench_points: ClassVar[dict[str, dict[str, Any]] | None] = None
 
@@ -117,6 +120,9 @@ class Method:
         if self.needs_options and any(o is None for o in batch.options):
             raise VisfocusError(f"method '{self.name}' with these parameters needs the answer options of every "
                                 f"question (answer(..., options=[...]) or a task with options)")
+        if self.needs_grid and batch.adapter.no_grid_reason:
+            raise VisfocusError(f"method '{self.name}' needs a token grid over the image: "
+                                f"{batch.adapter.no_grid_reason}")
         batch.runner.contract = self.contract()
         result = self.run(batch, max_new_tokens=max_new_tokens)
         undeclared = {key for row in result.extras or [] for key in row} - set(self.extras)

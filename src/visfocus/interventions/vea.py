@@ -173,6 +173,7 @@ class VEA(Method):
     extras = {"evidence_layers": "the decoder layers whose attention made the evidence map",
               "evidence_map": "the evidence map over the first image view's token grid, (rows, cols) in [0, 1]"}
     app_outputs = {"evidence_map": "VEA's evidence map (where the highlight is brightest)"}
+    needs_grid = True  # the evidence map lies on the first view's token grid
 
     def __init__(self, params: VEAParams) -> None:
         super().__init__(params)
@@ -195,7 +196,7 @@ class VEA(Method):
         trace = batch.runner.prefill(trace=True).trace  # pass 1: where the model looks
         maps, highlighted = [], []
         for b, image in enumerate(batch.images):
-            view = batch.layouts[b].images[0][0]  # first image, first view (LLaVA-NeXT: the base view)
+            view = batch.layouts[b].view(0, 0)  # first image, first view (LLaVA-NeXT: the base view)
             per_layer = [trace.image_map(layer, b) for layer in layers]  # each (rows, cols)
             attention = np.mean([m / max(float(m.sum()), 1e-30) for m in per_layer], axis=0)  # (rows, cols), sum 1
             sigma = sigma_in_cells(p.smooth_sigma, view.image_size, view.region, attention.shape)

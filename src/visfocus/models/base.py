@@ -45,6 +45,9 @@ class Adapter:
     # The whole prompt attends bidirectionally (a prefix-LM): an edit of one prompt row reaches the rows before it
     # in later layers, so the engine never re-runs the last prompt token alone on a cached prompt.
     prefix_lm: ClassVar[bool] = False
+    # Why this family's image tokens cover no part of the image in particular (query tokens): then ``views`` gives
+    # none, and everything that needs a token grid (image maps, heatmaps, boxes) refuses with this reason. None: a grid.
+    no_grid_reason: str | None = None
 
     def __init__(self, model, processor) -> None:
         self.model = model
@@ -259,7 +262,7 @@ class Adapter:
         for b in range(ids.shape[0]):
             row_ids = ids[b][mask[b]].cpu().numpy()
             positions = np.nonzero(row_ids == self.image_token_id)[0]
-            layout = RowLayout(image_positions=positions)
+            layout = RowLayout(image_positions=positions, no_grid=self.no_grid_reason)
             for segment in self.image_segments(row_ids, positions):
                 image = images[image_index]
                 layout.images.append(self.views(inputs, image_index, segment, (image.width, image.height)))

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from visfocus.errors import VisfocusError
+
 
 @dataclass
 class ImageView:
@@ -36,10 +38,23 @@ class ImageView:
 
 @dataclass
 class RowLayout:
-    """One batch row: its image-token positions (from the first real token) and the views of each image."""
+    """One batch row: its image-token positions (from the first real token) and the views of each image.
+    ``no_grid``: why the image tokens have no spatial grid (then every image has no view); None where they do."""
 
     image_positions: np.ndarray  # (n_image_tokens,)
     images: list[list[ImageView]] = field(default_factory=list)
+    no_grid: str | None = None
+
+    def view(self, image: int = 0, view: int = 0) -> ImageView:
+        """View ``view`` of image ``image``; a ``VisfocusError`` naming ``no_grid`` where there is no grid."""
+        require_grid(self.no_grid)
+        return self.images[image][view]
+
+
+def require_grid(no_grid: str | None) -> None:
+    """Raise the one clear error of a layout (or trace file) whose image tokens have no spatial grid."""
+    if no_grid:
+        raise VisfocusError(no_grid)
 
 
 def contiguous_segments(positions: np.ndarray) -> list[np.ndarray]:

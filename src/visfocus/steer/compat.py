@@ -25,8 +25,11 @@ def cache_argument(model) -> str:
 
 
 def output_cache(output):
-    """The KV cache a model output carries (its ``cache`` field where it has one, else ``past_key_values``)."""
+    """The KV cache a model output carries (its ``cache`` field where it has one, else ``past_key_values``; a
+    composite output that nests its language model's, as InstructBLIP's, that one's)."""
     fields = getattr(output, "__dataclass_fields__", {})
+    if "language_model_outputs" in fields and output.language_model_outputs is not None:
+        return output_cache(output.language_model_outputs)
     return output.cache if "cache" in fields else output.past_key_values
 
 

@@ -87,7 +87,7 @@ class Trace:
     def image_map(self, layer: int, b: int = 0, image: int = 0, view: int = 0, pre: bool = False) -> np.ndarray:
         """(rows, cols) head-averaged attention of layer ``layer`` over one image view's token grid."""
         probs = (self.last_row_pre if pre else self.last_row)[layer, b].mean(0)  # (S,)
-        v = self.layouts[b].images[image][view]
+        v = self.layouts[b].view(image, view)  # a VisfocusError where the image tokens have no grid
         pad = int(self.attention_mask[b].long().cumsum(0).eq(0).sum())  # columns count from the first real token
         cols = torch.as_tensor(v.columns) + pad
         return probs[cols].reshape(v.rows, v.cols).numpy()
