@@ -28,13 +28,13 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def chat(processor: ProcessorMixin, question: str = "Where is the cup in relation to the table?") -> str:
-    """The prompt of one image and ``question``: the chat template's, or (a processor without one, as PaliGemma's)
-    the image token then the question."""
-    if processor.chat_template is None:
-        return processor.image_token + question
+    """The prompt of one image and ``question``: the chat template's — the processor's, or its tokenizer's where
+    the processor keeps none (InstructBLIP's drops it) — or, with no template at all (PaliGemma), the image token
+    then the question."""
+    owner = next((o for o in (processor, processor.tokenizer) if o.chat_template is not None), None)
+    if owner is None:
+        return str(processor.image_token) + question
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    # a processor that keeps no chat template of its own (InstructBLIP's drops it): its tokenizer's
-    owner = processor if processor.chat_template is not None else processor.tokenizer
     return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
