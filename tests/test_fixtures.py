@@ -56,7 +56,10 @@ def test_fixture_is_small_and_consistent(tiny):
     assert text.num_hidden_layers in (2, 3) and 32 <= text.hidden_size <= 64
     assert text.num_attention_heads == 4 and text.num_key_value_heads == 2  # GQA
     assert tok.padding_side == "left"
-    assert cfg.image_token_id == tok.convert_tokens_to_ids(tok.image_token) == processor.image_token_id
+    # The token the model fills with image features is the tokenizer's image token, and one the processor marks as an
+    # image token; its ``image_token_id`` may instead be the placeholder it expands (Gemma 3: <start_of_image>).
+    assert cfg.image_token_id == tok.convert_tokens_to_ids(tok.image_token)
+    assert cfg.image_token_id in getattr(processor, "image_token_ids", [processor.image_token_id])
     gen = model.generation_config
     assert gen.eos_token_id is not None and gen.pad_token_id == tok.pad_token_id == text.pad_token_id
     eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
@@ -124,7 +127,8 @@ def test_left_padding_batch(tiny):
     prompts = [chat(processor, "Is the dog under the table?"),
                chat(processor, "Is the cat on the left of the cup? Answer with yes or no.")]
     images = [make_image(224, 160, seed=1), make_image(224, 160, seed=2)]
-    inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
+    # one list of images per prompt: every processor takes them so, and some (Gemma 3) only so
+    inputs = processor(images=[[im] for im in images], text=prompts, padding=True, return_tensors="pt")
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     pad = processor.tokenizer.pad_token_id
     assert ids[0, 0] == pad and mask[0, 0] == 0  # the shorter row is padded on the left
