@@ -1,5 +1,5 @@
-"""Tiny Gemma 3 fixture (SigLIP + Gemma 3 text decoder, as google/gemma-3-4b-it): 112 px images, patch 14 -> 8 × 8
-patches, average-pooled to ``mm_tokens_per_image`` = 16 ``<image_soft_token>`` tokens (a 4 × 4 grid; 896 px, 64 × 64
+"""Tiny Gemma 3 fixture (SigLIP + Gemma 3 text decoder, as google/gemma-3-4b-it): 168 px images, patch 14 -> 12 × 12
+patches, average-pooled to ``mm_tokens_per_image`` = 36 ``<image_soft_token>`` tokens (a 6 × 6 grid; 896 px, 64 × 64
 patches and 256 tokens in the real checkpoint). The decoder has one sliding-window layer and one global layer
 (``layer_types``), a window of ``GEMMA3_SLIDING_WINDOW`` columns, and ``query_pre_attn_scalar`` unlike head_dim, so the
 attention scale is not head_dim ** −0.5. The tokenizer writes no BOS of its own when the prompt has one (the chat
@@ -13,12 +13,12 @@ import transformers
 
 from visfocus.testing.fixtures import TEXT, VISION, FixtureSpec, register_fixture
 
-GEMMA3_IMAGE = 112  # px (896 in the real checkpoint)
+GEMMA3_IMAGE = 168  # px (896 in the real checkpoint)
 GEMMA3_PATCH = 14
-GEMMA3_TOKENS = 16  # mm_tokens_per_image: the 8 × 8 patches pooled 2 × 2 (256 in the real checkpoint)
+GEMMA3_TOKENS = 36  # mm_tokens_per_image: the 12 × 12 patches pooled 2 × 2 (256 in the real checkpoint)
 # Columns a sliding-window layer sees (itself included; 1024 in the real checkpoint): more than the shared tests'
 # prompts (so their prefix sharing stays exact) and fewer than a long question's prompt (the window then binds).
-GEMMA3_SLIDING_WINDOW = 64
+GEMMA3_SLIDING_WINDOW = 80
 GEMMA3_BPE_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")  # ids 0..3 as in Gemma
 GEMMA3_SPECIALS = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
 # The chat template of google/gemma-3-4b-it (system text folded into the first user turn; "assistant" is "model");
