@@ -104,9 +104,8 @@ class Smoother:
     def _unified_row(self, row: RowView) -> torch.Tensor:
         """(B, H, K) layer-0 attention of the row with every image at one position."""
         shift = self._shift_for(row.key.shape[2]).to(row.key.device)  # (.., B, K)
-        key = self.adapter.rotate(row.key.float(), shift, row.layer)  # (B, Hkv, K, D)
-        query = self.adapter.rotate(row.query[:, :, None, :], shift[..., row.abs_pos:row.abs_pos + 1],
-                                    row.layer)  # (B, H, 1, D)
+        key = self.adapter.rotate(row.key.float(), shift)  # (B, Hkv, K, D)
+        query = self.adapter.rotate(row.query[:, :, None, :], shift[..., row.abs_pos:row.abs_pos + 1])  # (B,H,1,D)
         B, H, _, D = query.shape
         H_kv = key.shape[1]
         scores = torch.matmul(query.reshape(B, H_kv, H // H_kv, D), key.transpose(-1, -2))  # (B, Hkv, g, K)

@@ -74,16 +74,10 @@ class Adapter:
         """The RoPE positions of the prompt's tokens: (B, S); M-RoPE families (3, B, S)."""
         return self.prefill_position_ids(inputs)
 
-    def rope_cos_sin(self, x: torch.Tensor, positions: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The RoPE cos and sin of decoder layer ``layer`` at ``positions`` ((B, K), or (3, B, K) for M-RoPE): (B, K, D)
-        each. Families whose layers rotate differently (Gemma 3's sliding-window and global layers) say so here."""
-        return self.text_model.rotary_emb(x, positions)
-
-    def rotate(self, x: torch.Tensor, position_shift: torch.Tensor, layer: int = 0) -> torch.Tensor:
-        """Move post-RoPE vectors x (B, H, K, D) of decoder layer ``layer`` by ``position_shift`` positions ((B, K),
-        or (3, B, K) for M-RoPE): RoPE rotations compose, so R(p + s)·v = R(s)·R(p)·v. Exact for the default and the
-        linearly scaled RoPE."""
-        cos, sin = self.rope_cos_sin(x, position_shift, layer)  # (B, K, D) each
+    def rotate(self, x: torch.Tensor, position_shift: torch.Tensor) -> torch.Tensor:
+        """Move post-RoPE vectors x (B, H, K, D) by ``position_shift`` positions ((B, K), or (3, B, K) for M-RoPE):
+        RoPE rotations compose, so R(p + s)·v = R(s)·R(p)·v. Exact for the default (unscaled) RoPE."""
+        cos, sin = self.text_model.rotary_emb(x, position_shift)  # (B, K, D) each
         cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (B, 1, K, D)
         half = x.shape[-1] // 2
         rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # (B, H, K, D)
