@@ -18,10 +18,11 @@ from safetensors.torch import load_file
 
 import visfocus as vf
 from visfocus.errors import VisfocusError
+from visfocus.testing import FAMILIES
 from visfocus.train import FinetuneConfig
 from visfocus.train.checkpoint import FILES, is_complete, recover, sibling
-from visfocus.train.finetune import finetune, vision_modules
-from visfocus.train.labels import IGNORE_INDEX, build_example, collate
+from visfocus.train.finetune import finetune, vision_parameters
+from visfocus.train.labels import IGNORE_INDEX, build_batch, build_example
 
 END = {"qwen3_vl": "<|im_end|>", "llava": "</s>"}
 
@@ -45,24 +46,24 @@ def test_labels_cover_exactly_the_answer_and_end_token(tiny_vlms, image, family)
     assert text_prompt_len < len(ids) - n
 
 
-@pytest.mark.parametrize("family", ["qwen3_vl", "llava", "llava_next"])
-def test_collate_left_pads_and_keeps_rows_aligned(tiny_vlms, image, other_image, family):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_batch_is_its_rows_left_padded(tiny_vlms, image, other_image, family):
+    """A training batch is the family's own processor call: each row equals that row built alone, left-padded, and
+    the batch runs through the model."""
     vlm = tiny_vlms[family]
-    a = build_example(vlm.adapter, image, "Where?", "left")
-    b = build_example(vlm.adapter, other_image, "Where is the small red cup now?", "right of it")
-    pad = vlm.processor.tokenizer.pad_token_id
-    batch = collate([a, b], pad)
+    questions, answers = ["Where?", "Where is the small red cup now?"], ["left", "right of it"]
+    batch = build_batch(vlm.adapter, [image, other_image], questions, answers)
     length = batch["input_ids"].shape[1]
-    for row, ex in enumerate((a, b)):
-        n = ex["input_ids"].shape[1]
-        assert torch.equal(batch["input_ids"][row, length - n:], ex["input_ids"][0])
-        assert torch.equal(batch["labels"][row, length - n:], ex["labels"][0])
+    for row, (picture, question, answer) in enumerate(zip((image, other_image), questions, answers)):
+        alone = build_example(vlm.adapter, picture, question, answer)
+        n = alone["input_ids"].shape[1]
+        assert torch.equal(batch["input_ids"][row, length - n:], alone["input_ids"][0])
+        assert torch.equal(batch["labels"][row, length - n:], alone["labels"][0])
         assert (batch["labels"][row, :length - n] == IGNORE_INDEX).all()
         assert (batch["attention_mask"][row, :length - n] == 0).all()
-    reference = vlm.adapter.encode([image, other_image], ["Where?", "Where is the small red cup now?"])
+    reference = vlm.adapter.encode([image, other_image], questions)
     assert set(batch) - {"labels"} == set(reference)
-    assert batch["pixel_values"].shape[1:] == reference["pixel_values"].shape[1:]
-    with torch.no_grad():  # the batch runs through the model
+    with torch.no_grad():
         assert torch.isfinite(vlm.model(**batch).loss)
 
 
@@ -77,12 +78,18 @@ def _config(tiny_dirs, tmp_path, name: str, **kw) -> FinetuneConfig:
     return FinetuneConfig(**{**base, **kw})
 
 
+# Where Qwen-VL and LLaVA keep their vision side, written out independently of ``vision_parameters``.
+VISION_PREFIXES = ("model.visual.", "model.vision_tower.", "model.multi_modal_projector.", "model.image_newline")
+
+
 def _vision_names(model) -> set[str]:
-    names = set()
-    for module in vision_modules(model):
-        ids = {id(p) for p in module.parameters()}
-        names |= {n for n, p in model.named_parameters() if id(p) in ids}
-    return names
+    return {n for n, _ in model.named_parameters() if n.startswith(VISION_PREFIXES)}
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "llava", "llava_next"])
+def test_the_vision_side_is_everything_outside_the_text_decoder(tiny_vlms, family):
+    vlm = tiny_vlms[family]
+    assert set(vision_parameters(vlm.model, vlm.adapter.text_model)) == _vision_names(vlm.model) != set()
 
 
 def test_lora_with_frozen_vision_trains_only_adapters(tiny_dirs, tmp_path):

@@ -171,7 +171,7 @@ def load_survey_reference(path) -> torch.nn.Module:
     AttentionMaskInterface.register(SURVEY_NAME, eager_mask)
     implementation = {"": "sdpa", "text_config": SURVEY_NAME, "vision_config": "sdpa"}
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation=implementation)
-    for i, layer in enumerate(model.model.language_model.layers):
+    for i, layer in enumerate(model.get_decoder().layers):  # the text decoder (language_model, text_model)
         layer.register_forward_hook(lambda module, args, out, i=i: survey_after_layer(
             model, i, out[0] if isinstance(out, tuple) else out))
     return model.eval()

@@ -59,7 +59,8 @@ def references(tiny_dirs):
 def _text_only_prompt(vlm, question: str) -> str:
     """The chat prompt's text with the image placeholder cut out (independent of the adapter's token removal)."""
     prompt = vlm.adapter.build_prompt(question)
-    for placeholder in ("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n", "<image>"):
+    for placeholder in ("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n", "[IMG]",
+                        "<|begin_of_image|><|image|><|end_of_image|>", "<image>"):
         prompt = prompt.replace(placeholder, "")
     return prompt
 
@@ -93,7 +94,10 @@ def _greedy(model, inputs: dict, steps: int, alpha: float, image_cols, layers, m
 def _text_only(model, vlm, tokens: list[int]):
     """(1, V) logits of the text-only prompt followed by ``tokens``, one plain forward (no edit)."""
     SETTINGS.update(alpha=0.0, edit_first=True)
-    ids = vlm.processor.tokenizer(_text_only_prompt(vlm, QUESTION), return_tensors="pt")["input_ids"]  # BOS too
+    prompt, tokenizer = _text_only_prompt(vlm, QUESTION), vlm.processor.tokenizer
+    # BOS too: from the tokenizer, unless the template wrote it (as the processor's apply_chat_template decides)
+    wrote_bos = tokenizer.bos_token is not None and prompt.startswith(tokenizer.bos_token)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not wrote_bos)["input_ids"]
     ids = torch.cat([ids, torch.tensor([tokens], dtype=ids.dtype)], dim=1) if tokens else ids
     return model(input_ids=ids).logits[:, -1].float()
 

@@ -66,3 +66,25 @@ def test_every_readme_command_parses(argv, capsys):
 def test_a_drifted_command_is_caught(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(readme_commands("```bash\nvisfocus bench --no_such_flag 4\n```")[0])
+
+
+def _family_rows(text: str) -> dict[str, str]:
+    """The README's supported-models table: family → its row."""
+    table = text.split("<!-- families:")[1].split("\n\n")[0]
+    return {row.split("`")[1]: row for row in table.splitlines()[1:] if row.startswith("| `")}
+
+
+def test_the_readme_lists_every_family_with_its_checkpoint_and_a_command():
+    """One table row and one pasteable command per registered adapter family, with the family's smallest checkpoint
+    (declared once, on the adapter) and its model types; no row for a family that is not registered."""
+    from visfocus.models import ADAPTERS
+
+    text = (ROOT / "README.md").read_text()
+    rows = _family_rows(text)
+    families = {adapter.family: adapter for adapter in ADAPTERS.values()}
+    assert set(rows) == set(families)
+    commands = next(b for b in _bash_blocks(text) if b.startswith("# families:")).splitlines()[1:]
+    for family, adapter in families.items():
+        assert f"`{adapter.checkpoint}`" in rows[family]
+        assert all(f"`{model_type}`" in rows[family] for model_type in adapter.model_types)
+        assert any(line.startswith(f"visfocus eval --model {adapter.checkpoint} ") for line in commands)

@@ -107,7 +107,9 @@ class VLM:
         fine = [i for i, problem in enumerate(problems) if problem is None]
         if limit is not None and fine and max_new_tokens is not None:
             prompts = [self.adapter.build_prompt(questions[i]) for i in fine]
-            lengths = [len(ids) for ids in self.processor.tokenizer(prompts, verbose=False)["input_ids"]]
+            special = self.adapter.special_tokens_kwargs(prompts[0])  # no second BOS where the template writes one
+            tokenized = self.processor.tokenizer(prompts, verbose=False, **special)
+            lengths = [len(ids) for ids in tokenized["input_ids"]]
             for i, length in zip(fine, lengths, strict=True):
                 if length + max_new_tokens > limit:
                     problems[i] = too_long(noun, questions[i], length, max_new_tokens, limit, with_image=False)
@@ -283,7 +285,8 @@ class VLM:
         prompt with ``max_new_tokens`` fits the context, let ``setup`` ready its runner (sampling, teacher forcing),
         and run the method on it."""
         store = self.prefix_store if share_prefix and method.shares_prefix else None
-        batch = Batch.build(self.adapter, images, questions, options, record_trace=trace, prefix_store=store)
+        batch = Batch.build(self.adapter, images, questions, options, record_trace=trace, prefix_store=store,
+                            new_tokens=max_new_tokens)
         self._check_context(batch, questions, max_new_tokens, noun)
         setup(batch.runner)
         try:

@@ -50,10 +50,11 @@ class Batch:
     @classmethod
     def build(cls, adapter: Adapter, images: Sequence[Image.Image], questions: Sequence[str],
               options: Sequence[Sequence[str] | None] | None = None, *, record_trace: bool = False,
-              prefix_store: PrefixStore | None = None) -> Batch:
+              prefix_store: PrefixStore | None = None, new_tokens: int | None = None) -> Batch:
         """Encode ``images`` and ``questions`` with the adapter's processor and prepare the engine's runner.
-        ``prefix_store``: share image prefixes through it (None: every row is prefilled whole)."""
-        inputs, sharing = cls._encode(adapter, images, questions, prefix_store)
+        ``prefix_store``: share image prefixes through it (None: every row is prefilled whole) where the adapter
+        finds sharing exact for decoding up to ``new_tokens`` tokens (None: not known in advance)."""
+        inputs, sharing = cls._encode(adapter, images, questions, prefix_store, new_tokens)
         layouts = adapter.layouts(inputs, list(images))
         runner = Runner(adapter.model, inputs, adapter.image_cols(inputs), drop_on_continue=adapter.drop_on_continue,
                         prefill_position_ids=adapter.prefill_position_ids(inputs), layouts=layouts,
@@ -63,7 +64,7 @@ class Batch:
 
     @staticmethod
     def _encode(adapter: Adapter, images: Sequence[Image.Image], questions: Sequence[str],
-                prefix_store: PrefixStore | None) -> tuple[dict, Sharing | None]:
+                prefix_store: PrefixStore | None, new_tokens: int | None = None) -> tuple[dict, Sharing | None]:
         """The processor's tensors on the model's device, laid out for prefix sharing when a store is given."""
         device = adapter.model.device
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
@@ -74,7 +75,7 @@ class Batch:
         lengths = [adapter.shared_prefix_length(inputs["input_ids"][b][mask[b]].tolist())
                    for b in range(mask.shape[0])]
         laid_out, prefix_cols = split_layout(inputs, lengths, adapter.image_token_id)
-        if not adapter.shares_prefix_exactly(laid_out):
+        if not adapter.shares_prefix_exactly(laid_out, new_tokens):
             return inputs, None
         inputs = laid_out
         keys = [image_fingerprint(im.mode, im.size, im.tobytes()) for im in images]

@@ -3,6 +3,7 @@ subclass of ``Adapter`` registered with ``@register_adapter``; it states only wh
 
 from __future__ import annotations
 
+import inspect
 from functools import cached_property
 from typing import ClassVar
 
@@ -35,6 +36,7 @@ class Adapter:
 
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
+    checkpoint: ClassVar[str]  # the family's smallest public checkpoint on the Hub (README, `visfocus list models`)
     # Vision inputs left out when decoding continues from a cache (the image is already in it).
     drop_on_continue: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes", "image_grid_thw")
 
@@ -68,7 +70,22 @@ class Adapter:
         return self.text_model.norm(hidden)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(hidden)
+        """The model's logits for final-normed hidden states (..., D) -> (..., V), ``logit_scale`` included."""
+        logits = self.model.lm_head(hidden)  # (..., V)
+        return logits * self.logit_scale if self.logit_scale != 1.0 else logits
+
+    @cached_property
+    def logit_scale(self) -> float:
+        """The factor the model's forward multiplies the LM head's logits by: the text config's ``logit_scale``
+        (Cohere) where the forward applies it, else 1."""
+        scale = getattr(self.model.config.get_text_config(), "logit_scale", None)
+        if scale is None:
+            return 1.0
+        try:
+            applies = "logit_scale" in inspect.getsource(type(self.model).forward)
+        except (OSError, TypeError):  # no source (compiled or generated code): trust the config
+            applies = True
+        return float(scale) if applies else 1.0
 
     def prompt_position_ids(self, inputs: dict) -> torch.Tensor:
         """The RoPE positions of the prompt's tokens: (B, S); M-RoPE families (3, B, S)."""
@@ -88,11 +105,38 @@ class Adapter:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
+    @cached_property
+    def end_of_turn(self) -> str:
+        """The token that closes an assistant answer: the special token the chat template writes right after one
+        (``<|im_end|>``, ``<end_of_turn>``), else the tokenizer's eos (LLaVA's ``</s>``); "" if neither exists."""
+        tokenizer = self.processor.tokenizer
+        answer = "yes"
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is it?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        try:
+            text = self.processor.apply_chat_template(messages, tokenize=False)
+        except Exception:  # noqa: BLE001 - no chat template, or one without assistant turns: the eos
+            text = ""
+        after = text[text.rfind(answer) + len(answer):].lstrip(" ") if answer in text else ""
+        specials = sorted({*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}, key=len, reverse=True)
+        return next((t for t in specials if t and after.startswith(t)), tokenizer.eos_token or "")
+
     def encode(self, images: list[Image.Image], questions: list[str]) -> dict:
         """Left-padded model inputs for one image per question."""
-        prompts = [self.build_prompt(q) for q in questions]
+        return self.encode_prompts(images, [self.build_prompt(q) for q in questions])
+
+    def encode_prompts(self, images: list[Image.Image], prompts: list[str]) -> dict:
+        """Left-padded model inputs for one image per chat prompt (``build_prompt``'s text, or it with an answer
+        after it for training): the processor's call, its vision inputs batched as it batches them."""
         self.processor.tokenizer.padding_side = "left"
-        return dict(self.processor(images=images, text=prompts, padding=True, return_tensors="pt"))
+        return dict(self.processor(images=images, text=prompts, padding=True, return_tensors="pt",
+                                   **self.special_tokens_kwargs(prompts[0])))
+
+    def special_tokens_kwargs(self, prompt: str) -> dict:
+        """Tokenizer options for a chat prompt: a template that writes the BOS token itself (Cohere) gets no second
+        one from the tokenizer, as the processor's own ``apply_chat_template`` decides."""
+        bos = self.processor.tokenizer.bos_token
+        return {"add_special_tokens": False} if bos is not None and prompt.startswith(bos) else {}
 
     def prefill_position_ids(self, inputs: dict) -> torch.Tensor | None:
         """The positions ``generate`` uses for a left-padded prompt (plain forward would use arange)."""
@@ -143,11 +187,12 @@ class Adapter:
             shared += 1
         return min(last + 1 + shared, len(row_ids) - 1)
 
-    def shares_prefix_exactly(self, inputs: dict) -> bool:
+    def shares_prefix_exactly(self, inputs: dict, new_tokens: int | None = None) -> bool:
         """Whether the prompts of ``inputs`` (laid out for sharing: every row's image prefix ends at one column, the
-        question after a gap of masked padding) give the same answers from a stored image prefix as whole. True
-        for causal masks; a family whose image tokens see the question (prefix-LM) says False, and one whose
-        sliding window could span the gap says so when it does. False: the batch is prefilled whole."""
+        question after a gap of masked padding) give the same answers from a stored image prefix as whole, while
+        decoding adds up to ``new_tokens`` tokens (None: a number not known in advance). True for causal masks; a
+        family whose image tokens see the question (prefix-LM) says False, and one whose sliding window could span
+        the gap says so when it does. False: the batch is prefilled whole."""
         return True
 
     def select_vision(self, inputs: dict, rows: list[int]) -> dict:

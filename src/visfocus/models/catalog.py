@@ -143,8 +143,12 @@ def format_catalog(entries: list[Entry]) -> list[str]:
         families.setdefault(entry.family or entry.model_type, []).append(entry.model_type)
     lines = [f"supported ({len(supported)} of {len(entries)} image-text-to-text model types in transformers "
              f"{transformers.__version__}):"]
-    lines += [f"  {family}" + ("" if types == [family] else f" ({', '.join(types)})")
-              for family, types in sorted(families.items())]
+    checkpoints = {adapter.family: adapter.checkpoint for adapter in ADAPTERS.values()}
+    labels = {family: family + ("" if types == [family] else f" ({', '.join(types)})")
+              for family, types in sorted(families.items())}
+    width = max([0, *(len(label) for label in labels.values())])
+    lines += [f"  {label:<{width}}  smallest checkpoint: {checkpoints[family]}" if family in checkpoints
+              else f"  {label}" for family, label in labels.items()]
     lines.append(f"not supported ({len(rest)}):")
     width = max([len("model_type"), *(len(e.model_type) for e in rest)])
     lines.append(f"  {'model_type':<{width}}  {'status':<{len(NOT_SUPPORTED)}}  reason")

@@ -44,6 +44,7 @@ def tile_grid(processor, size: tuple[int, int]) -> tuple[int, int]:
 class InternVLAdapter(Adapter):
     family = "internvl"
     model_types = ("internvl",)
+    checkpoint = "OpenGVLab/InternVL3-1B-hf"
 
     @property
     def tile_side(self) -> int:

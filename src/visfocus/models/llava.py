@@ -46,6 +46,7 @@ def _shortest_edge(size) -> int | None:
 class LlavaAdapter(Adapter):
     family = "llava"
     model_types = ("llava",)
+    checkpoint = "llava-hf/llava-1.5-7b-hf"
 
     @property
     def grid_side(self) -> int:
@@ -62,6 +63,7 @@ class LlavaAdapter(Adapter):
 class LlavaNextAdapter(LlavaAdapter):
     family = "llava_next"
     model_types = ("llava_next",)
+    checkpoint = "llava-hf/llava-v1.6-mistral-7b-hf"
 
     def views(self, inputs: dict, image_index: int, segment: np.ndarray, size: tuple[int, int]) -> list[ImageView]:
         g = self.grid_side

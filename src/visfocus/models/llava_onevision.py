@@ -62,6 +62,7 @@ def tiles_region(size: tuple[int, int], best: tuple[int, int], grid: tuple[int, 
 class LlavaOnevisionAdapter(LlavaNextAdapter):
     family = "llava_onevision"
     model_types = ("llava_onevision",)
+    checkpoint = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
     # The processor also returns the images per prompt; like the pixels it is only needed for the prefill.
     drop_on_continue = (*Adapter.drop_on_continue, "batch_num_images")
 

@@ -14,6 +14,7 @@ from visfocus.models.layout import ImageView
 class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
+    checkpoint = "Qwen/Qwen2-VL-2B-Instruct"
 
     def prefill_position_ids(self, inputs: dict) -> torch.Tensor | None:
         return None  # the model computes 3-D M-RoPE positions (and caches rope_deltas for decoding)
@@ -67,9 +68,11 @@ class Qwen2VLAdapter(Adapter):
 class Qwen25VLAdapter(Qwen2VLAdapter):
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
+    checkpoint = "Qwen/Qwen2.5-VL-3B-Instruct"
 
 
 @register_adapter
 class Qwen3VLAdapter(Qwen2VLAdapter):
     family = "qwen3_vl"
     model_types = ("qwen3_vl",)
+    checkpoint = "Qwen/Qwen3-VL-2B-Instruct"

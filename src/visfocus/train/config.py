@@ -11,7 +11,8 @@ from typing import Any
 
 from visfocus.errors import VisfocusError
 
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# The text decoder's projections LoRA adapts (attention and MLP; GLM fuses gate and up into gate_up_proj).
+LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj")
 LOGGERS = ("jsonl", "tensorboard", "mlflow")
 SDPA = {"": "sdpa", "text_config": "sdpa", "vision_config": "sdpa"}
 

@@ -34,28 +34,18 @@ from tqdm.auto import tqdm
 
 from visfocus.errors import VisfocusError
 from visfocus.train.checkpoint import load_checkpoint, read_state, recover, save_checkpoint
-from visfocus.train.config import LORA_TARGETS, SDPA, FinetuneConfig, add_arguments, config_from_args
-from visfocus.train.labels import build_example, collate
+from visfocus.train.config import LORA_PROJECTIONS, SDPA, FinetuneConfig, add_arguments, config_from_args
+from visfocus.train.labels import build_batch
 from visfocus.train.loggers import Loggers
 
 
 # --- the model --------------------------------------------------------------------------------------------------
-def vision_modules(model) -> list[torch.nn.Module]:
-    """The vision tower with its merger/projector: Qwen ``model.model.visual`` (ViT, merger, DeepStack mergers);
-    LLaVA / LLaVA-NeXT ``vision_tower`` and ``multi_modal_projector`` (and NeXT's ``image_newline`` stays with them)."""
-    inner = model.model
-    if hasattr(inner, "visual"):
-        return [inner.visual]
-    if hasattr(inner, "vision_tower"):
-        return [inner.vision_tower, inner.multi_modal_projector]
-    raise VisfocusError(f"cannot find the vision tower of {type(model).__name__}")
-
-
-def _freeze_vision(model) -> None:
-    for module in vision_modules(model):
-        module.requires_grad_(False)
-    if isinstance(getattr(model.model, "image_newline", None), torch.nn.Parameter):
-        model.model.image_newline.requires_grad_(False)
+def vision_parameters(model: torch.nn.Module, decoder: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Every parameter outside the text decoder (``decoder``, with its token embeddings) and the LM head: the vision
+    tower, its projector or merger and any learned image parameter (LLaVA-NeXT's ``image_newline``), wherever the
+    family keeps them."""
+    text = {id(p) for p in decoder.parameters()} | {id(p) for p in model.get_output_embeddings().parameters()}
+    return {name: p for name, p in model.named_parameters() if id(p) not in text}
 
 
 def _prepare(config: FinetuneConfig):
@@ -66,17 +56,27 @@ def _prepare(config: FinetuneConfig):
     vlm = load_model(config.model, {"dtype": "float32", "device": config.device})  # fp32 master weights
     model = vlm.model
     if config.freeze_vision:
-        _freeze_vision(model)
+        for parameter in vision_parameters(model, vlm.adapter.text_model).values():
+            parameter.requires_grad_(False)
     trainable = model
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=LORA_TARGETS)
+                          target_modules=lora_targets(model, vlm.adapter.text_model))
         with warnings.catch_warnings():  # peft itself reads transformers' deprecated `is_gradient_checkpointing`
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
             trainable = get_peft_model(model, lora)  # freezes all but the adapters, injects them into `model` in place
     return vlm, trainable
+
+
+def lora_targets(model: torch.nn.Module, decoder: torch.nn.Module) -> list[str]:
+    """The full names of the text decoder's linear projections (``LORA_PROJECTIONS``): LoRA adapts the language
+    model wherever the family keeps it (``language_model``, SmolVLM's ``text_model``), never the vision tower."""
+    inside = {id(module) for module in decoder.modules()}
+    return [name for name, module in model.named_modules()
+            if id(module) in inside and isinstance(module, torch.nn.Linear)
+            and name.rsplit(".", 1)[-1] in LORA_PROJECTIONS]
 
 
 def _use_attention(model, name: str | dict) -> None:
@@ -180,7 +180,6 @@ class _Training:
     eval_records: list
     autocast_dtype: torch.dtype | None
     loggers: Loggers
-    pad_id: int
     attention: str  # the visfocus attention function, for evaluation
     seconds_before: float = 0.0  # wall time of earlier launches (resumed)
     started: float = dataclasses.field(default_factory=time.perf_counter)
@@ -247,10 +246,8 @@ def _setup(config: FinetuneConfig, resumed: dict[str, Any] | None) -> _Training:
     if resumed is not None:
         load_checkpoint(output_dir / "checkpoint", model, optimizer, scheduler)
         state = {**resumed, "config": dataclasses.asdict(config)}
-    tokenizer = vlm.processor.tokenizer
-    pad_id = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
     return _Training(config, vlm, model, params, optimizer, scheduler, steps, state, train_task, records, eval_task,
-                     eval_records, autocast_dtype, Loggers(output_dir, tuple(config.log_to), config), pad_id,
+                     eval_records, autocast_dtype, Loggers(output_dir, tuple(config.log_to), config),
                      register(), seconds_before=state.get("seconds", 0.0))
 
 
@@ -281,9 +278,10 @@ def _train_step(tr: _Training) -> None:
     micro = _micro_batches(step, len(tr.records), config)
     n_tokens, loss_sum = 0, 0.0
     for indices in micro:
-        examples = [build_example(tr.vlm.adapter, _image(tr.records[i]), tr.records[i].question,
-                                  tr.train_task.target_text(tr.records[i])) for i in indices]
-        batch = {k: v.to(config.device) for k, v in collate(examples, tr.pad_id).items()}
+        rows = [tr.records[i] for i in indices]
+        batch = build_batch(tr.vlm.adapter, [_image(r) for r in rows], [r.question for r in rows],
+                            [tr.train_task.target_text(r) for r in rows])
+        batch = {k: v.to(config.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         loss = batch_loss(tr.model, tr.vlm.adapter, batch, tr.autocast_dtype)
         (loss / len(micro)).backward()
         loss_sum += float(loss.detach())
