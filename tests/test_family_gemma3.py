@@ -146,8 +146,12 @@ def test_a_shared_layout_wider_than_the_window_is_not_shared(vlm, image, other_i
         mask = inputs["attention_mask"].bool()
         lengths = [adapter.shared_prefix_length(inputs["input_ids"][b][mask[b]].tolist()) for b in range(2)]
         laid_out, _ = split_layout(inputs, lengths, adapter.image_token_id)
-        assert (laid_out["input_ids"].shape[1] <= GEMMA3_SLIDING_WINDOW) == fits
-        assert adapter.shares_prefix_exactly(laid_out) == fits
+        width = laid_out["input_ids"].shape[1]
+        assert (width + 3 <= GEMMA3_SLIDING_WINDOW) == fits
+        assert adapter.shares_prefix_exactly(laid_out, 3) == fits
+        if fits:  # the decoded tokens count too: a window the prompt fits may still be spanned while decoding
+            assert not adapter.shares_prefix_exactly(laid_out, GEMMA3_SLIDING_WINDOW - width + 1)
+            assert not adapter.shares_prefix_exactly(laid_out, None)
     questions = [LONG_QUESTION, "Where is the dog?", "Is the cup red?"]
     images = [image, image, other_image]
     vlm.prefix_store.clear()
@@ -175,6 +179,19 @@ def test_the_bidirectional_image_block_is_kept_and_a_causal_mask_is_caught(vlm, 
     dropped = vlm.answer(image, QUESTION, max_new_tokens=1, share_prefix=False).first_token_logits  # no stored prefix
     assert (dropped - bidirectional).abs().max().item() > 1e-2
     assert (dropped - causal).abs().max().item() <= 1e-5
+
+
+def test_rotation_moves_vectors_with_the_first_layers_rope(vlm):
+    """CLVS's rotation (at layer 0, a sliding-window layer) composes exactly, and is that layer's RoPE, not the
+    global layers' (another base, linearly scaled)."""
+    adapter, text = vlm.adapter, vlm.model.config.get_text_config()
+    assert text.layer_types[0] == "sliding_attention"
+    raw = torch.randn(1, 2, 5, text.head_dim)  # (B, H, K, D) before RoPE
+    start, target = torch.tensor([[0, 3, 4, 9, 10]]), torch.tensor([[0, 1, 1, 1, 2]])
+    moved = adapter.rotate(adapter.rotate(raw, start), target - start)
+    assert (moved - adapter.rotate(raw, target)).abs().max().item() <= 1e-5
+    cos, _ = adapter.text_model.rotary_emb(raw, start, "full_attention")
+    assert not torch.allclose(adapter.rotate(raw, start), raw * cos[:, None], atol=1e-3)
 
 
 def test_the_engine_lm_head_gives_the_model_logits(vlm, image):

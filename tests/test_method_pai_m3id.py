@@ -60,7 +60,7 @@ def _text_only_prompt(vlm, question: str) -> str:
     """The chat prompt's text with the image placeholder cut out (independent of the adapter's token removal)."""
     prompt = vlm.adapter.build_prompt(question)
     for placeholder in ("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n", "[IMG]",
-                        "<|begin_of_image|><|image|><|end_of_image|>", "<image>"):
+                        "<|begin_of_image|><|image|><|end_of_image|>", "<image>", "<start_of_image>"):
         prompt = prompt.replace(placeholder, "")
     return prompt
 

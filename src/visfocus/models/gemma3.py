@@ -22,6 +22,7 @@ from visfocus.models.layout import ImageView
 class Gemma3Adapter(Adapter):
     family = "gemma3"
     model_types = ("gemma3",)
+    checkpoint = "google/gemma-3-4b-it"
 
     @property
     def grid_side(self) -> int:
@@ -29,25 +30,24 @@ class Gemma3Adapter(Adapter):
         side = int(round(int(self.model.config.mm_tokens_per_image) ** 0.5))
         return side
 
-    def rope_cos_sin(self, x: torch.Tensor, positions: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sliding-window and global layers rotate with RoPEs of their own."""
-        layer_type = self.model.config.get_text_config().layer_types[layer]
-        return self.text_model.rotary_emb(x, positions, layer_type)
+    def rotate(self, x: torch.Tensor, position_shift: torch.Tensor) -> torch.Tensor:
+        """The RoPE of the first decoder layer's type: sliding-window and global layers rotate with RoPEs of their own
+        (other bases; the global one linearly scaled, which composes as exactly), and CLVS moves keys and queries at
+        layer 0, a sliding-window layer in every Gemma 3 checkpoint (each block of layers ends with its global one)."""
+        layer_type = self.model.config.get_text_config().layer_types[0]
+        cos, sin = self.text_model.rotary_emb(x, position_shift, layer_type)  # (B, K, D) each
+        cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (B, 1, K, D)
+        half = x.shape[-1] // 2
+        rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # (B, H, K, D)
+        return x * cos + rotated_half * sin
 
-    def encode(self, images: list[Image.Image], questions: list[str]) -> dict:
-        """Left-padded model inputs for one image per question. The processor takes the images nested per prompt;
-        a prompt the chat template already starts with the BOS token gets no second one (as ``apply_chat_template``
-        tokenizes)."""
+    def encode_prompts(self, images: list[Image.Image], prompts: list[str]) -> dict:
+        """As the base (no second BOS after the template's), the images one list per prompt: ``Gemma3Processor``
+        reads a flat list as one prompt's images."""
         if getattr(self.processor.image_processor, "do_pan_and_scan", False):
             raise VisfocusError("gemma3: pan-and-scan crops are not supported; set do_pan_and_scan to false in the "
                                 "processor config")
-        prompts = [self.build_prompt(q) for q in questions]
-        tokenizer = self.processor.tokenizer
-        tokenizer.padding_side = "left"
-        bos = tokenizer.bos_token
-        written = bos is not None and all(p.startswith(bos) for p in prompts)
-        return dict(self.processor(images=[[image] for image in images], text=prompts, padding=True,
-                                   return_tensors="pt", add_special_tokens=not written))
+        return super().encode_prompts([[image] for image in images], prompts)
 
     @cached_property
     def template_after_image(self) -> tuple[int, ...]:
@@ -70,14 +70,19 @@ class Gemma3Adapter(Adapter):
         text = text.replace(self.processor.full_image_sequence, "")
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def shares_prefix_exactly(self, inputs: dict) -> bool:
-        """A sliding-window layer counts columns, padding included: a shared layout (masked padding between the
-        image prefix and the question) wider than the window would hide keys the left-padded prompt shows."""
+    def shares_prefix_exactly(self, inputs: dict, new_tokens: int | None = None) -> bool:
+        """A sliding window counts columns: a row whose question sits after a gap of masked padding sees its image
+        prefix from further away than its positions say. Exact where no row has such a gap, or where the laid-out
+        width and the ``new_tokens`` decoded after it stay within the window (then it binds nowhere); with gaps and
+        an unknown number of new tokens, not."""
         text = self.model.config.get_text_config()
         window = getattr(text, "sliding_window", None)
         if window is None or "sliding_attention" not in (getattr(text, "layer_types", None) or ()):
             return True
-        return inputs["input_ids"].shape[1] <= int(window)
+        mask = inputs["attention_mask"].bool()  # (B, S)
+        started = mask.long().cumsum(-1) > 0  # (B, S) from each row's first real token on
+        gapped = bool((started & ~mask).any())
+        return not gapped or (new_tokens is not None and mask.shape[1] + new_tokens <= int(window))
 
     def views(self, inputs: dict, image_index: int, segment: np.ndarray, size: tuple[int, int]) -> list[ImageView]:
         g, (w, h) = self.grid_side, size
