@@ -2,8 +2,9 @@
 patches, average-pooled to ``mm_tokens_per_image`` = 36 ``<image_soft_token>`` tokens (a 6 × 6 grid; 896 px, 64 × 64
 patches and 256 tokens in the real checkpoint). The decoder has one sliding-window layer and one global layer
 (``layer_types``), a window of ``GEMMA3_SLIDING_WINDOW`` columns, and ``query_pre_attn_scalar`` unlike head_dim, so the
-attention scale is not head_dim ** −0.5. The tokenizer writes no BOS of its own when the prompt has one (the chat
-template starts with ``<bos>``, as the real one)."""
+attention scale is not head_dim ** −0.5. The chat template starts with ``<bos>``, as the real one, and the tokenizer
+adds a BOS of its own (``add_bos_token``), as the real one: a prompt must be tokenized without special tokens, as
+``apply_chat_template`` does."""
 
 from __future__ import annotations
 
