@@ -62,10 +62,13 @@ def test_fixture_is_small_and_consistent(tiny):
     assert text.num_hidden_layers in (2, 3) and 32 <= text.hidden_size <= 64
     assert text.num_attention_heads == 4 and text.num_key_value_heads == 2  # GQA
     assert tok.padding_side == "left"
-    # the image token is the tokenizer's, or the processor's own where the tokenizer names none (InstructBLIP)
+    # The token the model fills with image features is the tokenizer's image token (or the processor's own where the
+    # tokenizer names none: InstructBLIP), and one the processor marks as an image token; its ``image_token_id`` may
+    # instead be the placeholder it expands (Gemma 3: <start_of_image>), or missing (InstructBLIP).
     image_token = tok.image_token if hasattr(tok, "image_token") else str(processor.image_token)
-    expected = tok.convert_tokens_to_ids(image_token)
-    assert cfg.image_token_id == expected == getattr(processor, "image_token_id", expected)  # InstructBLIP's has none
+    assert cfg.image_token_id == tok.convert_tokens_to_ids(image_token)
+    marked = getattr(processor, "image_token_ids", None) or [getattr(processor, "image_token_id", cfg.image_token_id)]
+    assert cfg.image_token_id in marked
     gen = model.generation_config
     assert gen.eos_token_id is not None and gen.pad_token_id == tok.pad_token_id == text.pad_token_id
     eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
@@ -136,7 +139,8 @@ def test_left_padding_batch(tiny):
     prompts = [chat(processor, "Is the dog under the table?"),
                chat(processor, "Is the cat on the left of the cup? Answer with yes or no.")]
     images = [make_image(224, 160, seed=1), make_image(224, 160, seed=2)]
-    inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
+    # one list of images per prompt: every processor takes them so, and some (Gemma 3) only so
+    inputs = processor(images=[[im] for im in images], text=prompts, padding=True, return_tensors="pt")
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     pad = processor.tokenizer.pad_token_id
     # the shorter row is padded on the left of its text; only image tokens may come before the padding (InstructBLIP

@@ -66,7 +66,7 @@ def _text_only_prompt(vlm, question: str) -> str:
     # a prompt with the image token and no chat template is laid out by the processor itself (PaliGemma)
     processor_format = vlm.processor.chat_template is None and str(vlm.processor.image_token) in prompt
     for placeholder in ("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n", "[IMG]",
-                        "<|begin_of_image|><|image|><|end_of_image|>", "<image>"):
+                        "<|begin_of_image|><|image|><|end_of_image|>", "<image>", "<start_of_image>"):
         prompt = prompt.replace(placeholder, "")
     if processor_format:  # the processor's own format (PaliGemma): BOS after the image, "\n" last
         prompt = f"{vlm.processor.tokenizer.bos_token}{prompt}\n"

@@ -86,21 +86,27 @@ class Adapter:
         logits = self.model.get_output_embeddings()(hidden)  # (..., V)
         if self.logit_scale != 1.0:
             logits = logits * self.logit_scale
-        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        cap = self._applied_text_setting("final_logit_softcapping")
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
     @cached_property
     def logit_scale(self) -> float:
         """The factor the model's forward multiplies the LM head's logits by: the text config's ``logit_scale``
         (Cohere) where the forward applies it, else 1."""
-        scale = getattr(self.model.config.get_text_config(), "logit_scale", None)
-        if scale is None:
-            return 1.0
+        scale = self._applied_text_setting("logit_scale")
+        return 1.0 if scale is None else float(scale)
+
+    def _applied_text_setting(self, name: str) -> float | None:
+        """The text config's ``name`` if set and the model's forward applies it (its source names it: transformers
+        5.23's Aya Vision ignores ``logit_scale``, Gemma 3 ignores ``final_logit_softcapping``), else None."""
+        value = getattr(self.model.config.get_text_config(), name, None)
+        if value is None:
+            return None
         try:
-            applies = "logit_scale" in inspect.getsource(type(self.model).forward)
+            applies = name in inspect.getsource(type(self.model).forward)
         except (OSError, TypeError):  # no source (compiled or generated code): trust the config
             applies = True
-        return float(scale) if applies else 1.0
+        return float(value) if applies else None
 
     def prompt_position_ids(self, inputs: dict) -> torch.Tensor:
         """The RoPE positions of the prompt's tokens: (B, S); M-RoPE families (3, B, S)."""
