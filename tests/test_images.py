@@ -227,3 +227,16 @@ def test_load_image_is_the_one_loader(tmp_path):
         api.load_image(None)
     with pytest.raises(VisfocusError, match="unsupported image type"):
         open_image(3)
+
+
+def test_a_truncated_file_is_refused_even_where_pillow_was_told_to_load_truncated_images(tmp_path, monkeypatch):
+    """lmms-eval sets Pillow's ``LOAD_TRUNCATED_IMAGES`` when imported; the check must not depend on it."""
+    from PIL import ImageFile
+
+    whole = tmp_path / "whole.png"
+    make_image(224, 160, seed=1).save(whole)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 3 // 4])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    assert image_file_problem(cut).startswith(f"unreadable: {cut} (truncated or corrupt")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored

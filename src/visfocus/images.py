@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from visfocus.errors import VisfocusError
 
@@ -43,6 +43,7 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 # Pillow's limit is one module global: it is switched off by one thread at a time, and always put back
 _PILLOW_LIMIT_LOCK = threading.Lock()
+_TRUNCATION_LOCK = threading.Lock()
 
 
 class _Unusable(Exception):
@@ -166,10 +167,23 @@ def _other_format(path: Path) -> str:
     return f"not a {ALLOWED_NAMES} image"
 
 
+@contextlib.contextmanager
+def _truncation_refused() -> Iterator[None]:
+    """Pillow refuses truncated data for the block, whatever its global says (lmms-eval sets
+    ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` when imported). One thread at a time; always restored."""
+    with _TRUNCATION_LOCK:
+        saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def _decode(img: Image.Image, path: Path, *, pillow_off: bool, draft: bool) -> None:
     """Decode the whole (first frame of the) image; truncated or corrupt data is ``_Unusable``."""
     try:
-        with _pillow_check_off() if pillow_off else contextlib.nullcontext():
+        with _pillow_check_off() if pillow_off else contextlib.nullcontext(), _truncation_refused():
             if draft and img.format in ("JPEG", "MPO"):
                 img.draft("RGB", DRAFT_SIZE)
             img.load()
