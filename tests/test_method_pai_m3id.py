@@ -18,6 +18,7 @@ import visfocus.interventions.m3id  # noqa: F401  (registration)
 import visfocus.interventions.pai  # noqa: F401  (registration)
 from visfocus.interventions.base import resolve_layers
 from visfocus.testing import FAMILIES
+from visfocus.testing.fixtures import FIXTURES
 
 NAME = "visfocus_test_pai_eager"
 SETTINGS: dict = {"alpha": 0.0, "layers": None, "magnitude": "per_head", "image_cols": None, "edit_first": True}
@@ -65,8 +66,8 @@ def _text_only_prompt(vlm, question: str) -> str:
     prompt = vlm.adapter.build_prompt(question)
     # a prompt with the image token and no chat template is laid out by the processor itself (PaliGemma)
     processor_format = vlm.processor.chat_template is None and str(vlm.processor.image_token) in prompt
-    for placeholder in ("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n", "[IMG]",
-                        "<|begin_of_image|><|image|><|end_of_image|>", "<image>", "<start_of_image>"):
+    placeholder = FIXTURES[vlm.adapter.family].image_placeholder  # what the chat template writes for the image
+    if placeholder:
         prompt = prompt.replace(placeholder, "")
     if processor_format:  # the processor's own format (PaliGemma): BOS after the image, "\n" last
         prompt = f"{vlm.processor.tokenizer.bos_token}{prompt}\n"

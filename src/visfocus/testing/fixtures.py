@@ -116,6 +116,9 @@ class FixtureSpec:
     image_tokens_224x160: int
     prompt_marks: tuple[str, str]
     video_processor: str | None = None  # the video processor class a torchvision machine builds (Qwen)
+    # What the chat template writes for one image ("" for none: InstructBLIP's prompt is the question); the text-only
+    # references of the tests cut it out of the prompt text, independently of the adapter's ``text_only_ids``.
+    image_placeholder: str = "<image>"
 
 
 FIXTURES: dict[str, FixtureSpec] = {}
@@ -285,7 +288,8 @@ for _family, _model, _processor, _video, _tokens in [
     register_fixture(FixtureSpec(
         family=_family, model_class=_model, build=_qwen, chat_template=_qwen_template(_family), bpe_specials=(),
         added_specials=tuple(QWEN_SPECIALS), tokenizer_kwargs=_QWEN_TOKENIZER, generation_ids=_qwen_generation_ids,
-        real_processor=_processor, image_tokens_224x160=_tokens, prompt_marks=_QWEN_MARKS, video_processor=_video))
+        real_processor=_processor, image_tokens_224x160=_tokens, prompt_marks=_QWEN_MARKS, video_processor=_video,
+        image_placeholder="<|vision_start|><|image_pad|><|vision_end|>"))
 for _family, _model, _processor, _tokens in [("llava", "LlavaForConditionalGeneration", "LlavaProcessor", 36),
                                              ("llava_next", "LlavaNextForConditionalGeneration", "LlavaNextProcessor",
                                               70)]:

@@ -84,4 +84,5 @@ register_fixture(FixtureSpec(
                       "extra_special_tokens": {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                                                "image_token": "<image_soft_token>"}},
     generation_ids=_gemma3_generation_ids, real_processor="Gemma3Processor", image_tokens_224x160=GEMMA3_TOKENS,
-    prompt_marks=("<bos><start_of_turn>user\n<start_of_image>", "<end_of_turn>\n<start_of_turn>model\n")))
+    prompt_marks=("<bos><start_of_turn>user\n<start_of_image>", "<end_of_turn>\n<start_of_turn>model\n"),
+    image_placeholder="<start_of_image>"))

@@ -75,4 +75,5 @@ register_fixture(FixtureSpec(
                       "video_token": "<|video|>"},
     generation_ids=_glm4v_generation_ids, real_processor="Glm4vProcessor", image_tokens_224x160=48,
     video_processor="Glm4vVideoProcessor",
-    prompt_marks=("[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>", "<|assistant|>\n")))
+    prompt_marks=("[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>", "<|assistant|>\n"),
+    image_placeholder="<|begin_of_image|><|image|><|end_of_image|>"))

@@ -83,4 +83,5 @@ register_fixture(FixtureSpec(
     tokenizer_kwargs={k: v for k, v in _LLAVA_TOKENIZER.items() if k != "image_token"},
     generation_ids=_llava_generation_ids, real_processor="InstructBlipProcessor",
     image_tokens_224x160=INSTRUCTBLIP_QUERIES,
-    prompt_marks=("Where is the cup", "in relation to the table?")))
+    prompt_marks=("Where is the cup", "in relation to the table?"),
+    image_placeholder=""))

@@ -61,4 +61,5 @@ register_fixture(FixtureSpec(
                       "image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
     generation_ids=_qwen_generation_ids, real_processor="InternVLProcessor",
     image_tokens_224x160=(3 * 2 + 1) * INTERNVL_SEQ, video_processor="InternVLVideoProcessor",
-    prompt_marks=("<|im_start|>user\n<IMG_CONTEXT>\n", "<|im_end|>\n<|im_start|>assistant\n")))
+    prompt_marks=("<|im_start|>user\n<IMG_CONTEXT>\n", "<|im_end|>\n<|im_start|>assistant\n"),
+    image_placeholder="<IMG_CONTEXT>\n"))

@@ -77,4 +77,5 @@ register_fixture(FixtureSpec(
                       "add_bos_token": False,  # the chat template writes BOS
                       "image_token": "[IMG]", "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]"},
     generation_ids=_llava_generation_ids, real_processor="PixtralProcessor", image_tokens_224x160=4 * 5,
-    prompt_marks=("[/SYSTEM_PROMPT][INST][IMG]", "[/INST]")))
+    prompt_marks=("[/SYSTEM_PROMPT][INST][IMG]", "[/INST]"),
+    image_placeholder="[IMG]"))
