@@ -216,3 +216,12 @@ def test_bad_compare_and_sweep_input_is_one_error_line(tmp_path, capsys, argv, e
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("visfocus: error: ") and expected.format(**folders) in lines[0]
     assert not (tmp_path / "runs").exists() and not list(tmp_path.rglob("compare_vs_*"))
+
+
+def test_an_unknown_model_argument_with_a_line_break_is_still_one_line():
+    from visfocus.errors import VisfocusError
+    from visfocus.models.loading import parse_model_args
+
+    with pytest.raises(VisfocusError) as err:
+        parse_model_args("0\n0=")
+    assert "\n" not in str(err.value) and "'0\\n0'" in str(err.value)

@@ -41,7 +41,8 @@ def parse_model_args(value: Any) -> dict[str, Any]:
     given = parse_key_values(value, "model argument")
     unknown = sorted(set(given) - set(MODEL_ARGS))
     if unknown:
-        raise VisfocusError(f"unknown model argument(s) {', '.join(unknown)}; known: {', '.join(MODEL_ARGS)}")
+        names = ", ".join(name if name.isprintable() else repr(name) for name in unknown)  # one line, always
+        raise VisfocusError(f"unknown model argument(s) {names}; known: {', '.join(MODEL_ARGS)}")
     out = {**MODEL_ARGS, **{k: v for k, v in given.items() if v is not None}}
     out["dtype"] = parse_text(out["dtype"], "model argument dtype", choices=("auto", *DTYPES))
     out["device"] = parse_text(out["device"], "model argument device")
