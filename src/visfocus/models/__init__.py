@@ -8,7 +8,8 @@ import pkgutil
 
 from visfocus.models.base import ADAPTERS, Adapter, adapter_for, register_adapter
 
-SHARED_MODULES = {"base", "catalog", "layout", "loading", "processor"}  # the contract and shared pieces, not families
+# the contract and the pieces families share, not families themselves
+SHARED_MODULES = {"base", "catalog", "layout", "loading", "processor", "tiles"}
 
 
 def _import_families() -> None:

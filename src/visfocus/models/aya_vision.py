@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from visfocus.models.base import Adapter, register_adapter
-from visfocus.models.internvl import tile_grid
-from visfocus.models.layout import ImageView, contiguous_segments
+from visfocus.models.layout import contiguous_segments
+from visfocus.models.tiles import TiledViews
 
 
 @register_adapter
-class AyaVisionAdapter(Adapter):
+class AyaVisionAdapter(TiledViews, Adapter):
     family = "aya_vision"
     model_types = ("aya_vision",)
     checkpoint = "CohereLabs/aya-vision-8b"
@@ -57,32 +57,6 @@ class AyaVisionAdapter(Adapter):
         starts, ends = np.nonzero(row_ids == start)[0], np.nonzero(row_ids == end)[0]
         segments = [positions[(positions > s) & (positions < e)] for s, e in zip(starts, ends)]
         return [s for s in segments if len(s)] or contiguous_segments(positions)
-
-    def views(self, inputs: dict, image_index: int, segment: np.ndarray, size: tuple[int, int]) -> list[ImageView]:
-        g, (w, h) = self.tile_side, size
-        # one tile only (a 1 × 1 canvas): the whole image resized to one tile, no thumbnail
-        rows, cols = tile_grid(self.processor, size) if len(segment) != g * g else (1, 1)
-        tiles = rows * cols
-        self._check_count(segment, g * g * (tiles + (tiles > 1)), self.family)
-        tile_w, tile_h = w / cols, h / rows  # one tile of the resized canvas, in original pixels
-        out = []
-        for k in range(tiles):  # row-major, as crop_image_to_patches
-            r, c = divmod(k, cols)
-            region = (c * tile_w, r * tile_h, (c + 1) * tile_w, (r + 1) * tile_h)
-            name = "image" if tiles == 1 else f"tile_{r}_{c}"
-            out.append(ImageView(name, segment[k * g * g:(k + 1) * g * g], g, g, region, size))
-        if tiles > 1:
-            out.append(ImageView("thumbnail", segment[tiles * g * g:], g, g, (0.0, 0.0, float(w), float(h)), size))
-        return out
-
-    def select_vision(self, inputs: dict, rows: list[int]) -> dict:
-        """``pixel_values`` holds every tile of every image, one image after another (one image per row)."""
-        if not isinstance(inputs.get("pixel_values"), torch.Tensor):
-            return {}
-        g = self.tile_side
-        tiles = ((inputs["input_ids"] == self.image_token_id).sum(-1) // (g * g)).tolist()  # (B,)
-        chunks = inputs["pixel_values"].split(tiles)
-        return {"pixel_values": torch.cat([chunks[b] for b in rows])}
 
     # --- prompts -----------------------------------------------------------------------------------------------
     @cached_property
