@@ -286,7 +286,7 @@ class VLM:
         and run the method on it."""
         store = self.prefix_store if share_prefix and method.shares_prefix else None
         batch = Batch.build(self.adapter, images, questions, options, record_trace=trace, prefix_store=store,
-                            new_tokens=max_new_tokens)
+                            new_tokens=max_new_tokens, prefix_split=method.prefix_split)
         self._check_context(batch, questions, max_new_tokens, noun)
         setup(batch.runner)
         try:

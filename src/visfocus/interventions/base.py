@@ -69,6 +69,10 @@ class Method:
     # the prefix). A method that changes the image or the prompt before the question sets this False (an instance may
     # decide from its parameters).
     shares_prefix: ClassVar[bool] = True
+    # Where a stored image prefix may end: "template" (after the image and the template text that follows it) or
+    # "image" (right after the image's last token), for a method that edits every prompt row after the image (VAF):
+    # those rows then all run in the question's forward, under its edits.
+    prefix_split: ClassVar[str] = "template"
     # The method decodes through ``runner.generate`` without choosing greedy decoding itself, so the caller's sampling
     # (``answer_batch(sampling=...)``) applies. A method that decodes its own way (greedy by definition, or sampling
     # under its own parameters) sets this False.

@@ -50,11 +50,13 @@ class Batch:
     @classmethod
     def build(cls, adapter: Adapter, images: Sequence[Image.Image], questions: Sequence[str],
               options: Sequence[Sequence[str] | None] | None = None, *, record_trace: bool = False,
-              prefix_store: PrefixStore | None = None, new_tokens: int | None = None) -> Batch:
+              prefix_store: PrefixStore | None = None, new_tokens: int | None = None,
+              prefix_split: str = "template") -> Batch:
         """Encode ``images`` and ``questions`` with the adapter's processor and prepare the engine's runner.
         ``prefix_store``: share image prefixes through it (None: every row is prefilled whole) where the adapter
-        finds sharing exact for decoding up to ``new_tokens`` tokens (None: not known in advance)."""
-        inputs, sharing = cls._encode(adapter, images, questions, prefix_store, new_tokens)
+        finds sharing exact for decoding up to ``new_tokens`` tokens (None: not known in advance); the prefixes end
+        where ``prefix_split`` says (``Method.prefix_split``)."""
+        inputs, sharing = cls._encode(adapter, images, questions, prefix_store, new_tokens, prefix_split)
         layouts = adapter.layouts(inputs, list(images))
         runner = Runner(adapter.model, inputs, adapter.image_cols(inputs), drop_on_continue=adapter.drop_on_continue,
                         prefill_position_ids=adapter.prefill_position_ids(inputs), layouts=layouts,
@@ -65,7 +67,8 @@ class Batch:
 
     @staticmethod
     def _encode(adapter: Adapter, images: Sequence[Image.Image], questions: Sequence[str],
-                prefix_store: PrefixStore | None, new_tokens: int | None = None) -> tuple[dict, Sharing | None]:
+                prefix_store: PrefixStore | None, new_tokens: int | None = None,
+                prefix_split: str = "template") -> tuple[dict, Sharing | None]:
         """The processor's tensors on the model's device, laid out for prefix sharing when a store is given."""
         device = adapter.model.device
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
@@ -73,7 +76,7 @@ class Batch:
         if prefix_store is None:
             return inputs, None
         mask = inputs["attention_mask"].bool()
-        lengths = [adapter.shared_prefix_length(inputs["input_ids"][b][mask[b]].tolist())
+        lengths = [adapter.shared_prefix_length(inputs["input_ids"][b][mask[b]].tolist(), prefix_split)
                    for b in range(mask.shape[0])]
         laid_out, prefix_cols = split_layout(inputs, lengths, adapter.image_token_id)
         if not adapter.shares_prefix_exactly(laid_out, new_tokens):

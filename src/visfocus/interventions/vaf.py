@@ -23,9 +23,9 @@ Reference quirks and how they are handled:
 - the reference runs fp16 with eager attention; here the engine recomputes the edited rows in fp32.
 
 ``rows="last"`` is a labelled approximation, not the reference: only the last prompt row and the decoding rows are
-edited (the question's earlier rows keep their unedited keys and values). It is cheaper (one row per layer) and can
-start from stored image prefixes; the faithful ``rows="post_image"`` cannot (the rows after the image that the shared
-prefix holds would not be re-edited), so that method runs without prefix sharing.
+edited (the question's earlier rows keep their unedited keys and values). It is cheaper (one row per layer). Both
+start from stored image prefixes: for the faithful ``rows="post_image"`` the stored prefix ends right after the image
+(``prefix_split = "image"``), so every row it edits runs in the question's forward.
 
 Anchor (reference README, POPE random, accuracy): LLaVA-1.5-7B 87.8 → 89.7 with VAF (VCD: 88.4); LLaVA-1.5-13B
 87.6 → 90.1; Qwen-VL-7B 88.2 → 90.0. Identity: enhance = suppress = 1 (no edit at all)."""
@@ -56,12 +56,12 @@ class VAF(Method):
     Params = VAFParams
     identity = {"enhance": 1.0, "suppress": 1.0}
     search_grid = {"enhance": (1.05, 1.15, 1.25, 1.5), "suppress": (0.9, 0.95, 1.0)}
-    shares_prefix = False  # the prompt rows after the image in a stored prefix would not be re-edited
     sites = frozenset({"attention"})
 
     def __init__(self, params: VAFParams) -> None:
         super().__init__(params)
-        self.shares_prefix = params.rows == "last"  # the approximation edits rows after the prefix only
+        # The rows after the image are edited: a stored prefix ends at the image, so they all run under the edits.
+        self.prefix_split = "image" if params.rows == "post_image" else "template"
 
     def edits(self, num_layers: int) -> tuple[ScaleLogits, ...]:
         """The image-column and before-image-column multipliers (an edit whose multiplier is 1 is left out)."""

@@ -204,13 +204,14 @@ class Adapter:
             shared += 1
         return tuple(first[start:start + shared])
 
-    def shared_prefix_length(self, row_ids: list[int]) -> int:
+    def shared_prefix_length(self, row_ids: list[int], split: str = "template") -> int:
         """How many leading tokens of a prompt (its real tokens, no padding) every question about the same image
-        shares: up to and including the last image token, then the template text that follows it; at least one
-        token is left to the question."""
+        shares: up to and including the last image token, then (``split="template"``) the template text that
+        follows it, or (``split="image"``) nothing more, for a method that edits every row after the image; at
+        least one token is left to the question."""
         last = len(row_ids) - 1 - row_ids[::-1].index(self.image_token_id)
         shared = 0
-        for expected in self.template_after_image:
+        for expected in self.template_after_image if split == "template" else ():
             if last + 1 + shared >= len(row_ids) or row_ids[last + 1 + shared] != expected:
                 break
             shared += 1

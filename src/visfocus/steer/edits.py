@@ -62,7 +62,8 @@ class Edit:
         "post_image_prompt_and_decode" edits, per batch row, every real prompt row after that row's last image token
         (the template text after the image, the question, the last prompt token) and every decoding row. A batch row
         without image tokens is not edited. All those prompt rows must run in one forward (the engine raises
-        otherwise), so such an edit cannot start from a stored image prefix or a re-run of the last token only.
+        otherwise): it starts from a stored image prefix only where that ends at the image (a method's
+        ``prefix_split = "image"``), and never from a re-run of the last token only.
         Logit edits only (``changes_probs`` edits take the last-row selections).
     keys: which key columns the edit may change: "image" tokens, all other ("text") tokens, or "before_image": the
         columns before the row's first image token (BOS, system prompt, template; left padding is masked anyway;

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
+from visfocus.steer.attention import POST_IMAGE
 from visfocus.steer.compat import cache_argument, fresh_cache, output_cache
 from visfocus.steer.context import Cost, SteerState, steering
 from visfocus.steer.edits import Edit
@@ -149,10 +150,11 @@ class Runner:
         its ``ForcedContinuation`` after the method's processors and resets its record here."""
         self._check_sites(edits, logits_processor, layer_hooks)
         kwargs, cache = dict(self.inputs), None
-        if not self.rerun_last_token:
-            prefix = None  # the whole prompt runs under the edits
+        earlier_rows = any(edit.rows == POST_IMAGE for edit in edits)  # edits prompt rows before the last one
+        if not self.rerun_last_token or earlier_rows:
+            prefix = None  # the whole prompt (after a shared image prefix) runs under the edits
         if prefix is None and self.sharing is not None:  # the prompt but its last token from the shared prefix
-            if self.sharing.store.keep_prompts:  # the whole prompt, to keep it
+            if self.sharing.store.keep_prompts and not earlier_rows:  # the whole prompt, to keep it
                 prefix, keep_prefix = self.prefill(), False
             else:  # the image prefixes; generate's first forward runs every question token, the last under the edits
                 cache = self._shared().image_prefixes()
