@@ -271,3 +271,36 @@ def test_the_model_honours_stop_strings_and_refuses_what_it_cannot_answer():
         model.generate_until([agentic])
     with pytest.raises(VisfocusError, match="multi-round tasks are not supported"):
         model.generate_until_multi_round([agentic])
+
+
+def test_requests_are_answered_grouped_by_image_and_returned_in_lmms_evals_order(monkeypatch):
+    """Requests about one image are answered one after another (so they share its prefix, as visfocus eval's samples
+    do), in lmms-eval's order within each image; the answers come back in lmms-eval's order, equal to answering each
+    request alone. Without prefix sharing the order is lmms-eval's."""
+    from lmms_eval.api.instance import Instance
+
+    from visfocus.integrations.lmms.model import VisFocusLmms
+
+    records = vf.task("scenes_test")[:2]
+    order = [0, 1, 0, 1, 0]  # image of each request, interleaved
+    docs = [{"question": f"{records[k].question} ({n})"} for n, k in enumerate(order)]
+
+    def request(n: int):
+        return Instance("generate_until", (docs[n]["question"], {"max_new_tokens": 2, "until": []},
+                                           lambda doc, k=order[n]: [records[k].image], n, "t", "test"), n,
+                        {"task": "t", "doc_id": n, "repeats": 1})
+
+    for share, expected_calls in ((True, [0, 2, 4, 1, 3]), (False, [0, 1, 2, 3, 4])):
+        model = VisFocusLmms(method="scaling_vis", batch_size=1, share_prefix=share)
+        model.task_dict = {"t": {"test": docs}}
+        alone = [model.vlm.answer(records[order[n]].image, docs[n]["question"], model.method, max_new_tokens=2).text
+                 for n in range(len(order))]
+        asked, answer_batch = [], model.vlm.answer_batch
+
+        def recording(images, questions, *args, _inner=answer_batch, _asked=asked, **kwargs):
+            _asked.extend(int(q.rsplit("(", 1)[1].rstrip(")")) for q in questions)
+            return _inner(images, questions, *args, **kwargs)
+
+        monkeypatch.setattr(model.vlm, "answer_batch", recording)
+        assert model.generate_until([request(n) for n in range(len(order))]) == alone
+        assert asked == expected_calls

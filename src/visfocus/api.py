@@ -22,7 +22,7 @@ from visfocus.models.base import Adapter
 from visfocus.models.loading import load_adapter
 from visfocus.questions import text_problem, too_long, unicode_problem
 from visfocus.steer.forced import eos_token_ids
-from visfocus.steer.prefix import PrefixStore
+from visfocus.steer.prefix import PrefixStore, image_fingerprint
 from visfocus.steer.runner import Runner
 
 ImageLike = ImageSource
@@ -141,6 +141,13 @@ class VLM:
         return self.answer_batch([image], [question], method, max_new_tokens=max_new_tokens, trace=trace,
                                  options=[options] if options is not None else None, share_prefix=share_prefix,
                                  sampling=sampling)[0]
+
+    @staticmethod
+    def image_key(image: ImageSource) -> str:
+        """The key of an image's content under which ``prefix_store`` keeps its prefix: questions about images with
+        equal keys share one (the lmms-eval plugin orders its requests by it)."""
+        picture = open_image(image)
+        return image_fingerprint(picture.mode, picture.size, picture.tobytes())
 
     def prepare(self, images: Sequence[ImageLike], questions: Sequence[str],
                 options: Sequence[Sequence[str] | None] | None = None, *, record_trace: bool = False,

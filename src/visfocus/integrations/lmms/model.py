@@ -143,6 +143,8 @@ class VisFocusLmms(lmms):
         for indices in groups.values():
             how = decoding(requests[indices[0]].args[1])
             self._report_ignored(how)
+            if self.settings.share_prefix and self.method.shares_prefix:
+                indices = self._by_image(requests, indices)
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
                 texts = self._answer_chunk([requests[i].args for i in chunk], how)
@@ -151,6 +153,18 @@ class VisFocusLmms(lmms):
                 progress.update(len(chunk))
         progress.close()
         return out
+
+    def _by_image(self, requests, indices: list[int]) -> list[int]:
+        """``indices`` reordered so that the requests about one image follow one another (images in order of first
+        appearance, requests in lmms-eval's order within each): consecutive batches then share the image's prefix,
+        as ``visfocus eval``'s samples do. The answers still go back in lmms-eval's order."""
+        first: dict[str, int] = {}
+        groups = []
+        for i in tqdm(indices, disable=self.rank != 0 or len(indices) < 2, desc="visfocus: requests by image"):
+            _, _, doc_to_visual, doc_id, task, split = requests[i].args
+            key = self.vlm.image_key(self._visual(doc_to_visual, self._doc(task, split, doc_id), task, doc_id))
+            groups.append(first.setdefault(key, len(first)))
+        return [i for _, i in sorted(zip(groups, indices), key=lambda pair: pair[0])]  # stable within an image
 
     def _answer_chunk(self, args: list[tuple], how: Decoding) -> list[str]:
         images, questions, options, names = [], [], [], []
