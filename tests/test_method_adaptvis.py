@@ -7,6 +7,7 @@ import torch
 
 import visfocus as vf
 from visfocus.interventions.adaptvis import option_token_ids
+from visfocus.steer.variants import separate_passes
 from visfocus.testing import FAMILIES
 
 QUESTION = "Where is the cup in relation to the table? Answer with left, right, on or under."
@@ -51,10 +52,20 @@ def test_rows_of_a_batch_take_their_own_branch(tiny_vlms, image, other_image):
         assert (batch[b].first_token_logits - expected.first_token_logits).abs().max().item() <= 1e-4
 
 
-def test_costs_one_prefill_plus_one_token(tiny_vlms, image):
+def test_costs_one_forward(tiny_vlms, image):
+    """The unedited row and both branches run in the prompt's one forward, two more columns than a plain answer."""
     vlm = tiny_vlms["llava"]
     plain = vlm.answer(image, QUESTION, max_new_tokens=1, share_prefix=False)
     out = vlm.answer(image, QUESTION, method=vf.method("adaptvis"), max_new_tokens=1, share_prefix=False)
+    assert out.cost["forward_passes"] == plain.cost["forward_passes"] == 1
+    assert out.cost["prefill_tokens"] == plain.cost["prefill_tokens"] + 2
+
+
+def test_separate_passes_cost_one_prefill_plus_one_token(tiny_vlms, image):
+    vlm = tiny_vlms["llava"]
+    plain = vlm.answer(image, QUESTION, max_new_tokens=1, share_prefix=False)
+    with separate_passes():
+        out = vlm.answer(image, QUESTION, method=vf.method("adaptvis"), max_new_tokens=1, share_prefix=False)
     assert out.cost["forward_passes"] == 2  # the prefill and the re-run of the last prompt token
     assert out.cost["prefill_tokens"] == plain.cost["prefill_tokens"] + 1
 
@@ -103,7 +114,8 @@ def _official_branch(confidence: float, threshold: float) -> str:
 
 def test_two_decimal_rounding_takes_the_official_branch_exactly_where_rounding_matters(tiny_vlms, image):
     vlm = tiny_vlms["llava"]
-    c = vlm.answer(image, QUESTION, max_new_tokens=1).confidence
+    # the confidence AdaptVis compares (its own unedited row; a plain answer's may differ in the last float bits)
+    c = vlm.answer(image, QUESTION, max_new_tokens=1, method=vf.method("adaptvis")).extras["confidence_used"]
     rounded = round(c, 2)
     assert rounded != c
     # thresholds on both sides of C and of round(C, 2), and between them: only there do the two rules disagree

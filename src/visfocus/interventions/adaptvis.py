@@ -2,9 +2,12 @@
 unedited pass — α_low (smooth, broaden the focus) when confidence < threshold, α_high (sharpen) otherwise.
 
 Paper names α1, α2, β; the official code ``--weight1 --weight2 --threshold``; the survey ``smoothen_weight``,
-``sharpen_weight``, ``confidence_threshold``. Cost: the unedited pass is one prefill; only the last prompt token is
-re-run under the chosen α from a cropped copy of its cache (the keys and values of positions 0..n−2 are the same
-with and without the edit), so an answer costs about one prefill, not two (docs/methods.md §12.3)."""
+``sharpen_weight``, ``confidence_threshold``. Cost: one forward. The prompt's forward (from the shared image prefix,
+or whole) runs unedited and carries two more columns, the last prompt token under α_low and under α_high
+(``visfocus.steer.variants``); the unedited row's confidence picks the branch, and decoding goes on from that
+branch's column. Where variant columns are not exact (a prefix-LM prompt, sampling, teacher forcing, a recorded
+trace), the unedited prefill comes first and only the last prompt token is re-run under the chosen α from a cropped
+copy of its cache (docs/methods.md §12.3)."""
 
 from __future__ import annotations
 
@@ -113,17 +116,29 @@ class AdaptVis(Method):
         return {**grid, "threshold": sorted(set(grid.get("threshold", ())) | set(quantiles))}
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
-        p = self.params
+        p, runner = self.params, batch.runner
         option_ids = None
         if p.confidence == "option_prob":
             option_ids = [option_token_ids(batch.adapter.processor.tokenizer, o) for o in batch.options]
-        prefix = batch.runner.prefill()  # unedited pass: α = 1
-        scores = confidence(prefix.first_logits, p.confidence, option_ids).tolist()  # (B,)
+        layers, rows = edit_layers(p.layers, batch.num_layers), "last_prompt_and_decode" if p.decode else "last_prompt"
+        branches = (ScaleLogits(alpha=float(p.alpha_low), layers=layers, rows=rows),
+                    ScaleLogits(alpha=float(p.alpha_high), layers=layers, rows=rows))
+        if runner.variants_refused((branches,)) is None:  # the unedited row and both branches in one forward
+            variants = runner.variant_pass([(branch,) for branch in branches])
+            unedited_logits = variants.unedited_logits  # (B, V)
+        else:  # an unedited prefill, then the last prompt token again under the chosen α
+            prefix = runner.prefill()
+            unedited_logits = prefix.first_logits  # (B, V)
+        scores = confidence(unedited_logits, p.confidence, option_ids).tolist()  # (B,)
         smooth = smooth_branch(scores, p.threshold, p.confidence_decimals)
         alphas = tuple(float(p.alpha_low if s else p.alpha_high) for s in smooth)
-        edit = ScaleLogits(alpha=alphas, layers=edit_layers(p.layers, batch.num_layers),
-                           rows="last_prompt_and_decode" if p.decode else "last_prompt")
-        generation = batch.runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix, keep_prefix=False)
+        edit = ScaleLogits(alpha=alphas, layers=layers, rows=rows)
+        if runner.variants_refused((branches,)) is None:
+            choice = [0 if s else 1 for s in smooth]  # the variant of each row's branch
+            generation = runner.continue_variants(variants, [choice], max_new_tokens,
+                                                  decode_edits=[(edit,) if p.decode else ()])[0]
+        else:
+            generation = runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix, keep_prefix=False)
         extras = [{"alpha_used": a, "confidence_used": float(c), "confidence_mode": p.confidence,
                    "branch": "smooth" if s else "sharpen"} for a, c, s in zip(alphas, scores, smooth)]
         if p.confidence_decimals is not None:  # what was compared with the threshold

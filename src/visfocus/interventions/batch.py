@@ -61,7 +61,9 @@ class Batch:
         runner = Runner(adapter.model, inputs, adapter.image_cols(inputs), drop_on_continue=adapter.drop_on_continue,
                         prefill_position_ids=adapter.prefill_position_ids(inputs), layouts=layouts,
                         record_trace=record_trace, sharing=sharing, decoder_layers=adapter.decoder_layers(),
-                        rerun_last_token=not adapter.prefix_lm)
+                        rerun_last_token=not adapter.prefix_lm,
+                        continuation_positions=adapter.continuation_positions,
+                        set_decode_offsets=adapter.set_decode_offsets)
         return cls(images=list(images), questions=list(questions), options=_rows(options, len(images)),
                    adapter=adapter, layouts=layouts, runner=runner)
 

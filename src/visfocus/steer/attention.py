@@ -19,7 +19,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from visfocus.errors import VisfocusError
-from visfocus.steer.context import SteerState, active_state
+from visfocus.steer.context import SteerState, VariantColumns, active_state
 from visfocus.steer.edits import Edit, RowView, soft_cap
 
 ATTN_NAME = "visfocus"
@@ -150,6 +150,10 @@ def visfocus_attention(
     if post_image and kv_len - q_len <= state.last_prompt_pos:  # this forward holds prompt rows
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         _post_image_rows(state, post_image, query, key, value, attention_mask, scale, softcap, out)
+    variants = state.variants
+    if variants is not None and kv_len == variants.end and kv_len - q_len < variants.start:  # holds the columns
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        _variant_rows(state, variants, layer, query, key, value, attention_mask, scale, softcap, out)
     target = _target_row(state, q_len, kv_len)
     if target is None:
         return out, None
@@ -158,16 +162,32 @@ def visfocus_attention(
     record = state.recorder is not None and not is_decode
     if not edits and not record:
         return out, None
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    abs_pos = kv_len - q_len + row
+    mask = _row_mask(attention_mask, row, abs_pos, kv_len, query.device)  # (B|1, 1, K)
+    row_out, probs_pre, probs = _edited_row(state, edits, layer, row, abs_pos, is_decode, query, key, value, mask,
+                                            scale, softcap)
+    if row_out is not None:
+        out[:, row] = row_out.to(out.dtype)
+    if record:
+        state.recorder.record(layer, probs_pre, probs)
+    return out, None
 
+
+def _edited_row(state: SteerState, edits: list[Edit], layer: int, row: int, abs_pos: int, is_decode: bool,
+                query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float,
+                softcap: float | None, *, always: bool = False
+                ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Query row ``row`` of this forward (at key column ``abs_pos``) under ``edits``, over the additive ``mask``
+    (B|1, 1, K): its output (B, H, D) float32 (None when no edit changed it, unless ``always``), and its
+    probabilities before and after the edits, (B, H, K) each."""
     B, H, _, D = query.shape
-    H_kv = key.shape[1]
+    kv_len, H_kv = key.shape[2], key.shape[1]
     group = H // H_kv
-    scale = scaling if scaling is not None else D**-0.5
     # Group the query heads by their KV head instead of repeating K/V (GQA).
     q_row = query[:, :, row, :].reshape(B, H_kv, group, D).float()  # (B, Hkv, g, D)
     scores = torch.matmul(q_row, key.float().transpose(-1, -2)) * scale  # (B, Hkv, g, K)
     scores = soft_cap(scores.reshape(B, H, kv_len), softcap)  # (B, H, K)
-    mask = _row_mask(attention_mask, row, kv_len - q_len + row, kv_len, query.device)  # (B|1, 1, K)
 
     probs_pre = torch.softmax(scores + mask, dim=-1)  # (B, H, K)
     probs = probs_pre
@@ -178,23 +198,43 @@ def visfocus_attention(
                 edited = edit.apply(scores, image_cols)  # (B, H, K)
                 if edit.rows == POST_IMAGE:  # only the batch rows that have an image before this row
                     end, has_image = _image_end(state.image_cols, query.device)  # (B,), (B,)
-                    after = has_image & (end < kv_len - q_len + row)  # (B,)
+                    after = has_image & (end < abs_pos)  # (B,)
                     edited = torch.where(after[:, None, None], edited, scores)
                 scores = edited
         probs = torch.softmax(scores + mask, dim=-1)  # (B, H, K)
     if any(e.changes_probs for e in edits):
-        view = RowView(layer=layer, row=row, abs_pos=kv_len - q_len + row, is_decode=is_decode,
+        view = RowView(layer=layer, row=row, abs_pos=abs_pos, is_decode=is_decode,
                        query=query[:, :, row, :].float(), key=key, scale=scale, mask=mask, image_cols=image_cols,
                        softcap=softcap)
         for edit in edits:
             if edit.changes_probs:
                 probs = edit.edit_probs(probs, view)  # (B, H, K)
-    if probs is not probs_pre:
-        row_out = torch.matmul(probs.reshape(B, H_kv, group, kv_len), value.float())  # (B, Hkv, g, D)
-        out[:, row] = row_out.reshape(B, H, D).to(out.dtype)
-    if record:
-        state.recorder.record(layer, probs_pre, probs)
-    return out, None
+    if probs is probs_pre and not always:
+        return None, probs_pre, probs
+    row_out = torch.matmul(probs.reshape(B, H_kv, group, kv_len), value.float())  # (B, Hkv, g, D)
+    return row_out.reshape(B, H, D), probs_pre, probs
+
+
+def _variant_rows(state: SteerState, variants: VariantColumns, layer: int, query: torch.Tensor, key: torch.Tensor,
+                  value: torch.Tensor, attention_mask: torch.Tensor | None, scale: float, softcap: float | None,
+                  out: torch.Tensor) -> None:
+    """The variant columns (``VariantColumns``) of a forward that holds them and the last prompt row: variant j
+    re-runs the last prompt token at its position under its own edits, attending to what the last prompt row attends
+    to (the model's own mask: causal, sliding window, padding) but that row itself, and to itself. Each row is
+    computed explicitly and spliced into ``out`` (B, Q, H, D) in place (SDPA gave it the causal mask)."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    first_pos, last = kv_len - q_len, variants.start - 1
+    base = _row_mask(attention_mask, last - first_pos, last, kv_len, query.device)  # (B|1, 1, K): the last row's
+    base = base.clone()
+    base[..., last:] = float("-inf")  # not the original last row, not the other variants
+    for j, edits in enumerate(variants.edit_sets):
+        column = variants.start + j
+        mask = base.clone()
+        mask[..., column] = 0.0  # itself
+        here = [e for e in edits if e.applies_to(layer, False)]
+        row_out, _, _ = _edited_row(state, here, layer, column - first_pos, column, False, query, key, value, mask,
+                                    scale, softcap, always=True)
+        out[:, column - first_pos] = row_out.to(out.dtype)
 
 
 def _softcapped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -227,6 +267,8 @@ def _count(state: SteerState, q_len: int, kv_len: int) -> None:
     """Cost accounting at layer 0: one forward pass; its positions split into prompt and generated tokens."""
     first_pos = kv_len - q_len
     prompt_positions = max(0, min(kv_len, state.last_prompt_pos + 1) - first_pos)
+    if state.variants is not None and kv_len == state.variants.end:  # the variant rows re-run the last prompt token
+        prompt_positions += len(state.variants.edit_sets)
     state.cost.forward_passes += 1
     state.cost.prefill_tokens += prompt_positions
     state.cost.decode_tokens += q_len - prompt_positions

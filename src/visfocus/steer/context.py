@@ -1,5 +1,6 @@
 """The per-call steering state the attention function reads: image key columns, the last prompt position, the edits
-to apply, the trace recorder and the cost counter. Set with ``steering(state)``; absent means plain SDPA."""
+to apply, the variant columns, the trace recorder and the cost counter. Set with ``steering(state)``; absent means
+plain SDPA."""
 
 from __future__ import annotations
 
@@ -28,6 +29,21 @@ class Cost:
                 "decode_tokens": self.decode_tokens, "seconds": round(self.seconds, 4)}
 
 
+@dataclass(frozen=True)
+class VariantColumns:
+    """k variants of the last prompt token, appended as key columns ``start``..``start + k − 1`` of the forward that
+    holds the prompt (``start`` = S): variant j sits at the last prompt token's position, attends to what that token
+    attends to (but the token itself) and to itself only, and runs under ``edit_sets[j]``."""
+
+    start: int
+    edit_sets: tuple[tuple[Edit, ...], ...]
+
+    @property
+    def end(self) -> int:
+        """The key length of the forward that holds the variants: S + k."""
+        return self.start + len(self.edit_sets)
+
+
 @dataclass
 class SteerState:
     """image_cols: (B, S) bool, True where the prompt holds an image token. last_prompt_pos: S - 1 (left padding
@@ -37,6 +53,7 @@ class SteerState:
     edits: tuple[Edit, ...] = ()
     recorder: TraceRecorder | None = None
     cost: Cost = field(default_factory=Cost)
+    variants: VariantColumns | None = None  # variant columns of the forward that holds the prompt (or none)
 
     @property
     def last_prompt_pos(self) -> int:

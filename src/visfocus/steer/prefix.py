@@ -234,24 +234,34 @@ class SharedPrefill:
         return cache
 
     def prefill(self, forward: Forward, *, tag: str = "", vision: dict | None = None,
-                reuse: bool = True) -> tuple[object, torch.Tensor]:
+                reuse: bool = True, rerun_last: bool = False) -> tuple[object, torch.Tensor]:
         """The whole prompt's cache (S columns) and first-token logits (B, V) float32, the model readied to decode on:
         every row's kept whole prompt when the store keeps them all and ``reuse``, else the image prefixes (of
         ``vision``'s pixels where given) and ``forward`` over the question tokens (their prompts kept afterwards when
-        the store keeps prompts)."""
+        the store keeps prompts). ``rerun_last``: ``forward`` runs at least the last prompt token (kept prompts are
+        cropped before it), and its logits may hold more than the last column's: (B, 1 + k, V), the first the last
+        prompt token's (``visfocus.steer.variants``); ``forward``'s own cache and logits are returned."""
         keys = self.keys(tag)
+        ids = self.inputs["input_ids"]  # (B, S)
         if reuse and self.store.keep_prompts:
             kept = self._kept_prompts(keys)
-            if kept is not None:
+            if kept is not None and not rerun_last:
                 return kept
+            if kept is not None:  # every row's prompt but its last token, and the last token run by ``forward``
+                cache, _ = kept
+                cache.crop(-1)  # drop the last prompt position
+                positions, _ = self.sharing.continuation_positions(self.inputs, ids.shape[1] - 1)
+                return forward({"input_ids": ids[:, -1:], "attention_mask": self.inputs["attention_mask"],
+                                cache_argument(self.model): cache, "position_ids": positions})
         cache, positions = self._prefix_cache(keys, vision)
-        ids, C = self.inputs["input_ids"], self.sharing.prefix_cols  # (B, S)
+        C = self.sharing.prefix_cols
         cache, first = forward({"input_ids": ids[:, C:], "attention_mask": self.inputs["attention_mask"],  # (B, N)
                                 cache_argument(self.model): cache, "position_ids": positions})
         if self.store.keep_prompts:
             layers = cache_layers(cache)
+            last = first if first.dim() == 2 else first[:, 0]  # (B, V): after the last prompt token
             for b, key in enumerate(keys.prompts):
-                self.store.put(key, extract(layers, b, keys.columns[b], first[b]))
+                self.store.put(key, extract(layers, b, keys.columns[b], last[b]))
         return cache, first
 
     def _kept_prompts(self, keys: RowKeys) -> tuple[DynamicCache, torch.Tensor] | None:

@@ -13,13 +13,14 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from visfocus.steer.attention import POST_IMAGE
 from visfocus.steer.compat import cache_argument, fresh_cache, output_cache
-from visfocus.steer.context import Cost, SteerState, steering
+from visfocus.steer.context import Cost, SteerState, VariantColumns, steering
 from visfocus.steer.edits import Edit
 from visfocus.steer.forced import ForcedContinuation, eos_token_ids
 from visfocus.steer.prefix import SharedPrefill, Sharing, leading_padding
 from visfocus.steer.sites import Contract, LayerHook, installed
 from visfocus.steer.streams import SideStream
 from visfocus.steer.trace import TraceRecorder
+from visfocus.steer.variants import VariantPass, columns_enabled, finished_after_first, with_variant_columns
 
 
 @dataclass
@@ -60,14 +61,18 @@ class Runner:
     (``visfocus.steer.forced``); None: the model's own choices.
     rerun_last_token: whether ``generate(prefix=...)`` may run only the last prompt token on the prefix's cache, exact
     for a causal prompt. In a prefix-LM the earlier prompt rows attend to the last one, so an edit of its row reaches
-    theirs in later layers: False runs the whole prompt under the edits instead (the prefix goes unused).
+    theirs in later layers: False runs the whole prompt under the edits instead (the prefix goes unused), and no
+    variant columns (``variant_pass``) either.
+    continuation_positions / set_decode_offsets: the family's (``Adapter.continuation_positions``,
+    ``Adapter.set_decode_offsets``), for a forward of the runner's own (``variant_pass``); None: none here.
     Methods receive a runner inside a ``visfocus.interventions.Batch``, which holds the rest of the batch.
     """
 
     def __init__(self, model, inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
                  prefill_position_ids: torch.Tensor | None, layouts: list | None = None,
                  record_trace: bool = False, sharing: Sharing | None = None,
-                 decoder_layers: list | None = None, rerun_last_token: bool = True) -> None:
+                 decoder_layers: list | None = None, rerun_last_token: bool = True,
+                 continuation_positions=None, set_decode_offsets=None) -> None:
         self.model = model
         self.decoder_layers = decoder_layers  # the text decoder's layers, for the layer sites (``steer.sites``)
         self.contract: Contract | None = None  # what the running method declared (None: engine use, unchecked)
@@ -82,6 +87,8 @@ class Runner:
         self.generation_defaults: dict = {}
         self.forced: ForcedContinuation | None = None
         self.rerun_last_token = rerun_last_token
+        self.continuation_positions = continuation_positions
+        self.set_decode_offsets = set_decode_offsets
 
     def fork(self, model_inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
              prefill_position_ids: torch.Tensor | None, layouts: list, decoder_layers: list | None) -> Runner:
@@ -90,7 +97,9 @@ class Runner:
         self.require("side_stream", "fork")
         other = Runner(self.model, model_inputs, image_cols, drop_on_continue=drop_on_continue,
                        prefill_position_ids=prefill_position_ids, layouts=layouts, decoder_layers=decoder_layers,
-                       rerun_last_token=self.rerun_last_token)
+                       rerun_last_token=self.rerun_last_token,
+                       continuation_positions=self.continuation_positions,
+                       set_decode_offsets=self.set_decode_offsets)
         other.cost, other.recorder, other.forced, other.contract = self.cost, self.recorder, self.forced, self.contract
         other.generation_defaults = dict(self.generation_defaults)
         return other
@@ -217,6 +226,114 @@ class Runner:
         mask = self.inputs["attention_mask"]
         recorded = state.recorder.finish(self.image_cols, mask, self.layouts) if trace else None
         return Prefix(cache=cache, first_logits=first, trace=recorded)
+
+    def variants_refused(self, edit_sets=()) -> str | None:
+        """Why ``variant_pass`` cannot stand in for re-runs of the last prompt token here (None: it can): a
+        prefix-LM prompt (its earlier rows attend to the last one), teacher forcing or sampling (the first token is
+        chosen by hand, greedily), a trace being recorded (it records the re-run), edits of earlier prompt rows, or
+        no positions from the family; inside ``variants.separate_passes``."""
+        if not columns_enabled():
+            return "separate passes were asked for"
+        if not self.rerun_last_token:
+            return "the prompt is a prefix-LM"
+        if self.forced is not None or self.generation_defaults:
+            return "teacher forcing or sampling"
+        if self.recorder is not None:
+            return "a trace is recorded"
+        if any(edit.rows == POST_IMAGE for edits in edit_sets for edit in edits):
+            return "an edit of earlier prompt rows"
+        if self.continuation_positions is None:
+            return "no family positions"
+        return None
+
+    @torch.inference_mode()
+    def variant_pass(self, edit_sets) -> VariantPass:
+        """The prompt's forward, unedited, with one variant column of its last token per entry of ``edit_sets``
+        (a tuple of edits each, at the attention site): k re-runs of the last prompt token in the prompt's own
+        forward (``visfocus.steer.variants``). From the shared image prefixes (or the store's kept prompts) when the
+        batch shares them, else the whole prompt. Check ``variants_refused`` first."""
+        edit_sets = tuple(tuple(edits) for edits in edit_sets)
+        for edits in edit_sets:
+            self._check_sites(edits, None, ())
+        refused = self.variants_refused(edit_sets)
+        if refused is not None:
+            raise RuntimeError(f"variant columns are not exact here: {refused}")
+        count, S = len(edit_sets), self.prompt_len
+        state = SteerState(image_cols=self.image_cols, cost=self.cost,
+                           variants=VariantColumns(start=S, edit_sets=edit_sets))
+
+        def forward(kwargs: dict) -> tuple[object, torch.Tensor]:
+            with steering(state):
+                out = self.model(**with_variant_columns(kwargs, count), use_cache=True, logits_to_keep=count + 1)
+            return output_cache(out), out.logits[:, -(count + 1):].float()  # (B, 1 + k, V)
+
+        if self.sharing is not None:
+            cache, logits = self._shared().prefill(forward, rerun_last=True)
+        else:
+            positions, offsets = self.continuation_positions(self.inputs, 0)  # (B, S) or (3, B, S)
+            cache, logits = forward({**self.inputs, cache_argument(self.model): fresh_cache(),
+                                     "position_ids": positions})
+            self.set_decode_offsets(offsets)
+        return VariantPass(logits=logits, cache=cache, prompt_len=S)
+
+    @torch.inference_mode()
+    def continue_variants(self, variants: VariantPass, choices: list[list[int]], max_new_tokens: int,
+                          decode_edits: list[tuple[Edit, ...]] | None = None,
+                          max_rows: int | None = None) -> list[Generation]:
+        """One generation per entry of ``choices``: row b's first token is the greedy choice of variant
+        ``choices[c][b]`` (``variants.UNEDITED``: the unedited row), and decoding goes on from that variant's cache
+        (under ``decode_edits[c]``, edits of the decoding rows). The same tokens and logits as ``generate`` under the
+        variant's edits on a re-run of the last prompt token. Continuations without decoding edits decode together
+        as rows of one ``generate``, at most ``max_rows`` rows at a time (None: all)."""
+        B = variants.logits.shape[0]
+        decode_edits = decode_edits or [()] * len(choices)
+        firsts = [variants.first_logits(choice) for choice in choices]  # (B, V) each
+        if max_new_tokens == 1:
+            return [Generation(new_tokens=first.argmax(-1, keepdim=True), first_logits=first, step_logits=(first,))
+                    for first in firsts]
+        groups: list[list[int]] = []
+        per_group = max(1, (max_rows or B * len(choices)) // B)
+        plain = [c for c, edits in enumerate(decode_edits) if not edits]
+        groups += [plain[i:i + per_group] for i in range(0, len(plain), per_group)]
+        groups += [[c] for c, edits in enumerate(decode_edits) if edits]
+        out: list[Generation | None] = [None] * len(choices)
+        for group in groups:
+            edits = decode_edits[group[0]] if len(group) == 1 else ()
+            generations = self._continue(variants, [choices[c] for c in group], [firsts[c] for c in group],
+                                         max_new_tokens, edits)
+            for c, generation in zip(group, generations):
+                out[c] = generation
+        return out
+
+    def _continue(self, variants: VariantPass, choices: list[list[int]], firsts: list[torch.Tensor],
+                  max_new_tokens: int, edits: tuple[Edit, ...]) -> list[Generation]:
+        """``continue_variants`` for continuations decoded as rows of one ``generate`` (C·B rows)."""
+        self._check_sites(edits, None, ())
+        C, B = len(choices), firsts[0].shape[0]
+        first_tokens = torch.cat([first.argmax(-1, keepdim=True) for first in firsts])  # (C·B, 1)
+        kwargs = {}
+        ids = self.inputs["input_ids"]  # (B, S)
+        for key, value in self.inputs.items():
+            if key in self.drop_on_continue:
+                continue
+            if isinstance(value, torch.Tensor) and (key == "attention_mask" or value.shape == ids.shape):
+                value = value.repeat(C, 1)  # (C·B, S)
+                extra = first_tokens if key == "input_ids" else value[:, -1:]  # the first token: a real text token
+                value = torch.cat([value, extra.to(value.dtype)], dim=1)  # (C·B, S + 1)
+            kwargs[key] = value
+        _, offsets = self.continuation_positions(self.inputs, self.prompt_len)
+        self.set_decode_offsets(offsets.repeat(C, 1) if offsets is not None else None)
+        kwargs[cache_argument(self.model)] = variants.continuation_cache(choices)
+        config = self._generation_config(max_new_tokens - 1)
+        state = SteerState(image_cols=self.image_cols.repeat(C, 1), edits=tuple(edits), cost=self.cost)
+        with steering(state):
+            out = self.model.generate(**kwargs, generation_config=config)
+        new = out.sequences[:, self.prompt_len:]  # (C·B, T): the first token, then the rest
+        eos = eos_token_ids(self.model.generation_config)
+        new = finished_after_first(new, eos, int(config.pad_token_id))
+        steps = [torch.cat(firsts)] + [logits.float() for logits in out.logits][:new.shape[1] - 1]  # (C·B, V) each
+        return [Generation(new_tokens=new[c * B:(c + 1) * B], first_logits=firsts[c],
+                           step_logits=tuple(step[c * B:(c + 1) * B] for step in steps)) for c in range(C)]
 
     def _shared(self) -> SharedPrefill:
         """The prefix-cache assembly of this (sharing) runner's batch, counting into its cost."""

@@ -1,0 +1,107 @@
+"""Variants as columns (``visfocus.steer.variants``): k re-runs of the last prompt token computed in the prompt's own
+forward equal the re-runs themselves, on every family, with and without shared prefixes, in padded batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import visfocus as vf
+from visfocus.interventions import Batch
+from visfocus.steer.edits import ScaleLogits
+from visfocus.steer.prefix import PrefixStore
+from visfocus.steer.variants import UNEDITED, finished_after_first, separate_passes
+from visfocus.testing import FAMILIES, make_image
+
+QUESTIONS = ["Where is the cup in relation to the table? Answer with left, right, on or under.",
+             "Is the dog on the table?"]  # different lengths: the batch is padded
+
+
+def _images():
+    return [make_image(224, 160, seed=1), make_image(160, 256, seed=2)]
+
+
+def _agree(got, expected, tol=1e-4):
+    for a, b in zip(got, expected, strict=True):
+        assert (a.first_token_logits - b.first_token_logits).abs().max().item() <= tol
+        assert a.text == b.text
+        assert a.extras == b.extras or a.extras["branch"] == b.extras["branch"]
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adaptvis_in_one_forward_equals_separate_passes(family, share_prefix, tiny_vlms):
+    vlm, images = tiny_vlms[family], _images()
+    plain = [a.confidence for a in vlm.answer_batch(images, QUESTIONS, max_new_tokens=1)]
+    # a threshold between the two rows' confidences: one row smooths, the other sharpens
+    decode = FAMILIES.index(family) % 2 == 1  # the rarer option on every other family
+    method = vf.method("adaptvis", alpha_low=0.2, alpha_high=3.0, threshold=sum(plain) / 2, decode=decode)
+    got = vlm.answer_batch(images, QUESTIONS, method, max_new_tokens=3, share_prefix=share_prefix)
+    with separate_passes():
+        expected = vlm.answer_batch(images, QUESTIONS, method, max_new_tokens=3, share_prefix=share_prefix)
+    _agree(got, expected)
+    assert {a.extras["branch"] for a in got} == {"smooth", "sharpen"}
+    one_forward = got[0].cost["forward_passes"] < expected[0].cost["forward_passes"]
+    assert one_forward == (not vlm.adapter.prefix_lm)  # a prefix-LM prompt keeps the separate passes
+
+
+def _runner(vlm, store=None):
+    return Batch.build(vlm.adapter, _images(), QUESTIONS, prefix_store=store).runner
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "gemma3"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_every_choice_continues_as_its_rerun_would(family, shared, tiny_vlms):
+    """Choices per row (unedited, one variant, mixed), decoded as rows of one generate or in chunks, equal
+    ``generate`` under the same edits with the last prompt token re-run."""
+    vlm = tiny_vlms[family]
+    store = PrefixStore() if shared else None
+    edits = [ScaleLogits(alpha=0.3), ScaleLogits(alpha=2.5, heads=(0,))]
+    runner = _runner(vlm, store)
+    variants = runner.variant_pass([(edit,) for edit in edits])
+    choices = [[UNEDITED, UNEDITED], [0, 0], [1, 1], [1, UNEDITED]]
+    together = runner.continue_variants(variants, choices, max_new_tokens=4)
+    chunked = runner.continue_variants(variants, choices, max_new_tokens=4, max_rows=2)
+    for choice, got, again in zip(choices, together, chunked):
+        per_row = tuple(1.0 if j == UNEDITED else edits[j].alpha for j in choice)  # α = 1 leaves a row as it is
+        heads = None if 1 not in choice else (0,)
+        reference = _runner(vlm, store).generate((ScaleLogits(alpha=per_row, heads=heads),), max_new_tokens=4)
+        assert (got.first_logits - reference.first_logits).abs().max().item() <= 1e-4
+        assert torch.equal(got.new_tokens, reference.new_tokens)
+        assert torch.equal(again.new_tokens, got.new_tokens)
+        for step, ref in zip(got.step_logits, reference.step_logits, strict=True):
+            assert (step - ref.float()).abs().max().item() <= 1e-4
+
+
+def test_kept_prompts_rerun_only_the_last_token_with_the_variants(tiny_vlms):
+    """Inside ``keeping_prompts`` a prompt already answered starts from its kept cache: the forward holds its last
+    token and the two variants only."""
+    vlm, images = tiny_vlms["llava"], _images()
+    method = vf.method("adaptvis", alpha_low=0.2, alpha_high=3.0, threshold=0.5)
+    with vlm.keeping_prompts():
+        vlm.answer_batch(images, QUESTIONS, max_new_tokens=1)
+        got = vlm.answer_batch(images, QUESTIONS, method, max_new_tokens=2)
+    assert got[0].cost["forward_passes"] == 2  # the variants' forward and one decoding step
+    assert got[0].cost["prefill_tokens"] == 3  # the last prompt token and its two variants
+    with separate_passes():
+        expected = vlm.answer_batch(images, QUESTIONS, method, max_new_tokens=2, share_prefix=False)
+    _agree(got, expected)
+
+
+def test_a_trace_or_sampling_keeps_the_separate_passes(tiny_vlms):
+    vlm, images = tiny_vlms["qwen3_vl"], _images()
+    method = vf.method("adaptvis", threshold=0.5)
+    traced = vlm.answer_batch(images, QUESTIONS, method, max_new_tokens=1, trace=True)
+    assert traced[0].cost["forward_passes"] >= 2
+    sampled = vlm.answer_batch(images, QUESTIONS, method, max_new_tokens=1,
+                               sampling=vf.Sampling(temperature=0.7, seed=3))
+    assert sampled[0].cost["forward_passes"] >= 2
+    plain = vlm.answer_batch(images, QUESTIONS, method, max_new_tokens=1, share_prefix=False)
+    assert plain[0].cost["forward_passes"] == 1
+    assert [a.text for a in traced] == [a.text for a in plain]
+
+
+def test_a_row_that_ends_at_its_first_token_is_padded_after_it():
+    tokens = torch.tensor([[7, 5, 6, 8], [3, 4, 7, 9], [5, 5, 5, 5]])
+    assert finished_after_first(tokens, eos=[7], pad=0).tolist() == [[7, 0, 0, 0], [3, 4, 7, 9], [5, 5, 5, 5]]
+    assert finished_after_first(tokens[:2], eos=[7], pad=0).tolist() == [[7, 0, 0], [3, 4, 7]]
