@@ -127,9 +127,13 @@ def test_runs_answered_sample_major_equal_separate_runs(tiny_dirs, pope_shaped, 
         alone = evaluate(_config(tiny_dirs, pope_shaped, tmp_path / "alone", method="scaling_vis",
                                  method_args=point, share_prefix=False))
         _same_answers(_rows(alone), _rows(out))
-        # after the first run prefilled a batch, the second re-ran only the last prompt token of each sample
-    second = _rows(together[1])
-    assert all(r["prefill_tokens"] == 1 for r in second)
+    # both points of a batch from one forward: the question tokens and one column per point (variant columns)
+    first, second = _rows(together[0]), _rows(together[1])
+    alone = _rows(evaluate(_config(tiny_dirs, pope_shaped, tmp_path / "shared", method="scaling_vis",
+                                   method_args=points[0])))
+    for a, b, one in zip(first, second, alone):
+        assert a["forward_passes"] == b["forward_passes"] == one["forward_passes"]
+        assert a["prefill_tokens"] == b["prefill_tokens"] == one["prefill_tokens"] + len(points)
 
 
 def test_sweep_with_shared_prefills_matches_the_sweep_without(tiny_dirs, pope_shaped, tmp_path):

@@ -45,6 +45,15 @@ def test_adaptvis_in_one_forward_equals_separate_passes(family, share_prefix, ti
     assert one_forward == (not vlm.adapter.prefix_lm)  # a prefix-LM prompt keeps the separate passes
 
 
+def _close(a, b) -> bool:
+    """Equal nested results, floats to 1e-6 (NaN equals NaN)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, abs=1e-6, nan_ok=True)
+    return a == b
+
+
 def _runner(vlm, store=None):
     return Batch.build(vlm.adapter, _images(), QUESTIONS, prefix_store=store).runner
 
@@ -60,7 +69,7 @@ def test_every_choice_continues_as_its_rerun_would(family, shared, tiny_vlms):
     runner = _runner(vlm, store)
     variants = runner.variant_pass([(edit,) for edit in edits])
     choices = [[UNEDITED, UNEDITED], [0, 0], [1, 1], [1, UNEDITED]]
-    together = runner.continue_variants(variants, choices, max_new_tokens=4)
+    together = runner.continue_variants(variants, choices, max_new_tokens=4, keep_pass=True)
     chunked = runner.continue_variants(variants, choices, max_new_tokens=4, max_rows=2)
     for choice, got, again in zip(choices, together, chunked):
         per_row = tuple(1.0 if j == UNEDITED else edits[j].alpha for j in choice)  # α = 1 leaves a row as it is
@@ -105,3 +114,55 @@ def test_a_row_that_ends_at_its_first_token_is_padded_after_it():
     tokens = torch.tensor([[7, 5, 6, 8], [3, 4, 7, 9], [5, 5, 5, 5]])
     assert finished_after_first(tokens, eos=[7], pad=0).tolist() == [[7, 0, 0, 0], [3, 4, 7, 9], [5, 5, 5, 5]]
     assert finished_after_first(tokens[:2], eos=[7], pad=0).tolist() == [[7, 0, 0], [3, 4, 7]]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_next", "smolvlm"])
+def test_several_methods_from_one_forward_equal_each_alone(family, tiny_vlms):
+    """The plain model, ScalingVis points and AdaptVis points (a sweep's trials) from one forward give each the
+    answers it gives alone; a method that is not a variant method answers on its own beside them."""
+    vlm, images = tiny_vlms[family], _images()
+    plain = [a.confidence for a in vlm.answer_batch(images, QUESTIONS, max_new_tokens=1)]
+    methods = [None, vf.method("scaling_vis", alpha=0.5), vf.method("scaling_vis", alpha=2.0, decode=True),
+               vf.method("adaptvis", alpha_low=0.5, alpha_high=2.0, threshold=sum(plain) / 2),
+               vf.method("adaptvis", alpha_low=0.8, alpha_high=2.0, threshold=0.0),
+               vf.method("clvs")]
+    together = vlm.answer_variants(images, QUESTIONS, methods, max_new_tokens=3, max_rows=4)
+    for method, got in zip(methods, together, strict=True):
+        alone = vlm.answer_batch(images, QUESTIONS, method, max_new_tokens=3, share_prefix=False)
+        _agree(got, alone)
+        assert [a.extras for a in got] == [a.extras for a in alone] or method.name == "adaptvis"
+    # the five variant methods: one forward over the prompt (after the image prefix) and two decoding steps per group
+    assert together[0][0].cost["forward_passes"] < 5 * alone[0].cost["forward_passes"]
+
+
+def test_a_sweep_by_rows_equals_the_sweep_one_trial_at_a_time(tiny_dirs, tmp_path):
+    import json
+    from pathlib import Path
+
+    from visfocus.evaluate import RunConfig
+    from visfocus.run.samples import read_samples
+    from visfocus.sweep import sweep
+
+    grid = {"alpha_low": [0.5, 0.8], "alpha_high": [1.5, 2.0]}
+    outs = {}
+    for by_rows in (True, False):
+        base = RunConfig(model=str(tiny_dirs["qwen3_vl"]), limit=6, batch_size=3, max_new_tokens=3,
+                         output_path=str(tmp_path / str(by_rows)))
+        if by_rows:
+            outs[by_rows] = sweep(base, "synthetic_spatial", "synthetic_spatial", "adaptvis", grid)
+        else:
+            with separate_passes():
+                outs[by_rows] = sweep(base, "synthetic_spatial", "synthetic_spatial", "adaptvis", grid)
+    rows, separate = outs[True], outs[False]
+    assert rows["trials"] == separate["trials"] and rows["chosen"] == separate["chosen"]
+    assert rows["search_space"] == separate["search_space"]
+    assert _close(rows["test"], separate["test"])  # the same test metrics (confidences to float rounding)
+    # every trial is its own run folder with the same sample rows (outputs, branches) either way
+    folders = sorted(p for p in (tmp_path / "True").rglob("samples_synthetic_spatial.jsonl"))
+    assert len(folders) >= len(rows["trials"])
+    for path in folders:
+        twin = tmp_path / "False" / path.relative_to(tmp_path / "True")
+        got, expected = read_samples(path).rows, read_samples(twin).rows
+        assert {k: (v["output"], v["extras"].get("branch")) for k, v in got.items()} == \
+            {k: (v["output"], v["extras"].get("branch")) for k, v in expected.items()}
+    assert json.loads(Path(rows["path"]).read_text())["chosen"] == rows["chosen"]

@@ -18,6 +18,7 @@ from visfocus.images import ImageSource, open_image
 from visfocus.interventions import Batch, Method
 from visfocus.interventions.base import MethodResult, Params
 from visfocus.interventions.baseline import Baseline
+from visfocus.interventions.variants import run_variants
 from visfocus.models.base import Adapter
 from visfocus.models.loading import load_adapter
 from visfocus.questions import text_problem, too_long, unicode_problem
@@ -184,10 +185,63 @@ class VLM:
         start = time.perf_counter()
         batch, result = self._run(pil, questions, method, options, max_new_tokens=max_new_tokens, trace=trace,
                                   share_prefix=share_prefix, setup=_sampler(sampling))
+        batch.runner.cost.seconds = time.perf_counter() - start  # the cost and trace of every pass, forks included
+        return self._answers(batch, result, trace=trace)
+
+    def answer_variants(self, images: Sequence[ImageLike], questions: Sequence[str], methods: Sequence[Method | None],
+                        *, max_new_tokens: int = 16, options: Sequence[Sequence[str] | None] | None = None,
+                        share_prefix: bool = True, max_rows: int | None = None) -> list[list[Answer]]:
+        """``answer_batch`` under each of ``methods`` (None: the plain model), one list of answers per method, each
+        the same as ``answer_batch`` gives it alone. Where every method is a variant method (the plain model,
+        ScalingVis, AdaptVis: ``Method.variant_edits``) they all answer from one forward over the prompt
+        (``visfocus.interventions.variants``), decoding on as rows of one ``generate``, at most ``max_rows`` rows at
+        a time (None: all); otherwise one after another, the whole prompts kept between them. Each answer's cost is
+        the joint work, its ``seconds`` that time's share per method."""
+        checked = [self._checked("answer_variants", images, questions, methods[0] if methods else None, options,
+                                 noun="question")]
+        checked += [self._method(m) for m in methods[1:]]
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise VisfocusError(f"max_new_tokens must be an integer ≥ 1, got {max_new_tokens!r}")
+        if len(questions) == 0 or not methods:
+            return [[] for _ in methods]
+        pil = [load_image(im) for im in images]
+        variant = [i for i, m in enumerate(checked) if m.variant_edits(self.num_layers) is not None]
+        answers: dict[int, list[Answer]] = {}
+        if len(variant) > 1:
+            answers.update(zip(variant, self._variants(pil, questions, [checked[i] for i in variant], options,
+                                                       max_new_tokens, share_prefix, max_rows) or []))
+        with self.keeping_prompts() if share_prefix else contextlib.nullcontext():  # the rest, one after another
+            for i, m in enumerate(checked):
+                if i not in answers:
+                    answers[i] = self.answer_batch(pil, questions, m, max_new_tokens=max_new_tokens, options=options,
+                                                   share_prefix=share_prefix)
+        return [answers[i] for i in range(len(checked))]
+
+    def _variants(self, images: list[Image.Image], questions: Sequence[str], methods: list[Method],
+                  options: Sequence[Sequence[str] | None] | None, max_new_tokens: int, share_prefix: bool,
+                  max_rows: int | None) -> list[list[Answer]] | None:
+        """Variant methods' answers from one forward (``run_variants``), or None where the engine cannot."""
+        start = time.perf_counter()
+        store = self.prefix_store if share_prefix and all(m.shares_prefix for m in methods) else None
+        batch = Batch.build(self.adapter, images, questions, options, prefix_store=store, new_tokens=max_new_tokens)
+        self._check_context(batch, questions, max_new_tokens, "question")
+        try:
+            results = run_variants(batch, methods, max_new_tokens=max_new_tokens, max_rows=max_rows)
+        finally:
+            if store is not None:
+                store.end_call()
+        if results is None:
+            return None
+        batch.runner.cost.seconds = (time.perf_counter() - start) / len(methods)  # each method's share
+        return [self._answers(batch, result) for result in results]
+
+    def _answers(self, batch: Batch, result: MethodResult, trace: bool = False) -> list[Answer]:
+        """The answers of a method's result on ``batch`` (its texts, first-token logits and scores, confidence,
+        cost, layout, trace and extras)."""
         runner = batch.runner  # holds the cost and trace of every pass, also of a forked batch's
-        runner.cost.seconds = time.perf_counter() - start
         final = (result.batch or batch).runner  # the batch the answer came from
         layouts = final.layouts
+        size = len(batch.questions)
 
         gen = result.generation
         texts = self.processor.batch_decode(gen.new_tokens, skip_special_tokens=True)
@@ -199,14 +253,14 @@ class VLM:
             special = torch.isin(ids, torch.tensor(self.processor.tokenizer.all_special_ids, device=ids.device))
             full_trace = runner.recorder.finish(final.image_cols, final.inputs["attention_mask"], layouts,
                                                 special_cols=special & ~final.image_cols)
-        cost = {**runner.cost.as_dict(), "batch_size": len(pil)}
-        shared = runner.sharing.prefix_lengths if runner.sharing is not None else [0] * len(pil)
+        cost = {**runner.cost.as_dict(), "batch_size": size}
+        shared = runner.sharing.prefix_lengths if runner.sharing is not None else [0] * size
         return [Answer(text=texts[b].strip(), first_token=first[b], first_token_logits=gen.first_logits[b].cpu(),
                        first_token_scores=gen.first_scores[b].cpu(), confidence=float(confidence[b]),
                        cost={**cost, "shared_prefix_tokens": shared[b]},
                        layout=layouts[b], trace=full_trace.row(b) if full_trace is not None else None,
                        extras=result.extras[b] if result.extras else {})
-                for b in range(len(pil))]
+                for b in range(size)]
 
     def score_continuations(self, images: Sequence[ImageLike], contexts: Sequence[str], continuations: Sequence[str],
                             method: Method | None = None, *, options: Sequence[Sequence[str] | None] | None = None,
@@ -278,10 +332,15 @@ class VLM:
             raise VisfocusError(f"{call} needs one image per {noun}: got {len(images)} images and "
                                 f"{1 if isinstance(questions, str) else len(questions)} {noun}s")
         self.check_questions(questions, max_new_tokens=None, noun=noun)  # the length: on the encoded prompt (_run)
-        if method is not None and not isinstance(method, Method):
-            raise VisfocusError(f"method must come from visfocus.method(...), got {type(method).__name__}")
         if options is not None and len(options) != len(questions):
             raise VisfocusError(f"options must give one entry per {noun}: got {len(options)} for {len(questions)}")
+        return self._method(method)
+
+    @staticmethod
+    def _method(method: Method | None) -> Method:
+        """The method to run (None: the plain model); one clear error for one not made by ``visfocus.method``."""
+        if method is not None and not isinstance(method, Method):
+            raise VisfocusError(f"method must come from visfocus.method(...), got {type(method).__name__}")
         return method or Baseline(Params())
 
     def _run(self, images: list[Image.Image], questions: Sequence[str], method: Method,

@@ -223,11 +223,21 @@ def _answer_task(runs: list[_Run], work: _Work, name: str, vlm: VLM | None, rank
     try:  # the bar is closed (its line ended) also when a batch fails, so an error gets its own line
         for b, start in enumerate(range(0, len(work.order[name]), base.batch_size)):
             chunk = work.order[name][start:start + base.batch_size]
-            for run, log in zip(runs, logs):
-                batch = [r for r in chunk if r.id in run.todo[name]]
+            by_rows: dict[tuple[str, ...], list[int]] = {}  # the runs that need exactly these samples of the chunk
+            for i, run in enumerate(runs):
+                batch = tuple(r.id for r in chunk if r.id in run.todo[name])
                 if batch:
-                    log.append(answer_rows(vlm, work.tasks[name], batch, run.method, run.config,
-                                           run.folder.traces(name)))
+                    by_rows.setdefault(batch, []).append(i)
+            for ids, members in by_rows.items():
+                batch = [r for r in chunk if r.id in ids]
+                if len(members) > 1 and base.trace is None:  # every run's method on one forward where it can
+                    rows = answer_rows_together(vlm, work.tasks[name], batch, [runs[i].method for i in members],
+                                                base)
+                else:
+                    rows = [answer_rows(vlm, work.tasks[name], batch, runs[i].method, runs[i].config,
+                                        runs[i].folder.traces(name)) for i in members]
+                for i, run_rows in zip(members, rows):
+                    logs[i].append(run_rows)
                     progress.update(len(batch))
             if after_batch:
                 after_batch(name, b)
@@ -240,13 +250,34 @@ def answer_rows(vlm: VLM, t: Task, batch: list[Record], method, config: RunConfi
     mode its trace shard (written before the rows are logged: a logged sample always has its trace)."""
     from visfocus.tracefile import sample_arrays, write_shard
 
-    images = [r.image if r.image is not None else load_image(r.image_path) for r in batch]
-    answers = vlm.answer_batch(images, [r.question for r in batch], method, max_new_tokens=config.max_new_tokens,
-                               options=[r.options or None for r in batch], trace=config.trace is not None,
-                               share_prefix=config.share_prefix)
+    answers = vlm.answer_batch(_images(batch), [r.question for r in batch], method,
+                               max_new_tokens=config.max_new_tokens, options=[r.options or None for r in batch],
+                               trace=config.trace is not None, share_prefix=config.share_prefix)
     if config.trace:
         write_shard(trace_folder, slug(f"batch_{batch[0].id}"),
                     {r.id: sample_arrays(a.trace, a.extras, config.trace) for r, a in zip(batch, answers)})
+    return _sample_rows(vlm, t, batch, answers, config)
+
+
+def answer_rows_together(vlm: VLM, t: Task, batch: list[Record], methods: list, config: RunConfig
+                         ) -> list[list[dict]]:
+    """One batch answered under several methods (runs without traces), each method's sample rows: the variant
+    methods (the plain model, ScalingVis, AdaptVis) from one forward (``VLM.answer_variants``), the same rows as
+    ``answer_rows`` gives each alone."""
+    answers = vlm.answer_variants(_images(batch), [r.question for r in batch], methods,
+                                  max_new_tokens=config.max_new_tokens, options=[r.options or None for r in batch],
+                                  share_prefix=config.share_prefix, max_rows=VARIANT_ROWS * len(batch))
+    return [_sample_rows(vlm, t, batch, method_answers, config) for method_answers in answers]
+
+
+VARIANT_ROWS = 8  # methods whose decoding runs as rows of one generate at once (memory: that many KV caches)
+
+
+def _images(batch: list[Record]) -> list:
+    return [r.image if r.image is not None else load_image(r.image_path) for r in batch]
+
+
+def _sample_rows(vlm: VLM, t: Task, batch: list[Record], answers: list, config: RunConfig) -> list[dict]:
     rows = []
     for r, a in zip(batch, answers):
         parsed = t.parse(a.text, r)

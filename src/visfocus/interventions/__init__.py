@@ -21,7 +21,7 @@ from visfocus.interventions.base import (
 )
 from visfocus.interventions.batch import Batch
 
-SHARED_MODULES = {"base", "batch", "decoding", "params"}  # the contract and shared pieces, not methods
+SHARED_MODULES = {"base", "batch", "decoding", "params", "variants"}  # the contract and shared pieces, not methods
 EXTRA_METHODS_VARIABLE = "VISFOCUS_METHODS"
 
 

@@ -21,12 +21,14 @@ from visfocus.interventions.base import (
     Method,
     MethodResult,
     Params,
+    VariantChoice,
     check_number,
     edit_layers,
     param,
     register_method,
 )
 from visfocus.interventions.batch import Batch
+from visfocus.interventions.variants import run_variants
 from visfocus.steer.edits import ScaleLogits
 
 # max_prob: max softmax over the whole vocabulary of the raw first-token logits (the paper's "generation probability",
@@ -115,33 +117,41 @@ class AdaptVis(Method):
         quantiles = [round(float(q), 4) for q in np.quantile(confidences, QUANTILES)] if confidences else []
         return {**grid, "threshold": sorted(set(grid.get("threshold", ())) | set(quantiles))}
 
-    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
-        p, runner = self.params, batch.runner
+    def _branches(self, num_layers: int, alpha: float | tuple[float, ...]) -> ScaleLogits:
+        p = self.params
+        return ScaleLogits(alpha=alpha, layers=edit_layers(p.layers, num_layers),
+                           rows="last_prompt_and_decode" if p.decode else "last_prompt")
+
+    def variant_edits(self, num_layers: int) -> tuple:
+        """The two branches: the last prompt token under α_low (variant 0) and under α_high (variant 1)."""
+        return ((self._branches(num_layers, float(self.params.alpha_low)),),
+                (self._branches(num_layers, float(self.params.alpha_high)),))
+
+    def choose_variant(self, batch: Batch, unedited_logits: torch.Tensor) -> VariantChoice:
+        """The branch of each row from the unedited row's confidence; decoding rows (``decode``) under its α."""
+        p = self.params
         option_ids = None
         if p.confidence == "option_prob":
             option_ids = [option_token_ids(batch.adapter.processor.tokenizer, o) for o in batch.options]
-        layers, rows = edit_layers(p.layers, batch.num_layers), "last_prompt_and_decode" if p.decode else "last_prompt"
-        branches = (ScaleLogits(alpha=float(p.alpha_low), layers=layers, rows=rows),
-                    ScaleLogits(alpha=float(p.alpha_high), layers=layers, rows=rows))
-        if runner.variants_refused((branches,)) is None:  # the unedited row and both branches in one forward
-            variants = runner.variant_pass([(branch,) for branch in branches])
-            unedited_logits = variants.unedited_logits  # (B, V)
-        else:  # an unedited prefill, then the last prompt token again under the chosen α
-            prefix = runner.prefill()
-            unedited_logits = prefix.first_logits  # (B, V)
         scores = confidence(unedited_logits, p.confidence, option_ids).tolist()  # (B,)
         smooth = smooth_branch(scores, p.threshold, p.confidence_decimals)
         alphas = tuple(float(p.alpha_low if s else p.alpha_high) for s in smooth)
-        edit = ScaleLogits(alpha=alphas, layers=layers, rows=rows)
-        if runner.variants_refused((branches,)) is None:
-            choice = [0 if s else 1 for s in smooth]  # the variant of each row's branch
-            generation = runner.continue_variants(variants, [choice], max_new_tokens,
-                                                  decode_edits=[(edit,) if p.decode else ()])[0]
-        else:
-            generation = runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix, keep_prefix=False)
         extras = [{"alpha_used": a, "confidence_used": float(c), "confidence_mode": p.confidence,
                    "branch": "smooth" if s else "sharpen"} for a, c, s in zip(alphas, scores, smooth)]
         if p.confidence_decimals is not None:  # what was compared with the threshold
             for extra, c in zip(extras, scores):
                 extra["confidence_compared"] = float(np.round(c, p.confidence_decimals))
-        return MethodResult(generation, extras=extras)
+        return VariantChoice(choice=[0 if s else 1 for s in smooth],
+                             decode_edits=(self._branches(batch.num_layers, alphas),) if p.decode else (),
+                             extras=extras)
+
+    def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
+        together = run_variants(batch, [self], max_new_tokens=max_new_tokens)  # one forward, where exact
+        if together is not None:
+            return together[0]
+        # an unedited prefill, then the last prompt token again under each row's α
+        prefix = batch.runner.prefill()
+        chosen = self.choose_variant(batch, prefix.first_logits)
+        edit = self._branches(batch.num_layers, tuple(extra["alpha_used"] for extra in chosen.extras))
+        generation = batch.runner.generate((edit,), max_new_tokens=max_new_tokens, prefix=prefix, keep_prefix=False)
+        return MethodResult(generation, extras=chosen.extras)

@@ -11,7 +11,11 @@ the registry (``METHODS``) — the sweep, the app, the overhead benchmark, the l
 - ``shares_prefix`` (its answers stay exact from a stored image prefix), ``supports_sampling`` (the caller's
   sampling applies), ``needs_options`` (it reads the answer options), ``extras`` (the per-row decisions it reports,
   with their meaning), ``app_outputs`` (extras the app shows as pictures), ``bench_points`` (the configurations the
-  overhead benchmark times) and a data-dependent grid (``wants_dev_confidences``).
+  overhead benchmark times) and a data-dependent grid (``wants_dev_confidences``);
+- ``variant_edits`` / ``choose_variant``: its answer is a re-run of the last prompt token under one of a few edit
+  sets, chosen per row from the unedited row alone (plain, ScalingVis, AdaptVis). Such methods run as variant
+  columns of the prompt's own forward (``visfocus.steer.variants``), and a sweep's grid points of them together
+  (``visfocus.interventions.variants``).
 
 It turns a prepared ``Batch`` (``visfocus.interventions.batch``) into a generation through the engine only: ``apply``
 validates the parameters once against the model, tells the engine what the method declared, runs it and checks that
@@ -41,12 +45,24 @@ from visfocus.interventions.params import (  # noqa: F401  (re-exported: the nam
     specs_of,
     typed_values,
 )
+from visfocus.steer.edits import Edit
 from visfocus.steer.runner import Generation
 from visfocus.steer.sites import SITES, Contract
 from visfocus.steer.streams import STREAMS
 
 METHODS: dict[str, type[Method]] = {}
 UNAVAILABLE: dict[str, str] = {}  # modules named in VISFOCUS_METHODS that failed to import: {module: error}
+
+
+@dataclass
+class VariantChoice:
+    """What a variant method (``Method.variant_edits``) decides from the unedited row: per batch row the index of its
+    edit set (``visfocus.steer.variants.UNEDITED``: none), the edits of the decoding rows (one edit for the whole
+    batch, per-row values inside it) and the per-row extras it reports (None: none)."""
+
+    choice: list[int]
+    decode_edits: tuple[Edit, ...] = ()
+    extras: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -120,6 +136,13 @@ class Method:
     def apply(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         """Validate the parameters against the model once, run the method under its declared contract and check the
         extras it reports."""
+        self.check_batch(batch)
+        batch.runner.contract = self.contract()
+        return self.checked(self.run(batch, max_new_tokens=max_new_tokens))
+
+    def check_batch(self, batch: Batch) -> None:
+        """One clear error, before any work, for parameters this model cannot take, missing answer options or a
+        family without the token grid the method needs."""
         self.params.validate(batch.num_layers)
         if self.needs_options and any(o is None for o in batch.options):
             raise VisfocusError(f"method '{self.name}' with these parameters needs the answer options of every "
@@ -127,12 +150,24 @@ class Method:
         if self.needs_grid and batch.adapter.no_grid_reason:
             raise VisfocusError(f"method '{self.name}' needs a token grid over the image: "
                                 f"{batch.adapter.no_grid_reason}")
-        batch.runner.contract = self.contract()
-        result = self.run(batch, max_new_tokens=max_new_tokens)
+
+    def checked(self, result: MethodResult) -> MethodResult:
+        """``result``, once its extras are known to be the declared ones."""
         undeclared = {key for row in result.extras or [] for key in row} - set(self.extras)
         if undeclared:
             raise RuntimeError(f"method '{self.name}' reported extras it does not declare: {sorted(undeclared)}")
         return result
+
+    def variant_edits(self, num_layers: int) -> tuple[tuple[Edit, ...], ...] | None:
+        """The edit sets (attention site) of the last prompt token's re-runs this method's answer is chosen from, when
+        its whole answer is one of them picked per row from the unedited row (``choose_variant``), decoding greedily
+        on from it; None (here): the method does not answer that way."""
+        return None
+
+    def choose_variant(self, batch: Batch, unedited_logits) -> VariantChoice:
+        """Per row, which of ``variant_edits`` answers, from the unedited last prompt row's next-token logits
+        (B, V) float32 (only for a method with ``variant_edits``)."""
+        raise NotImplementedError
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         """Answer ``batch`` (see ``Batch`` for everything it holds) in at most ``max_new_tokens`` tokens. Called by

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from visfocus.interventions.base import LayerSpec, Method, MethodResult, Params, edit_layers, param, register_method
+from visfocus.interventions.base import (
+    LayerSpec,
+    Method,
+    MethodResult,
+    Params,
+    VariantChoice,
+    edit_layers,
+    param,
+    register_method,
+)
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
 
@@ -36,4 +45,15 @@ class ScalingVis(Method):
 
     def run(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         generation = batch.runner.generate((self.edit(batch.num_layers),), max_new_tokens=max_new_tokens)
-        return MethodResult(generation, extras=[{"alpha_used": float(self.params.alpha)} for _ in range(batch.size)])
+        return MethodResult(generation, extras=self._extras(batch.size))
+
+    def _extras(self, size: int) -> list[dict]:
+        return [{"alpha_used": float(self.params.alpha)} for _ in range(size)]
+
+    def variant_edits(self, num_layers: int) -> tuple:
+        return ((self.edit(num_layers),),)  # one variant: the last prompt token under α (a sweep's point)
+
+    def choose_variant(self, batch: Batch, unedited_logits) -> VariantChoice:
+        edit = self.edit(batch.num_layers)
+        return VariantChoice(choice=[0] * batch.size, decode_edits=(edit,) if self.params.decode else (),
+                             extras=self._extras(batch.size))

@@ -278,35 +278,39 @@ class Runner:
 
     @torch.inference_mode()
     def continue_variants(self, variants: VariantPass, choices: list[list[int]], max_new_tokens: int,
-                          decode_edits: list[tuple[Edit, ...]] | None = None,
-                          max_rows: int | None = None) -> list[Generation]:
+                          decode_edits: list[tuple[Edit, ...]] | None = None, max_rows: int | None = None,
+                          keep_pass: bool = False) -> list[Generation]:
         """One generation per entry of ``choices``: row b's first token is the greedy choice of variant
         ``choices[c][b]`` (``variants.UNEDITED``: the unedited row), and decoding goes on from that variant's cache
         (under ``decode_edits[c]``, edits of the decoding rows). The same tokens and logits as ``generate`` under the
-        variant's edits on a re-run of the last prompt token. Continuations without decoding edits decode together
-        as rows of one ``generate``, at most ``max_rows`` rows at a time (None: all)."""
+        variant's edits on a re-run of the last prompt token. Equal continuations decode once; those without
+        decoding edits decode together as rows of one ``generate``, at most ``max_rows`` rows at a time (None: all).
+        The last continuation reuses the pass's cache (no copy) unless ``keep_pass``."""
         B = variants.logits.shape[0]
         decode_edits = decode_edits or [()] * len(choices)
-        firsts = [variants.first_logits(choice) for choice in choices]  # (B, V) each
+        distinct: dict[tuple, int] = {}  # (choice, decode edits) -> index of its first continuation
+        for c, key in enumerate(zip(map(tuple, choices), decode_edits)):
+            distinct.setdefault(key, c)
+        firsts = {c: variants.first_logits(choices[c]) for c in distinct.values()}  # (B, V) each
         if max_new_tokens == 1:
-            return [Generation(new_tokens=first.argmax(-1, keepdim=True), first_logits=first, step_logits=(first,))
-                    for first in firsts]
-        groups: list[list[int]] = []
-        per_group = max(1, (max_rows or B * len(choices)) // B)
-        plain = [c for c, edits in enumerate(decode_edits) if not edits]
-        groups += [plain[i:i + per_group] for i in range(0, len(plain), per_group)]
-        groups += [[c] for c, edits in enumerate(decode_edits) if edits]
-        out: list[Generation | None] = [None] * len(choices)
-        for group in groups:
-            edits = decode_edits[group[0]] if len(group) == 1 else ()
-            generations = self._continue(variants, [choices[c] for c in group], [firsts[c] for c in group],
-                                         max_new_tokens, edits)
-            for c, generation in zip(group, generations):
-                out[c] = generation
-        return out
+            done = {c: Generation(new_tokens=first.argmax(-1, keepdim=True), first_logits=first, step_logits=(first,))
+                    for c, first in firsts.items()}
+        else:
+            per_group = max(1, (max_rows or B * len(firsts)) // B)
+            plain = [c for c in firsts if not decode_edits[c]]
+            groups = [plain[i:i + per_group] for i in range(0, len(plain), per_group)]
+            groups += [[c] for c in firsts if decode_edits[c]]
+            done = {}
+            for i, group in enumerate(groups):
+                edits = decode_edits[group[0]] if len(group) == 1 else ()
+                last = i == len(groups) - 1 and not keep_pass
+                generations = self._continue(variants, [choices[c] for c in group], [firsts[c] for c in group],
+                                             max_new_tokens, edits, in_place=last)
+                done.update(zip(group, generations))
+        return [done[distinct[key]] for key in zip(map(tuple, choices), decode_edits)]
 
     def _continue(self, variants: VariantPass, choices: list[list[int]], firsts: list[torch.Tensor],
-                  max_new_tokens: int, edits: tuple[Edit, ...]) -> list[Generation]:
+                  max_new_tokens: int, edits: tuple[Edit, ...], in_place: bool = False) -> list[Generation]:
         """``continue_variants`` for continuations decoded as rows of one ``generate`` (C·B rows)."""
         self._check_sites(edits, None, ())
         C, B = len(choices), firsts[0].shape[0]
@@ -323,7 +327,7 @@ class Runner:
             kwargs[key] = value
         _, offsets = self.continuation_positions(self.inputs, self.prompt_len)
         self.set_decode_offsets(offsets.repeat(C, 1) if offsets is not None else None)
-        kwargs[cache_argument(self.model)] = variants.continuation_cache(choices)
+        kwargs[cache_argument(self.model)] = variants.continuation_cache(choices, in_place=in_place)
         config = self._generation_config(max_new_tokens - 1)
         state = SteerState(image_cols=self.image_cols.repeat(C, 1), edits=tuple(edits), cost=self.cost)
         with steering(state):

@@ -72,12 +72,21 @@ class VariantPass:
         picked = torch.tensor(choice, device=self.logits.device) + 1  # (B,) index into the 1 + k logits
         return self.logits[rows, picked]  # (B, V)
 
-    def continuation_cache(self, choices: list[list[int]]):
+    def continuation_cache(self, choices: list[list[int]], in_place: bool = False):
         """A cache of S columns for len(choices)·B rows, continuation-major (row c·B + b): row b's prompt columns
         0..S−2, and in column S−1 the keys and values of variant ``choices[c][b]`` (``UNEDITED``: the prompt's own).
-        New tensors: this pass's cache stays as it is."""
+        New tensors, unless ``in_place`` (one continuation): then this pass's own cache is rewritten and cropped,
+        no copy (the pass is used up)."""
         S = self.prompt_len
         columns = torch.tensor([[S - 1 if j == UNEDITED else S + j for j in choice] for choice in choices])  # (C, B)
+        if in_place and len(choices) == 1:
+            cache, self.cache = self.cache, None
+            for keys, values in cache_layers(cache):  # (B, Hkv, S + k, D) each
+                for tensor in (keys, values):
+                    rows = torch.arange(tensor.shape[0])  # (B,)
+                    tensor[:, :, S - 1] = tensor[rows, :, columns[0].to(tensor.device)]  # (B, Hkv, D)
+            cache.crop(-(self.count))  # the variant columns go (a view: nothing is copied)
+            return cache
         layers = []
         for keys, values in cache_layers(self.cache):  # (B, Hkv, S + k, D) each
             kept = []
