@@ -48,6 +48,9 @@ class Adapter:
     # Why this family's image tokens cover no part of the image in particular (query tokens): then ``views`` gives
     # none, and everything that needs a token grid (image maps, heatmaps, boxes) refuses with this reason. None: a grid.
     no_grid_reason: str | None = None
+    # A contrastive method's side stream (text-only prompt, other pixels) may decode as rows of the main batch
+    # (``steer.rows``: one forward per token for both); False where the family's rows are not exact that way.
+    side_stream_rows: ClassVar[bool] = True
 
     def __init__(self, model, processor) -> None:
         self.model = model

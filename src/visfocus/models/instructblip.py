@@ -74,6 +74,9 @@ class InstructBlipAdapter(Adapter):
     model_types = ("instructblip",)
     checkpoint = "Salesforce/instructblip-vicuna-7b"  # the smallest decoder-only one (Vicuna 7B)
     drop_on_continue = ("pixel_values", "qformer_input_ids", "qformer_attention_mask")
+    # its generate decodes through the language model's own generate (no forward of the VLM to read the side rows'
+    # logits from), and its text-only prompt has no query tokens: side streams decode apart
+    side_stream_rows = False
 
     def __init__(self, model, processor) -> None:
         if not model.config.use_decoder_only_language_model:

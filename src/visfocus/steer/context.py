@@ -31,12 +31,14 @@ class Cost:
 @dataclass
 class SteerState:
     """image_cols: (B, S) bool, True where the prompt holds an image token. last_prompt_pos: S - 1 (left padding
-    puts every row's last prompt token in the last column)."""
+    puts every row's last prompt token in the last column). edited_rows: (B,) bool, the batch rows the edits apply
+    to (None: all; a side stream decoded as rows of the same batch is never edited, ``steer.rows``)."""
 
     image_cols: torch.Tensor
     edits: tuple[Edit, ...] = ()
     recorder: TraceRecorder | None = None
     cost: Cost = field(default_factory=Cost)
+    edited_rows: torch.Tensor | None = None
 
     @property
     def last_prompt_pos(self) -> int:
