@@ -23,7 +23,7 @@ METHODS = {"pai": {"alpha": 0.5, "gamma": 1.5, "layers": None}, "m3id": {"decay"
 
 def _answer(vlm, images, method, share_prefix: bool, rows: bool):
     batch = vlm.prepare(images, QUESTIONS, share_prefix=share_prefix)
-    batch.runner.stream_rows = rows
+    batch.runner.stream_rows = rows and batch.runner.stream_rows  # the family's own choice when rows are asked for
     result = method.apply(batch, max_new_tokens=STEPS)
     if share_prefix:
         vlm.prefix_store.end_call()
