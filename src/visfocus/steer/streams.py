@@ -2,7 +2,9 @@
 prompt with no image (PAI's contrast, M3ID), or on other pixels (VCD's noised image). A stream has its own KV cache
 and positions, is fed the tokens ``generate`` chooses, runs plain forwards (no edit, never recorded by the trace) and
 adds its work to the runner's cost. An image stream starts from the shared image prefix of its own pixels when the
-batch shares prefixes. Streams are built by ``Runner.side_stream`` (which checks the method declared them)."""
+batch shares prefixes. Streams are built by ``Runner.side_stream`` (which checks the method declared them).
+``Runner.generate`` decodes a stream as rows of its own batch where that is exact (``steer.rows``: one forward per
+token for both streams; ``row_logits`` then serves the side rows' logits); else apart, with the forwards below."""
 
 from __future__ import annotations
 
