@@ -53,7 +53,7 @@ def test_rows_equal_the_separate_stream(family, name, share_prefix, tiny_vlms, i
     assert (rows.first_logits - apart.first_logits).abs().max().item() <= TOL
     _assert_close_scores(rows.first_scores, apart.first_scores)
     rows_cost, apart_cost = rows_batch.runner.cost, apart_batch.runner.cost
-    if vlm.adapter.side_stream_rows and not vlm.adapter.prefix_lm:  # decoded as rows: one forward per token
+    if vlm.adapter.side_stream_rows:  # decoded as rows: one forward per token
         # saved: the stream's own forward at every step; spent at most: one forward over a text-only row's leading
         # tokens, the first time the prefix store meets them
         steps = rows.new_tokens.shape[1]

@@ -113,7 +113,8 @@ class Batch:
             self.adapter.text_only_ids(prompt[:length]) for prompt, length in zip(prompts, sharing.prefix_lengths)]
         pad = self.adapter.processor.tokenizer.pad_token_id
         return self.runner.side_stream(TextOnlyStream(self.runner, rows, 0 if pad is None else int(pad),
-                                                      self.adapter.text_position_ids, prefix_rows))
+                                                      self.adapter.text_position_ids, prefix_rows,
+                                                      self.adapter.text_row_token_inputs))
 
     def image_stream(self, vision: dict, tag: str) -> ImageStream:
         """The ``other_image`` side stream: this batch's prompts on other vision inputs (e.g. noised pixels), named

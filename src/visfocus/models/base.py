@@ -51,6 +51,9 @@ class Adapter:
     # A contrastive method's side stream (text-only prompt, other pixels) may decode as rows of the main batch
     # (``steer.rows``: one forward per token for both); False where the family's rows are not exact that way.
     side_stream_rows: ClassVar[bool] = True
+    # Per-token inputs beside the ids and the mask that a row of plain text carries in a batch, as the model treats
+    # a forward without them (a text-only side stream's rows beside the prompt's, ``steer.rows``; unlisted ones: 0).
+    text_row_token_inputs: ClassVar[dict[str, int]] = {}
 
     def __init__(self, model, processor) -> None:
         self.model = model

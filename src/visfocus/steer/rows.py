@@ -173,8 +173,9 @@ def plan_rows(runner, stream: SideStream) -> RowsPlan | None:
         if whole is None:
             return None
         side_ids, side_mask = whole
-        # per-token inputs beside ids and mask (token types): a text token's own value, 0
-        side_token_inputs = {k: torch.zeros_like(inputs[k]) for k in _per_token_keys(inputs)}
+        # per-token inputs beside ids and mask (token types): what a forward without them gives a text token
+        side_token_inputs = {k: torch.full_like(inputs[k], stream.token_inputs.get(k, 0))
+                             for k in _per_token_keys(inputs)}
         side_cols = torch.zeros_like(main_cols)
     side_token_inputs.update(input_ids=side_ids, attention_mask=side_mask)
     kwargs = {k: _stack_rows(inputs[k], side_token_inputs[k]) for k in _per_token_keys(inputs)}  # (2B, S) each

@@ -198,7 +198,7 @@ class Runner:
         fresh = [s for s in self.streams if not s.started]
         if not self.stream_rows or len(fresh) != 1 or len(self.streams) != 1 or prefix is not None or earlier_rows:
             return None
-        if self.forced is not None or self.recorder is not None or layer_hooks or not self.rerun_last_token:
+        if self.forced is not None or self.recorder is not None or layer_hooks:
             return None
         if self.sharing is not None and self.sharing.store.keep_prompts:
             return None

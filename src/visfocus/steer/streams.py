@@ -78,15 +78,18 @@ class TextOnlyStream(SideStream):
     """The batch's prompts with the image taken out. rows: per batch row, its text-only prompt ids (no padding);
     text_positions(mask): the position ids of a text-only (B, S_u) attention mask ((B, S_u) or (3, B, S_u)).
     prefix_rows: per row, the text-only ids of its shared image prefix (a sharing batch; ``steer.rows`` keeps the
-    tokens a text-only row shares with them in the prefix store), else None."""
+    tokens a text-only row shares with them in the prefix store), else None. token_inputs: the value of each
+    per-token input beside ids and mask (token types) that these rows carry when they decode as rows of the
+    prompt's batch, as the model treats a forward without it (unlisted: 0)."""
 
     kind = "text_only"
 
     def __init__(self, runner, rows: list[list[int]], pad_id: int,
                  text_positions: Callable[[torch.Tensor], torch.Tensor],
-                 prefix_rows: list[list[int]] | None = None) -> None:
+                 prefix_rows: list[list[int]] | None = None, token_inputs: dict[str, int] | None = None) -> None:
         super().__init__(runner)
         self.rows_ids, self.pad_id, self.prefix_rows = rows, pad_id, prefix_rows
+        self.token_inputs = dict(token_inputs or {})
         device = runner.inputs["input_ids"].device
         width = max(len(row) for row in rows)
         self.input_ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], device=device)  # (B, S_u)
