@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 import visfocus as vf
 import visfocus.interventions.m3id  # noqa: F401  (registration)
@@ -86,3 +87,55 @@ def test_rows_give_every_step_the_separate_streams_scores(family, tiny_vlms, ima
         vlm.model.generate = original
     for got, want in zip(per_path[1], per_path[0], strict=True):
         _assert_close_scores(got, want)
+
+
+class _Seen(LogitsProcessor):
+    """Reads the stream's logits at every step (the scores pass unchanged)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.seen = stream, []
+
+    def __call__(self, input_ids, scores):
+        self.seen.append(self.stream.logits(input_ids))
+        return scores
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_side_rows_are_never_edited(share_prefix, tiny_vlms, image, other_image):
+    """Under an attention edit, an image stream on the original pixels decoded as rows gives the unedited model's
+    logits for the tokens the edited rows chose, while the main rows are edited."""
+    vlm = tiny_vlms["qwen3_vl"]
+    batch = vlm.prepare([image, other_image], QUESTIONS[:2], share_prefix=share_prefix)
+    runner = batch.runner  # engine use: no method contract
+    stream = batch.image_stream({"pixel_values": runner.inputs["pixel_values"]}, tag="original pixels")
+    seen = _Seen(stream)
+    edit = vf.method("pai", alpha=0.8, gamma=1.0, layers=None).edit(batch.num_layers)
+    edited = runner.generate((edit,), STEPS, logits_processor=LogitsProcessorList([seen]), min_new_tokens=STEPS)
+    assert stream.row_logits is not None  # decoded as rows
+    plain_batch = vlm.prepare([image, other_image], QUESTIONS[:2], share_prefix=share_prefix)
+    plain_batch.runner.force(edited.new_tokens.tolist())
+    plain = plain_batch.runner.generate((), STEPS)
+    for side, unedited, main in zip(seen.seen, plain.step_logits, edited.step_logits, strict=True):
+        assert (side - unedited.float()).abs().max().item() <= TOL
+        assert (main.float() - unedited.float()).abs().max().item() > 1e-3  # the edit moves the main rows
+    vlm.prefix_store.end_call()
+
+
+@pytest.mark.parametrize("kwargs", [{"trace": True}, {"sampling": vf.Sampling(temperature=0.7, seed=1)}])
+def test_a_trace_or_sampling_decodes_the_stream_apart(kwargs, tiny_vlms, image):
+    """Where rows are not exact (a recorded trace, sampling) the stream decodes apart: the same work and answer
+    as a family that never decodes streams as rows."""
+    vlm = tiny_vlms["llava"]
+    method = vf.method("pai", alpha=0.5, gamma=1.5)
+    answers = []
+    for rows in (True, False):
+        vlm.adapter.side_stream_rows = rows  # what Batch.build hands the runner
+        try:
+            answers.append(vlm.answer(image, QUESTIONS[0], method=method, max_new_tokens=STEPS, share_prefix=False,
+                                      **kwargs))
+        finally:
+            del vlm.adapter.side_stream_rows  # back to the family's own
+    default, apart = answers
+    work = [{k: v for k, v in a.cost.items() if k != "seconds"} for a in answers]
+    assert work[0] == work[1] and default.text == apart.text
+    assert torch.equal(default.first_token_scores, apart.first_token_scores)

@@ -61,7 +61,8 @@ class Batch:
         runner = Runner(adapter.model, inputs, adapter.image_cols(inputs), drop_on_continue=adapter.drop_on_continue,
                         prefill_position_ids=adapter.prefill_position_ids(inputs), layouts=layouts,
                         record_trace=record_trace, sharing=sharing, decoder_layers=adapter.decoder_layers(),
-                        rerun_last_token=not adapter.prefix_lm, stream_rows=adapter.side_stream_rows)
+                        rerun_last_token=not adapter.prefix_lm, stream_rows=adapter.side_stream_rows,
+                        logits_module=adapter.logits_module)
         return cls(images=list(images), questions=list(questions), options=_rows(options, len(images)),
                    adapter=adapter, layouts=layouts, runner=runner)
 

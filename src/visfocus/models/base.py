@@ -74,6 +74,12 @@ class Adapter:
 
     # --- the text decoder -------------------------------------------------------------------------------------
     @property
+    def logits_module(self) -> torch.nn.Module:
+        """The module whose forward gives ``generate`` each step's logits (``steer.rows`` reads a side stream's rows
+        there): the model itself, unless its ``generate`` runs another module's."""
+        return self.model
+
+    @property
     def text_model(self):
         """The language model inside the VLM (decoder layers, final norm, rotary embedding), where the model says it
         is (``get_decoder``: ``language_model``, SmolVLM's ``text_model``)."""

@@ -74,9 +74,6 @@ class InstructBlipAdapter(Adapter):
     model_types = ("instructblip",)
     checkpoint = "Salesforce/instructblip-vicuna-7b"  # the smallest decoder-only one (Vicuna 7B)
     drop_on_continue = ("pixel_values", "qformer_input_ids", "qformer_attention_mask")
-    # its generate decodes through the language model's own generate (no forward of the VLM to read the side rows'
-    # logits from), and its text-only prompt has no query tokens: side streams decode apart
-    side_stream_rows = False
 
     def __init__(self, model, processor) -> None:
         if not model.config.use_decoder_only_language_model:
@@ -85,6 +82,11 @@ class InstructBlipAdapter(Adapter):
         if type(model) is transformers.InstructBlipForConditionalGeneration:
             model.__class__ = SteerableInstructBlip  # the same weights; forward/generate also run without the image
         super().__init__(model, processor)
+
+    @property
+    def logits_module(self) -> torch.nn.Module:
+        """Its ``generate`` is the language model's: each step's logits come from the language model's forward."""
+        return self.model.language_model
 
     @property
     def no_grid_reason(self) -> str:

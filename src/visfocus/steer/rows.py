@@ -200,16 +200,17 @@ def plan_rows(runner, stream: SideStream) -> RowsPlan | None:
 
 
 class SideRowLogits:
-    """Keeps the raw last logits of every forward of the model (a forward hook while installed), so the stream can
-    serve its side rows' (B, V) logits of the current step to the method's processors."""
+    """Keeps the raw last logits of every forward of ``module`` (the one whose forward gives ``generate`` its
+    logits; a forward hook while installed), so the stream can serve its side rows' (B, V) logits of the current
+    step to the method's processors."""
 
-    def __init__(self, model, main_rows: int) -> None:
-        self.model, self.main_rows = model, main_rows
+    def __init__(self, module: torch.nn.Module, main_rows: int) -> None:
+        self.module, self.main_rows = module, main_rows
         self.latest: torch.Tensor | None = None  # (2B, V)
         self._handle = None
 
     def __enter__(self) -> SideRowLogits:
-        self._handle = self.model.register_forward_hook(self._keep)
+        self._handle = self.module.register_forward_hook(self._keep)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -63,7 +63,8 @@ class Runner:
     for a causal prompt. In a prefix-LM the earlier prompt rows attend to the last one, so an edit of its row reaches
     theirs in later layers: False runs the whole prompt under the edits instead (the prefix goes unused).
     stream_rows: whether a side stream may decode as rows of ``generate``'s own batch (``steer.rows``: one forward
-    per token for both streams) where that is exact; False: always apart (its own forwards).
+    per token for both streams) where that is exact; False: always apart (its own forwards). logits_module: the
+    module whose forward gives ``generate`` each step's logits (None: the model).
     Methods receive a runner inside a ``visfocus.interventions.Batch``, which holds the rest of the batch.
     """
 
@@ -71,7 +72,7 @@ class Runner:
                  prefill_position_ids: torch.Tensor | None, layouts: list | None = None,
                  record_trace: bool = False, sharing: Sharing | None = None,
                  decoder_layers: list | None = None, rerun_last_token: bool = True,
-                 stream_rows: bool = True) -> None:
+                 stream_rows: bool = True, logits_module: torch.nn.Module | None = None) -> None:
         self.model = model
         self.decoder_layers = decoder_layers  # the text decoder's layers, for the layer sites (``steer.sites``)
         self.contract: Contract | None = None  # what the running method declared (None: engine use, unchecked)
@@ -87,6 +88,7 @@ class Runner:
         self.forced: ForcedContinuation | None = None
         self.rerun_last_token = rerun_last_token
         self.stream_rows = stream_rows
+        self.logits_module = logits_module if logits_module is not None else model
         self.streams: list[SideStream] = []  # the side streams made for this runner, in order
 
     def fork(self, model_inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
@@ -96,7 +98,8 @@ class Runner:
         self.require("side_stream", "fork")
         other = Runner(self.model, model_inputs, image_cols, drop_on_continue=drop_on_continue,
                        prefill_position_ids=prefill_position_ids, layouts=layouts, decoder_layers=decoder_layers,
-                       rerun_last_token=self.rerun_last_token)
+                       rerun_last_token=self.rerun_last_token, stream_rows=self.stream_rows,
+                       logits_module=self.logits_module)
         other.cost, other.recorder, other.forced, other.contract = self.cost, self.recorder, self.forced, self.contract
         other.generation_defaults = dict(self.generation_defaults)
         return other
@@ -220,7 +223,7 @@ class Runner:
         processors = LogitsProcessorList([OnMainRows(p, B) for p in logits_processor or []] + [FollowMain(B)])
         config = self._generation_config(max_new_tokens, output_scores=processed, **generation_settings)
         state = SteerState(image_cols=plan.image_cols, edits=edits, cost=self.cost, edited_rows=plan.edited_rows)
-        with SideRowLogits(self.model, B) as side_logits, steering(state):
+        with SideRowLogits(self.logits_module, B) as side_logits, steering(state):
             stream.row_logits = side_logits
             out = self.model.generate(**kwargs, logits_processor=processors, generation_config=config)
         first = out.logits[0][:B].float()  # (B, V)
