@@ -121,8 +121,9 @@ def _greedy_run(vlm, images, questions, method, monkeypatch, max_new_tokens=4):
     prompt_len, out = calls[-1]
     eos = vlm.model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
-    rows, log_probs = [], torch.stack(out.scores, 1).float().log_softmax(-1)  # (B, T, V)
-    for ids in out.sequences[:, prompt_len:].tolist():
+    B = len(questions)  # generate's first B rows (a side stream decoded as rows follows them)
+    rows, log_probs = [], torch.stack(out.scores, 1)[:B].float().log_softmax(-1)  # (B, T, V)
+    for ids in out.sequences[:B, prompt_len:].tolist():
         end = next((i for i, t in enumerate(ids) if t in eos), len(ids) - 1)
         rows.append(ids[:end + 1])
     return rows, log_probs

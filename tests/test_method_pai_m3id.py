@@ -162,7 +162,8 @@ def test_pai_contrast_with_the_text_only_prompt_equals_the_reference(family, tin
     scores = result.generation.first_scores
     # the first-token logits are the edited model's raw logits: PAI's without the contrast (γ = 1)
     _, edited = _run(vlm, image, vf.method("pai", alpha=alpha, gamma=1.0, layers=None), steps=1)
-    assert torch.equal(result.generation.first_logits, edited.generation.first_logits)
+    # (up to float rounding: with the contrast the text-only stream decodes as rows of the same, wider batch)
+    assert (result.generation.first_logits - edited.generation.first_logits).abs().max().item() <= 1e-5
     assert (result.generation.first_logits - conditional).abs().max().item() <= TOL
     l_c = conditional.log_softmax(-1)
     l_u = _text_only(reference, vlm, []).log_softmax(-1)
@@ -204,7 +205,7 @@ def _method_scores_at_step(vlm, image, method, step: int) -> torch.Tensor:
         _run(vlm, image, method, steps=step + 1)
     finally:
         vlm.model.generate = original
-    return captured[-1][step].float()
+    return captured[-1][step][:1].float()  # the question's row (a side stream decoded as rows follows it)
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_next"])

@@ -11,6 +11,7 @@ from visfocus.interventions.base import Params, param_specs
 from visfocus.interventions.baseline import Baseline
 from visfocus.interventions.batch import Batch
 from visfocus.steer.prefix import PrefixStore, StoredPrefix, image_fingerprint, leading_padding, split_layout
+from visfocus.steer.rows import TEXT_ONLY_TAG
 from visfocus.testing import FAMILIES
 
 # questions of different token lengths; images alternate so both paddings (left and middle) occur
@@ -152,9 +153,13 @@ def test_shared_batch_equals_unshared(family, spec, tiny_vlms, image, other_imag
         assert (g.trace.last_row - r.trace.last_row).abs().max().item() <= 1e-5
         assert (g.trace.last_row_pre - r.trace.last_row_pre).abs().max().item() <= 1e-5
         assert torch.equal(g.trace.image_cols, r.trace.image_cols)
-    # rows about one image share one prefix: 2 images, 2 stored prefixes per stream (VCD adds its noised stream)
-    assert sorted(set(_stored_images(vlm))) == sorted({_fingerprint(image), _fingerprint(other_image)})
-    assert len(vlm.prefix_store) == 2 * _stored_streams(name)
+    # rows about one image share one prefix: 2 images, 2 stored prefixes per stream (VCD adds its noised stream);
+    # a text-only stream decoded as rows keeps its rows' one leading text (the template before the image), no image
+    text_only = [key for key in vlm.prefix_store.entries if key[0] == TEXT_ONLY_TAG]
+    assert all(key[1] == "" for key in text_only)
+    assert len(text_only) == ("text_only" in vf.METHODS[name].side_streams)
+    assert sorted(set(_stored_images(vlm)) - {""}) == sorted({_fingerprint(image), _fingerprint(other_image)})
+    assert len(vlm.prefix_store) - len(text_only) == 2 * _stored_streams(name)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -63,7 +63,8 @@ class Batch:
                         record_trace=record_trace, sharing=sharing, decoder_layers=adapter.decoder_layers(),
                         rerun_last_token=not adapter.prefix_lm,
                         continuation_positions=adapter.continuation_positions,
-                        set_decode_offsets=adapter.set_decode_offsets)
+                        set_decode_offsets=adapter.set_decode_offsets, stream_rows=adapter.side_stream_rows,
+                        logits_module=adapter.logits_module)
         return cls(images=list(images), questions=list(questions), options=_rows(options, len(images)),
                    adapter=adapter, layouts=layouts, runner=runner)
 
@@ -108,10 +109,15 @@ class Batch:
         """The ``text_only`` side stream: each row's chat prompt with the image taken out (``adapter.text_only_ids``
         of its real tokens), left padded, with the family's text positions."""
         ids, mask = self.runner.inputs["input_ids"], self.runner.inputs["attention_mask"].bool()  # (B, S)
-        rows = [self.adapter.text_only_ids(ids[b][mask[b]].tolist()) for b in range(ids.shape[0])]
+        prompts = [ids[b][mask[b]].tolist() for b in range(ids.shape[0])]
+        rows = [self.adapter.text_only_ids(prompt) for prompt in prompts]
+        sharing = self.runner.sharing
+        prefix_rows = None if sharing is None else [  # the text of each row's shared image prefix
+            self.adapter.text_only_ids(prompt[:length]) for prompt, length in zip(prompts, sharing.prefix_lengths)]
         pad = self.adapter.processor.tokenizer.pad_token_id
         return self.runner.side_stream(TextOnlyStream(self.runner, rows, 0 if pad is None else int(pad),
-                                                      self.adapter.text_position_ids))
+                                                      self.adapter.text_position_ids, prefix_rows,
+                                                      self.adapter.text_row_token_inputs))
 
     def image_stream(self, vision: dict, tag: str) -> ImageStream:
         """The ``other_image`` side stream: this batch's prompts on other vision inputs (e.g. noised pixels), named

@@ -10,8 +10,9 @@ uses the head-mean magnitude z + α·mean_heads|z| of the "middle layers" follow
 
 Contrast (the reference's ``--use-cfg``, γ ≠ 1): log-softmax outputs γ·log p(y | image, text) − (γ−1)·log p(y | text),
 with tokens whose conditional log-probability is below log 0.1 + max set to −inf. p(y | text) comes from a text-only
-stream (``steer.streams.TextOnlyStream``: the same chat prompt with the image taken out, its own cache, no edit); it
-costs one text-only forward per token. γ = 1 switches the contrast off entirely, as in the reference.
+stream (``steer.streams.TextOnlyStream``: the same chat prompt with the image taken out, its own cache, no edit),
+decoded as rows of the answer's own forwards (``steer.rows``; apart where rows are not exact). γ = 1 switches the
+contrast off entirely, as in the reference.
 
 Reference bug kept as an option: with the contrast on, the reference applies no edit to the first generated token (its
 ``use_cfg`` flag is reset only after the first unconditional pass), which is exactly the answer token of POPE. By

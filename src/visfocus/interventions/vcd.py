@@ -4,8 +4,9 @@ the clean image finds plausible are kept (p(v) ≥ β·max p(v), the adaptive pl
 
 The noise follows the VCD code: v' = sqrt(ᾱ_T)·v + sqrt(1−ᾱ_T)·ε, applied to the processor's *normalised* pixel tensor,
 with a 1000-step sigmoid β schedule from 1e-5 to 5e-3. The noised prompt runs as a second stream beside ``generate``,
-with its own KV cache, so the cost is two forward passes per token. The paper calls the strength α, the cutoff β and
-the noise step T; its code calls them ``cd_alpha``, ``cd_beta`` and ``noise_step``.
+with its own KV cache: as rows of the same forwards (``steer.rows``, one forward per token), or apart where rows are
+not exact (sampling, teacher forcing, a trace: two forward passes per token). The paper calls the strength α, the
+cutoff β and the noise step T; its code calls them ``cd_alpha``, ``cd_beta`` and ``noise_step``.
 
 Decoding is greedy by default. ``sample=True`` samples as the VCD code does, using the model's own temperature, top-k
 and top-p (transformers' defaults 1.0 / 50 / 1.0 where the model sets none), and seeds torch's global generator with

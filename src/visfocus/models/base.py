@@ -48,6 +48,12 @@ class Adapter:
     # Why this family's image tokens cover no part of the image in particular (query tokens): then ``views`` gives
     # none, and everything that needs a token grid (image maps, heatmaps, boxes) refuses with this reason. None: a grid.
     no_grid_reason: str | None = None
+    # A contrastive method's side stream (text-only prompt, other pixels) may decode as rows of the main batch
+    # (``steer.rows``: one forward per token for both); False where the family's rows are not exact that way.
+    side_stream_rows: ClassVar[bool] = True
+    # Per-token inputs beside the ids and the mask that a row of plain text carries in a batch, as the model treats
+    # a forward without them (a text-only side stream's rows beside the prompt's, ``steer.rows``; unlisted ones: 0).
+    text_row_token_inputs: ClassVar[dict[str, int]] = {}
 
     def __init__(self, model, processor) -> None:
         self.model = model
@@ -67,6 +73,12 @@ class Adapter:
         return int(self.model.config.get_text_config().num_attention_heads)
 
     # --- the text decoder -------------------------------------------------------------------------------------
+    @property
+    def logits_module(self) -> torch.nn.Module:
+        """The module whose forward gives ``generate`` each step's logits (``steer.rows`` reads a side stream's rows
+        there): the model itself, unless its ``generate`` runs another module's."""
+        return self.model
+
     @property
     def text_model(self):
         """The language model inside the VLM (decoder layers, final norm, rotary embedding), where the model says it

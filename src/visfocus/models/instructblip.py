@@ -84,6 +84,11 @@ class InstructBlipAdapter(Adapter):
         super().__init__(model, processor)
 
     @property
+    def logits_module(self) -> torch.nn.Module:
+        """Its ``generate`` is the language model's: each step's logits come from the language model's forward."""
+        return self.model.language_model
+
+    @property
     def no_grid_reason(self) -> str:
         """The query tokens are learned queries over the whole image, not patches: no token has a pixel box."""
         return (f"instructblip: its {self.num_query_tokens} Q-Former query tokens have no spatial grid; attention over "

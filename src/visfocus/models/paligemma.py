@@ -23,6 +23,8 @@ class PaliGemmaAdapter(Adapter):
     checkpoint = "google/paligemma2-3b-pt-224"
     # generate marks every generated token 1 in token_type_ids: outside the bidirectional prefix
     appended_token_inputs: ClassVar[dict[str, int]] = {"token_type_ids": 1}
+    # a forward without token types attends causally: a text-only row in a batch is all "suffix" (1)
+    text_row_token_inputs: ClassVar[dict[str, int]] = {"token_type_ids": 1}
     prefix_lm = True
 
     @property

@@ -109,6 +109,8 @@ def _post_image_rows(state: SteerState, edits: list[Edit], query: torch.Tensor, 
     positions = torch.arange(first_pos + start, first_pos + stop, device=query.device)  # (R,) absolute
     selected = has_image[:, None] & (positions[None, :] > end[:, None])  # (B, R)
     selected &= _real_rows(attention_mask, start, stop, first_pos, B, query.device)
+    if state.edited_rows is not None:
+        selected &= state.edited_rows.to(query.device)[:, None]
     R, group = stop - start, H // H_kv
     # Group the query heads by their KV head instead of repeating K/V (GQA).
     q_rows = query[:, :, start:stop, :].float().reshape(B, H_kv, group * R, D)  # (B, Hkv, g·R, D)
@@ -168,7 +170,10 @@ def visfocus_attention(
     row_out, probs_pre, probs = _edited_row(state, edits, layer, row, abs_pos, is_decode, query, key, value, mask,
                                             scale, softcap)
     if row_out is not None:
-        out[:, row] = row_out.to(out.dtype)
+        row_out = row_out.to(out.dtype)  # (B, H, D)
+        if state.edited_rows is not None:  # rows of a side stream keep their unedited output
+            row_out = torch.where(state.edited_rows.to(out.device)[:, None, None], row_out, out[:, row])
+        out[:, row] = row_out
     if record:
         state.recorder.record(layer, probs_pre, probs)
     return out, None

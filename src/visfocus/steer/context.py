@@ -47,13 +47,15 @@ class VariantColumns:
 @dataclass
 class SteerState:
     """image_cols: (B, S) bool, True where the prompt holds an image token. last_prompt_pos: S - 1 (left padding
-    puts every row's last prompt token in the last column)."""
+    puts every row's last prompt token in the last column). edited_rows: (B,) bool, the batch rows the edits apply
+    to (None: all; a side stream decoded as rows of the same batch is never edited, ``steer.rows``)."""
 
     image_cols: torch.Tensor
     edits: tuple[Edit, ...] = ()
     recorder: TraceRecorder | None = None
     cost: Cost = field(default_factory=Cost)
     variants: VariantColumns | None = None  # variant columns of the forward that holds the prompt (or none)
+    edited_rows: torch.Tensor | None = None
 
     @property
     def last_prompt_pos(self) -> int:

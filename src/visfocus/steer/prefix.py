@@ -227,10 +227,11 @@ class SharedPrefill:
                        prefixes=[(tag, sh.image_keys[b], t[:sh.prefix_lengths[b]]) for b, t in enumerate(tokens)],
                        prompts=[(tag, sh.image_keys[b], t) for b, t in enumerate(tokens)])
 
-    def image_prefixes(self, tag: str = "") -> DynamicCache:
-        """A cache of columns 0..C−1 holding every row's image prefix; the model is readied to continue at C (the
-        start of ``generate``, whose first forward runs every question token)."""
-        cache, _ = self._prefix_cache(self.keys(tag), None)
+    def image_prefixes(self, tag: str = "", vision: dict | None = None) -> DynamicCache:
+        """A cache of columns 0..C−1 holding every row's image prefix (of ``vision``'s pixels where given, stored
+        under ``tag``); the model is readied to continue at C (the start of ``generate``, whose first forward runs
+        every question token)."""
+        cache, _ = self._prefix_cache(self.keys(tag), vision)
         return cache
 
     def prefill(self, forward: Forward, *, tag: str = "", vision: dict | None = None,

@@ -17,6 +17,7 @@ from visfocus.steer.context import Cost, SteerState, VariantColumns, steering
 from visfocus.steer.edits import Edit
 from visfocus.steer.forced import ForcedContinuation, eos_token_ids
 from visfocus.steer.prefix import SharedPrefill, Sharing, leading_padding
+from visfocus.steer.rows import FollowMain, OnMainRows, RowsPlan, SideRowLogits, plan_rows
 from visfocus.steer.sites import Contract, LayerHook, installed
 from visfocus.steer.streams import SideStream
 from visfocus.steer.trace import TraceRecorder
@@ -65,6 +66,9 @@ class Runner:
     variant columns (``variant_pass``) either.
     continuation_positions / set_decode_offsets: the family's (``Adapter.continuation_positions``,
     ``Adapter.set_decode_offsets``), for a forward of the runner's own (``variant_pass``); None: none here.
+    stream_rows: whether a side stream may decode as rows of ``generate``'s own batch (``steer.rows``: one forward
+    per token for both streams) where that is exact; False: always apart (its own forwards). logits_module: the
+    module whose forward gives ``generate`` each step's logits (None: the model).
     Methods receive a runner inside a ``visfocus.interventions.Batch``, which holds the rest of the batch.
     """
 
@@ -72,7 +76,8 @@ class Runner:
                  prefill_position_ids: torch.Tensor | None, layouts: list | None = None,
                  record_trace: bool = False, sharing: Sharing | None = None,
                  decoder_layers: list | None = None, rerun_last_token: bool = True,
-                 continuation_positions=None, set_decode_offsets=None) -> None:
+                 continuation_positions=None, set_decode_offsets=None, stream_rows: bool = True,
+                 logits_module: torch.nn.Module | None = None) -> None:
         self.model = model
         self.decoder_layers = decoder_layers  # the text decoder's layers, for the layer sites (``steer.sites``)
         self.contract: Contract | None = None  # what the running method declared (None: engine use, unchecked)
@@ -89,6 +94,9 @@ class Runner:
         self.rerun_last_token = rerun_last_token
         self.continuation_positions = continuation_positions
         self.set_decode_offsets = set_decode_offsets
+        self.stream_rows = stream_rows
+        self.logits_module = logits_module if logits_module is not None else model
+        self.streams: list[SideStream] = []  # the side streams made for this runner, in order
 
     def fork(self, model_inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
              prefill_position_ids: torch.Tensor | None, layouts: list, decoder_layers: list | None) -> Runner:
@@ -99,7 +107,8 @@ class Runner:
                        prefill_position_ids=prefill_position_ids, layouts=layouts, decoder_layers=decoder_layers,
                        rerun_last_token=self.rerun_last_token,
                        continuation_positions=self.continuation_positions,
-                       set_decode_offsets=self.set_decode_offsets)
+                       set_decode_offsets=self.set_decode_offsets, stream_rows=self.stream_rows,
+                       logits_module=self.logits_module)
         other.cost, other.recorder, other.forced, other.contract = self.cost, self.recorder, self.forced, self.contract
         other.generation_defaults = dict(self.generation_defaults)
         return other
@@ -112,6 +121,7 @@ class Runner:
     def side_stream(self, stream: SideStream) -> SideStream:
         """``stream``, once the running method is known to have declared its kind."""
         self.require("side_stream", stream.kind)
+        self.streams.append(stream)
         return stream
 
     @property
@@ -158,8 +168,13 @@ class Runner:
         layer sites' readers (``steer.sites``), installed for this call only. A forced runner (``force``) appends
         its ``ForcedContinuation`` after the method's processors and resets its record here."""
         self._check_sites(edits, logits_processor, layer_hooks)
-        kwargs, cache = dict(self.inputs), None
         earlier_rows = any(edit.rows == POST_IMAGE for edit in edits)  # edits prompt rows before the last one
+        stream = self._stream_for_rows(prefix, earlier_rows, layer_hooks, generation_settings)
+        plan = plan_rows(self, stream) if stream is not None else None
+        if plan is not None:
+            return self._generate_rows(plan, stream, tuple(edits), max_new_tokens, logits_processor,
+                                       generation_settings)
+        kwargs, cache = dict(self.inputs), None
         if not self.rerun_last_token or earlier_rows:
             prefix = None  # the whole prompt (after a shared image prefix) runs under the edits
         if prefix is None and self.sharing is not None:  # the prompt but its last token from the shared prefix
@@ -186,6 +201,44 @@ class Runner:
         first = out.logits[0].float()
         return Generation(new_tokens=out.sequences[:, self.prompt_len:], first_logits=first,
                           first_scores=out.scores[0].float() if processed else first, step_logits=out.logits)
+
+    def _stream_for_rows(self, prefix: Prefix | None, earlier_rows: bool, layer_hooks: tuple[LayerHook, ...],
+                         generation_settings: dict) -> SideStream | None:
+        """The side stream this ``generate`` call may decode as rows of its own batch: the one stream made for this
+        runner and not run yet, when decoding is greedy from the start of the prompt (or of the shared image
+        prefixes), with no teacher forcing, trace, layer hook or kept whole prompts; else None (apart)."""
+        fresh = [s for s in self.streams if not s.started]
+        if not self.stream_rows or len(fresh) != 1 or len(self.streams) != 1 or prefix is not None or earlier_rows:
+            return None
+        if self.forced is not None or self.recorder is not None or layer_hooks:
+            return None
+        if self.sharing is not None and self.sharing.store.keep_prompts:
+            return None
+        settings = {**self.generation_defaults, **generation_settings}
+        if settings.get("do_sample") or settings.get("num_beams", 1) != 1:
+            return None
+        return fresh[0]
+
+    def _generate_rows(self, plan: RowsPlan, stream: SideStream, edits: tuple[Edit, ...], max_new_tokens: int,
+                       logits_processor, generation_settings: dict) -> Generation:
+        """``generate`` over the main rows and ``stream``'s rows in one batch (``steer.rows``); the main rows'
+        generation."""
+        B = plan.main_rows
+        kwargs = dict(plan.kwargs)
+        kwargs.setdefault(cache_argument(self.model), fresh_cache())
+        if plan.offsets is not None:
+            self.sharing.set_decode_offsets(plan.offsets)  # (2B, 1): every row's, main and side
+        processed = bool(logits_processor)
+        processors = LogitsProcessorList([OnMainRows(p, B) for p in logits_processor or []] + [FollowMain(B)])
+        config = self._generation_config(max_new_tokens, output_scores=processed, **generation_settings)
+        state = SteerState(image_cols=plan.image_cols, edits=edits, cost=self.cost, edited_rows=plan.edited_rows)
+        with SideRowLogits(self.logits_module, B) as side_logits, steering(state):
+            stream.row_logits = side_logits
+            out = self.model.generate(**kwargs, logits_processor=processors, generation_config=config)
+        first = out.logits[0][:B].float()  # (B, V)
+        return Generation(new_tokens=out.sequences[:B, self.prompt_len:], first_logits=first,
+                          first_scores=out.scores[0][:B].float() if processed else first,
+                          step_logits=tuple(step[:B] for step in out.logits))
 
     def _check_sites(self, edits: tuple[Edit, ...], logits_processor, layer_hooks: tuple[LayerHook, ...]) -> None:
         if edits:

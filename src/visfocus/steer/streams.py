@@ -2,7 +2,9 @@
 prompt with no image (PAI's contrast, M3ID), or on other pixels (VCD's noised image). A stream has its own KV cache
 and positions, is fed the tokens ``generate`` chooses, runs plain forwards (no edit, never recorded by the trace) and
 adds its work to the runner's cost. An image stream starts from the shared image prefix of its own pixels when the
-batch shares prefixes. Streams are built by ``Runner.side_stream`` (which checks the method declared them)."""
+batch shares prefixes. Streams are built by ``Runner.side_stream`` (which checks the method declared them).
+``Runner.generate`` decodes a stream as rows of its own batch where that is exact (``steer.rows``: one forward per
+token for both streams; ``row_logits`` then serves the side rows' logits); else apart, with the forwards below."""
 
 from __future__ import annotations
 
@@ -32,10 +34,22 @@ class SideStream:
         self.runner = runner
         self.cache = None
         self.fed = 0  # generated tokens fed so far
+        # set while the stream decodes as rows of generate's own batch (``steer.rows``): serves their raw logits
+        self.row_logits = None
+
+    @property
+    def started(self) -> bool:
+        """Whether the stream has run (apart, with its own cache) or is running as rows."""
+        return self.cache is not None or self.row_logits is not None
 
     @torch.inference_mode()
     def logits(self, input_ids: torch.LongTensor) -> torch.Tensor:
         generated = input_ids.shape[1] - self.runner.prompt_len  # tokens generate has chosen so far
+        if self.row_logits is not None:  # the side rows of generate's forward that chose this step's scores
+            if generated != self.fed:
+                raise RuntimeError(f"the {self.kind} rows are at token {self.fed}, generate at {generated}")
+            self.fed += 1
+            return self.row_logits.side()  # (B, V)
         if self.cache is None:
             if generated != 0:
                 raise RuntimeError(f"a {self.kind} stream must start at the first decoding step")
@@ -62,13 +76,20 @@ class SideStream:
 
 class TextOnlyStream(SideStream):
     """The batch's prompts with the image taken out. rows: per batch row, its text-only prompt ids (no padding);
-    text_positions(mask): the position ids of a text-only (B, S_u) attention mask ((B, S_u) or (3, B, S_u))."""
+    text_positions(mask): the position ids of a text-only (B, S_u) attention mask ((B, S_u) or (3, B, S_u)).
+    prefix_rows: per row, the text-only ids of its shared image prefix (a sharing batch; ``steer.rows`` keeps the
+    tokens a text-only row shares with them in the prefix store), else None. token_inputs: the value of each
+    per-token input beside ids and mask (token types) that these rows carry when they decode as rows of the
+    prompt's batch, as the model treats a forward without it (unlisted: 0)."""
 
     kind = "text_only"
 
     def __init__(self, runner, rows: list[list[int]], pad_id: int,
-                 text_positions: Callable[[torch.Tensor], torch.Tensor]) -> None:
+                 text_positions: Callable[[torch.Tensor], torch.Tensor],
+                 prefix_rows: list[list[int]] | None = None, token_inputs: dict[str, int] | None = None) -> None:
         super().__init__(runner)
+        self.rows_ids, self.pad_id, self.prefix_rows = rows, pad_id, prefix_rows
+        self.token_inputs = dict(token_inputs or {})
         device = runner.inputs["input_ids"].device
         width = max(len(row) for row in rows)
         self.input_ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], device=device)  # (B, S_u)
