@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--max_new_tokens", type=int, default=2, help="a one-word answer and its end token")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
 
     import torch
@@ -68,35 +70,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {described}; task {args.task}, first {args.limit} samples, batch {args.batch_size}, "
               f"max_new_tokens {args.max_new_tokens}; grid: {len(grid_points(GRID))} points + the baseline",
               flush=True)
-        evaluate(dataclasses.replace(base, output_path=f"{tmp}/warm", limit=2), model=lambda: vlm)  # warm-up
-
-        def timed(name: str, run):
-            start = time.perf_counter()
-            out = run(dataclasses.replace(base, output_path=f"{tmp}/{name}"))
-            seconds = time.perf_counter() - start
-            print(f"  {name}: {seconds:.1f} s", flush=True)
-            return seconds, out
-
-        plain_s, _ = timed("plain", lambda config: evaluate(config, model=lambda: vlm))
-        rows_s, rows = timed("rows", lambda config: sweep(config, args.task, None, "adaptvis", GRID,
-                                                          model=lambda: vlm))
+        evaluate(dataclasses.replace(base, output_path=f"{tmp}/warm"), model=lambda: vlm)  # warm-up: images, kernels
 
         def one_at_a_time(config):
             with separate_passes():
                 return sweep(config, args.task, None, "adaptvis", GRID, model=lambda: vlm)
 
-        apart_s, apart = timed("apart", one_at_a_time)
-        plain_again_s, _ = timed("plain-again", lambda config: evaluate(config, model=lambda: vlm))
+        configs = {"one plain evaluation": lambda config: evaluate(config, model=lambda: vlm),
+                   "sweep by rows (visfocus sweep)": lambda config: sweep(config, args.task, None, "adaptvis", GRID,
+                                                                          model=lambda: vlm),
+                   "sweep one trial after another (kept prompts)": one_at_a_time}
+        seconds: dict[str, list[float]] = {name: [] for name in configs}
+        outs = {}
+        for r in range(args.rounds):  # interleaved: each round runs every configuration once
+            for i, (name, run) in enumerate(configs.items()):
+                start = time.perf_counter()
+                outs[name] = run(dataclasses.replace(base, output_path=f"{tmp}/round{r}-{i}"))
+                seconds[name].append(time.perf_counter() - start)
+                print(f"  round {r + 1} {name}: {seconds[name][-1]:.1f} s", flush=True)
 
-    plain_mean = (plain_s + plain_again_s) / 2
+    plain = seconds["one plain evaluation"]
+    rows, apart = outs["sweep by rows (visfocus sweep)"], outs["sweep one trial after another (kept prompts)"]
     same = rows["trials"] == apart["trials"] and rows["chosen"] == apart["chosen"]
-    print(f"\n12-point AdaptVis sweep (+ baseline) on {args.limit} samples of {args.task}; one plain evaluation "
-          f"{plain_s:.1f} s before and {plain_again_s:.1f} s after the sweeps (mean {plain_mean:.1f} s)")
+    print(f"\n12-point AdaptVis sweep (+ baseline) on {args.limit} samples of {args.task}; median of {args.rounds} "
+          "interleaved rounds, ratios against the plain evaluation of the same round")
     print(f"{'':<52}{'seconds':>10}{'× plain evaluation':>20}")
-    for name, seconds in (("one plain evaluation", plain_mean), ("sweep by rows (visfocus sweep)", rows_s),
-                          ("sweep one trial after another (kept prompts)", apart_s)):
-        print(f"{name:<52}{seconds:>10.1f}{seconds / plain_mean:>19.2f}×")
-    print(f"sweep by rows ÷ one trial after another: {apart_s / rows_s:.1f}× faster; the same trials and choice: "
+    for name, times in seconds.items():
+        ratio = statistics.median(t / p for t, p in zip(times, plain))
+        print(f"{name:<52}{statistics.median(times):>10.1f}{ratio:>19.2f}×")
+    by_rows = statistics.median(a / r for a, r in zip(seconds["sweep one trial after another (kept prompts)"],
+                                                      seconds["sweep by rows (visfocus sweep)"]))
+    print(f"sweep by rows ÷ one trial after another: {by_rows:.1f}× faster; the same trials and choice: "
           f"{'yes' if same else 'NO'}")
     return 0 if same else 1
 
