@@ -14,6 +14,7 @@ import visfocus as vf
 from visfocus.api import ContinuationScore, Sampling
 from visfocus.interventions.base import param_specs
 from visfocus.steer.forced import ForcedContinuation
+from visfocus.steer.variants import separate_passes
 from visfocus.testing import FAMILIES
 
 QUESTIONS = ["Is the cup on the table?", "Where is the dog?", "Describe the image.", "What colour is the cat?"]
@@ -116,7 +117,10 @@ def _greedy_run(vlm, images, questions, method, monkeypatch, max_new_tokens=4):
         return out
 
     monkeypatch.setattr(vlm.model, "generate", generate)
-    vlm.answer_batch(images, questions, method, max_new_tokens=max_new_tokens)
+    # generate from the prompt (AdaptVis's variant columns would start it after the first token; the two paths
+    # give the same answers: tests/test_variants.py)
+    with separate_passes():
+        vlm.answer_batch(images, questions, method, max_new_tokens=max_new_tokens)
     monkeypatch.undo()
     prompt_len, out = calls[-1]
     eos = vlm.model.generation_config.eos_token_id
