@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from visfocus.evaluate import RunConfig, evaluate, evaluate_many
+    from visfocus.steer.variants import separate_passes
     from visfocus.sweep import grid_points
 
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.processor() or platform.machine()} · "
@@ -105,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         separate = [evaluate(dataclasses.replace(run, output_path=f"{tmp}/separate")) for run in runs]
         separate_per_run = (time.perf_counter() - started) / len(runs)
         print(f"separate runs (model loaded per run): {separate_per_run:.2f} s per run", flush=True)
-        # the model loaded once, no shared prefill
+        # the model loaded once, no shared prefill, every run on its own forwards (no variant columns across runs)
         started = time.perf_counter()
-        evaluate_many([dataclasses.replace(run, output_path=f"{tmp}/once") for run in runs], model=lambda: vlm)
+        with separate_passes():
+            evaluate_many([dataclasses.replace(run, output_path=f"{tmp}/once") for run in runs], model=lambda: vlm)
         once_per_run = (time.perf_counter() - started) / len(runs)
         print(f"model loaded once, no shared prefill: {once_per_run:.2f} s per run", flush=True)
 
