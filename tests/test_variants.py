@@ -169,3 +169,13 @@ def test_a_sweep_by_rows_equals_the_sweep_one_trial_at_a_time(tiny_dirs, tmp_pat
         assert {k: (v["output"], v["extras"].get("branch")) for k, v in got.items()} == \
             {k: (v["output"], v["extras"].get("branch")) for k, v in expected.items()}
     assert json.loads(Path(rows["path"]).read_text())["chosen"] == rows["chosen"]
+
+
+def test_answer_variants_refuses_bad_arguments_in_one_line(tiny_vlms):
+    vlm, images = tiny_vlms["llava"], _images()
+    with pytest.raises(vf.VisfocusError, match="needs a list of methods"):
+        vlm.answer_variants(images, QUESTIONS, vf.method("adaptvis"))
+    with pytest.raises(vf.VisfocusError, match="max_rows must be an integer"):
+        vlm.answer_variants(images, QUESTIONS, [None, vf.method("scaling_vis")], max_rows=0)
+    with pytest.raises(vf.VisfocusError, match="visfocus.method"):
+        vlm.answer_variants(images, QUESTIONS, [None, "scaling_vis"])

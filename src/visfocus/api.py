@@ -197,6 +197,11 @@ class VLM:
         (``visfocus.interventions.variants``), decoding on as rows of one ``generate``, at most ``max_rows`` rows at
         a time (None: all); otherwise one after another, the whole prompts kept between them. Each answer's cost is
         the joint work, its ``seconds`` that time's share per method."""
+        if isinstance(methods, (Method, str)) or not isinstance(methods, Sequence):
+            raise VisfocusError(f"answer_variants needs a list of methods (None: the plain model), got "
+                                f"{type(methods).__name__}")
+        if max_rows is not None and (not _integer(max_rows) or max_rows < 1):
+            raise VisfocusError(f"max_rows must be an integer ≥ 1 or None, got {max_rows!r}")
         checked = [self._checked("answer_variants", images, questions, methods[0] if methods else None, options,
                                  noun="question")]
         checked += [self._method(m) for m in methods[1:]]
