@@ -2,8 +2,8 @@
 
 Every ``bash`` or ``python`` block of a page under ``docs/`` is preceded, on the line before its fence, by one marker:
 
-- ``<!-- runs here -->``: runs on a CPU in seconds (the built-in organism or a tiny fixture); ``tests/test_docs_pages.py``
-  runs the page's runnable blocks in order, in one fresh folder per page;
+- ``<!-- runs here -->``: runs on a CPU in seconds (the built-in organism or a tiny fixture);
+  ``tests/test_docs_pages.py`` runs the page's runnable blocks in order, in one fresh folder per page;
 - ``<!-- gpu: about 40 min, 16 GB on one GPU -->``: needs a GPU and real weights; the site shows the note above the
   block and the tests only parse its ``visfocus`` commands;
 - ``<!-- not run: why -->``: shown only (an install step, a sketch, a command that needs the Hub); parsed, not run.
