@@ -12,6 +12,7 @@ import pkgutil
 from visfocus.interventions.base import (
     METHODS,
     UNAVAILABLE,
+    Fidelity,
     Method,
     MethodResult,
     method,
@@ -38,5 +39,5 @@ def _import_methods() -> None:
 
 _import_methods()
 
-__all__ = ["METHODS", "Batch", "Method", "MethodResult", "method", "methods", "parse_method_args",
+__all__ = ["METHODS", "Batch", "Fidelity", "Method", "MethodResult", "method", "methods", "parse_method_args",
            "typed_method_args"]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from visfocus.interventions.base import (
+    Fidelity,
     LayerSpec,
     Method,
     MethodResult,
@@ -91,6 +92,30 @@ def confidence(first_logits: torch.Tensor, mode: str, option_ids: list[list[int]
 @register_method
 class AdaptVis(Method):
     name = "adaptvis"
+    paper = ("Chen et al., ICML 2025, “Why Is Spatial Reasoning Hard for VLMs? An Attention Mechanism Perspective on "
+             "Focus Areas”, Eq. 3, https://arxiv.org/abs/2503.01773")
+    equation = ("α = α1 if C < β, else α2   (C: the confidence of the unedited first answer token)\n"
+                "s[l,h,n,j] ← α·s[l,h,n,j] for every image key j ∈ I (ScalingVis with the chosen α)")
+    fidelity = (
+        Fidelity(reference="the paper's two passes run naively in the test: an unedited answer gives C, then "
+                           "scaling_vis with the chosen α (itself checked against tests/eager_reference.py)",
+                 equal="branch, α used and answer text; first-token logits; both branches, every family",
+                 tolerance="fp32, first-token logits max abs ≤ 1e-4, confidence ≤ 1e-6; branch and text exact",
+                 test="tests/test_method_adaptvis.py::test_adaptvis_equals_two_pass_reference"),
+        Fidelity(reference="shiqichen17/AdaptVis, llava15.py (official code): its branch rule, C rounded with "
+                           "np.round(C, 2) then smooth if C < threshold, transcribed in the test",
+                 equal="the branch and α used, at thresholds on both sides of C and of round(C, 2)",
+                 tolerance="exact",
+                 test="tests/test_method_adaptvis.py::"
+                      "test_two_decimal_rounding_takes_the_official_branch_exactly_where_rounding_matters",
+                 option="confidence_decimals=2"),
+        Fidelity(reference="shiqichen17/AdaptVis, llava15.py (official code): its VSR confidence, the raw maximum "
+                           "first-token logit without softmax, computed in the test from the unedited logits",
+                 equal="the confidence compared with the threshold",
+                 tolerance="relative ≤ 1e-5",
+                 test="tests/test_method_adaptvis.py::test_confidence_modes_are_defined_as_documented",
+                 option="confidence=max_logit"),
+    )
     Params = AdaptVisParams
     identity = {"alpha_low": 1.0, "alpha_high": 1.0}
     search_grid = {"alpha_low": (0.5, 0.8), "alpha_high": (1.2, 1.5, 2.0),

@@ -15,7 +15,11 @@ the registry (``METHODS``) — the sweep, the app, the overhead benchmark, the l
 - ``variant_edits`` / ``choose_variant``: its answer is a re-run of the last prompt token under one of a few edit
   sets, chosen per row from the unedited row alone (plain, ScalingVis, AdaptVis). Such methods run as variant
   columns of the prompt's own forward (``visfocus.steer.variants``), and a sweep's grid points of them together
-  (``visfocus.interventions.variants``).
+  (``visfocus.interventions.variants``);
+- ``paper`` (authors, venue, title and a link), ``equation`` (the paper's defining equation in plain Unicode, in the
+  symbols its parameters' ``paper=`` names) and ``fidelity``: the references (``Fidelity``) its output is checked
+  against, each by a named test of the suite, with the tolerance that test asserts and the option that reproduces a
+  reference where it differs from the paper. The site's method reference is generated from these.
 
 It turns a prepared ``Batch`` (``visfocus.interventions.batch``) into a generation through the engine only: ``apply``
 validates the parameters once against the model, tells the engine what the method declared, runs it and checks that
@@ -65,6 +69,17 @@ class VariantChoice:
     extras: list[dict[str, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class Fidelity:
+    """One reference this method's output has been checked against, by a test in the suite."""
+
+    reference: str  # what it is compared with: the reference code (repository and file), or an independent one
+    equal: str  # what is equal: e.g. "answer ids and first-token scores"
+    tolerance: str  # what the test asserts: e.g. "fp32, max abs ≤ 1e-5" or "exact"
+    test: str  # pytest node id of the test that checks it: "tests/test_method_adaptvis.py::test_name"
+    option: str | None = None  # the parameters reproducing this reference where it differs from the paper ("k=v,...")
+
+
 @dataclass
 class MethodResult:
     generation: Generation
@@ -102,6 +117,11 @@ class Method:
     needs_grid: ClassVar[bool] = False
     # the overhead benchmark's configurations: {label: parameters} (None: one point, ``{name: {}}``)
     bench_points: ClassVar[dict[str, dict[str, Any]] | None] = None
+    # the paper (authors et al., venue year, title, a link), its defining equation(s) in plain Unicode in the symbols
+    # of the parameters' ``paper=`` names, and the references a test checks the method against
+    paper: ClassVar[str] = ""
+    equation: ClassVar[str] = ""
+    fidelity: ClassVar[tuple[Fidelity, ...]] = ()
 
     def __init__(self, params: Params) -> None:
         params.validate()

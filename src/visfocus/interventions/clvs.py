@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, check_number, param, register_method
+from visfocus.interventions.base import Fidelity, Method, MethodResult, Params, check_number, param, register_method
 from visfocus.interventions.batch import Batch
 from visfocus.interventions.decoding import early_exit_logits, normalized_top10_entropy, survey_top10_entropy
 from visfocus.steer.edits import Edit, RowView
@@ -200,6 +200,38 @@ class SmoothingEdit(Edit):
 @register_method
 class CLVS(Method):
     name = "clvs"
+    paper = ("Zhao et al., arXiv 2025, “Cross-Layer Vision Smoothing: Enhancing Visual Understanding via Sustained "
+             "Focus on Key Objects in Large Vision-Language Models”, https://arxiv.org/abs/2509.12897")
+    equation = ("Â^l = β·A^l + (1 − β)·m (β < 1; A^l + (β − 1)·m for β ≥ 1), row n renormalised; m from layer-0 "
+                "attention under one position per image\n"
+                "m ← γ·m + (1 − γ)·max_h A^l, until U = H(softmax(top10(z)))/log 10 < δ after layer ⌊L/2⌋")
+    fidelity = (
+        Fidelity(reference="independent eager re-implementation of the official rule (ZhQingan/CLVS, "
+                           "modeling_llama.py): tests/eager_reference.py under unified image positions, the β-blend "
+                           "written in the test",
+                 equal="the last prompt row's attention at layer 0 (position-unbiased) and at layer 1 (blended with "
+                       "the max-over-heads memory, renormalised), every family",
+                 tolerance="fp32, max abs ≤ 1e-5",
+                 test="tests/test_method_clvs.py::test_layer0_and_the_blend_at_layer1_match_the_reference"),
+        Fidelity(reference="the official stop rule (ZhQingan/CLVS, modeling_llama.py: checked after layer ⌊L/2⌋, "
+                           "stop when U < δ), as the smoothed layers the test expects",
+                 equal="the layers smoothed on a 6-layer model, δ ∈ {0, 1e-4, 1}",
+                 tolerance="exact",
+                 test="tests/test_method_clvs.py::test_stop_rule_fires_after_the_middle_and_only_below_threshold"),
+        Fidelity(reference="davidbchang/visual-attention-intervention (the survey), Qwen3VLTextModel.forward with "
+                           "use_clvs: re-implemented in the test from its code",
+                 equal="first-token logits and the stop layer, every family",
+                 tolerance="fp32, max abs ≤ 1e-4",
+                 test="tests/test_method_clvs.py::test_survey_variant_matches_the_survey_reference",
+                 option="variant=survey"),
+        Fidelity(reference="davidbchang/visual-attention-intervention (the survey), Qwen3VLTextModel.forward with "
+                           "use_clvs: re-implemented in the test from its code",
+                 equal="first-token logits and the stop layer for δ from 0 to 1e9 (U summed over all positions)",
+                 tolerance="fp32, max abs ≤ 1e-4; stop layer exact",
+                 test="tests/test_method_clvs.py::"
+                      "test_survey_stop_rule_fires_from_layer_l_over_2_on_the_summed_uncertainty",
+                 option="variant=survey"),
+    )
     Params = CLVSParams
     identity = {"smoothing": 1.0}
     search_grid = {"smoothing": (0.6, 0.7, 0.8, 0.9), "memory_decay": (0.5, 0.8), "uncertainty_threshold": (0.3, 0.5)}

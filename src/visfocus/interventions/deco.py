@@ -44,7 +44,16 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from visfocus.interventions.base import LayerSpec, Method, MethodResult, Params, param, register_method, resolve_layers
+from visfocus.interventions.base import (
+    Fidelity,
+    LayerSpec,
+    Method,
+    MethodResult,
+    Params,
+    param,
+    register_method,
+    resolve_layers,
+)
 from visfocus.interventions.batch import Batch
 from visfocus.interventions.decoding import (
     NO_PENALTY,
@@ -139,6 +148,30 @@ class DeCoParams(Params):
 @register_method
 class DeCo(Method):
     name = "deco"
+    paper = ("Wang et al., ICLR 2025, “MLLM Can See? Dynamic Correction Decoding for Hallucination Mitigation”, "
+             "https://arxiv.org/abs/2410.11779")
+    equation = ("C = the final layer's top-k tokens, cut where their cumulative probability reaches top-p;  "
+                "(l*, m) = argmax over l and c ∈ C of q_l(c)\n"
+                "score(c) = z_L(c) + α·m·z_{l*}(c) for c ∈ C, −∞ elsewhere")
+    fidelity = (
+        Fidelity(reference="the paper's equation with the candidate cut and tie rule of zjunlp/DeCo, computed by "
+                           "hand in the test",
+                 equal="the anchor layer, m and the blended scores per row",
+                 tolerance="max abs ≤ 1e-5 (m ≤ 1e-6)",
+                 test="tests/test_method_deco.py::test_anchor_choice_and_blend_by_hand"),
+        Fidelity(reference="independent re-implementation of the paper's equation, with the candidate cut and tie "
+                           "rule of zjunlp/DeCo, written with loops in the test over a plain forward with all hidden "
+                           "states",
+                 equal="first-step scores and the candidates kept, the anchor layer and m, a left-padded batch, "
+                       "every family",
+                 tolerance="fp32, scores max abs ≤ 1e-4, m ≤ 1e-5; candidates and layer exact",
+                 test="tests/test_method_deco.py::test_first_step_scores_match_an_independent_reference"),
+        Fidelity(reference="independent re-implementation of the paper's equation, written with loops in the test "
+                           "over one plain forward per step",
+                 equal="the token and the anchor layer at each of 3 steps",
+                 tolerance="exact",
+                 test="tests/test_method_deco.py::test_every_step_matches_the_reference_and_its_anchor_layer_is_recorded"),
+    )
     Params = DeCoParams
     # the caller's sampling applies, its warpers after the correction (the reference's _deco_sample_decoding)
     supports_sampling = True

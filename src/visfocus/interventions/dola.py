@@ -28,7 +28,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from visfocus.errors import VisfocusError
-from visfocus.interventions.base import Method, MethodResult, Params, param, register_method
+from visfocus.interventions.base import Fidelity, Method, MethodResult, Params, param, register_method
 from visfocus.interventions.batch import Batch
 from visfocus.interventions.decoding import choose_layer, early_exit_logits, plausibility_cut
 from visfocus.steer.sites import LastPositionReader
@@ -143,6 +143,27 @@ class DoLaParams(Params):
 @register_method
 class DoLa(Method):
     name = "dola"
+    paper = ("Chuang et al., ICLR 2024, “DoLa: Decoding by Contrasting Layers Improves Factuality in Large Language "
+             "Models”, https://arxiv.org/abs/2309.03883")
+    equation = ("M = argmax_{j ∈ J} JSD(p_N ‖ p_j)\n"
+                "F(x) = log p_N(x) − log p_M(x) where p_N(x) ≥ α·max p_N, −∞ elsewhere")
+    fidelity = (
+        Fidelity(reference="the paper's equation computed by hand in the test",
+                 equal="the premature layer chosen per row and the scores F",
+                 tolerance="max abs ≤ 1e-5",
+                 test="tests/test_method_dola.py::test_the_most_different_premature_layer_is_chosen_per_row"),
+        Fidelity(reference="transformers 4.49, generation/utils.py _dola_select_contrast (the DoLa code in "
+                           "transformers): its layer choice ported line by line in the test",
+                 equal="the premature layer chosen, in 200 random cases (a batch of one)",
+                 tolerance="exact",
+                 test="tests/test_method_dola.py::test_the_transformers_divergence_picks_the_layer_transformers_picks",
+                 option="divergence=transformers"),
+        Fidelity(reference="a separate plain forward with all hidden states, its first step scored in the test by "
+                           "dola_scores (the function checked by hand)",
+                 equal="first-step scores, the premature layer and the first token of a left-padded batch",
+                 tolerance="fp32, max abs ≤ 1e-5",
+                 test="tests/test_method_dola.py::test_run_scores_match_a_forward_with_all_hidden_states"),
+    )
     supports_sampling = False  # greedy by definition
     search_grid = {"layers": ("low", "high"), "repetition_penalty": (1.0, 1.2)}
     Params = DoLaParams

@@ -28,7 +28,16 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from visfocus.interventions.base import LayerSpec, Method, MethodResult, Params, edit_layers, param, register_method
+from visfocus.interventions.base import (
+    Fidelity,
+    LayerSpec,
+    Method,
+    MethodResult,
+    Params,
+    edit_layers,
+    param,
+    register_method,
+)
 from visfocus.interventions.batch import Batch
 from visfocus.interventions.decoding import plausibility_cut
 from visfocus.steer.edits import Edit
@@ -88,6 +97,30 @@ class PAIParams(Params):
 @register_method
 class PAI(Method):
     name = "pai"
+    paper = ("Liu, Zheng, Chen, ECCV 2024, “Paying More Attention to Image: A Training-Free Method for Alleviating "
+             "Hallucination in LVLMs”, https://arxiv.org/abs/2407.21771")
+    equation = ("z ← z + α·|z| on the image keys of the last prompt row and every decoding row (pre-softmax)\n"
+                "score(y) = γ·log p(y | image, text) − (γ − 1)·log p(y | text), cut where log p(y | image, text) "
+                "< max + log 0.1")
+    fidelity = (
+        Fidelity(reference="independent eager re-implementation of the paper's equation "
+                           "(tests/test_method_pai_m3id.py, pai_reference_attention), decoded by generate",
+                 equal="raw logits at each of 3 greedy steps, magnitude per_head and head_mean, every family",
+                 tolerance="fp32, max abs ≤ 1e-4",
+                 test="tests/test_method_pai_m3id.py::test_pai_edit_equals_the_eager_reference_at_every_step"),
+        Fidelity(reference="independent eager re-implementation of the paper's equation "
+                           "(tests/test_method_pai_m3id.py), the text-only prompt built from the prompt's text",
+                 equal="contrasted scores at the first two steps, and the tokens the first step cuts, every family",
+                 tolerance="fp32, max abs ≤ 1e-4; the first step's cut exact",
+                 test="tests/test_method_pai_m3id.py::test_pai_contrast_with_the_text_only_prompt_equals_the_reference"),
+        Fidelity(reference="LALBJ/PAI (official code): its unedited first generated token, as the independent eager "
+                           "re-implementation (tests/test_method_pai_m3id.py) editing from the second token on",
+                 equal="raw logits at each of 3 greedy steps",
+                 tolerance="fp32, max abs ≤ 1e-4",
+                 test="tests/test_method_pai_m3id.py::"
+                      "test_first_token_unedited_differs_from_the_default_exactly_on_the_first_token",
+                 option="first_token_unedited=true"),
+    )
     Params = PAIParams
     identity = {"alpha": 0.0, "gamma": 1.0}
     search_grid = {"alpha": (0.2, 0.5, 0.8), "gamma": (1.0, 1.1, 2.0)}

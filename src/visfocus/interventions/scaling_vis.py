@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from visfocus.interventions.base import (
+    Fidelity,
     LayerSpec,
     Method,
     MethodResult,
@@ -32,6 +33,21 @@ class ScalingVisParams(Params):
 @register_method
 class ScalingVis(Method):
     name = "scaling_vis"
+    paper = ("Chen et al., ICML 2025, “Why Is Spatial Reasoning Hard for VLMs? An Attention Mechanism Perspective on "
+             "Focus Areas”, §4.2, https://arxiv.org/abs/2503.01773")
+    equation = ("s[l,h,n,j] ← α·s[l,h,n,j] for every image key j ∈ I, in every layer l and head h, before the softmax\n"
+                "(n: the last prompt token; s = q·k/√d)")
+    fidelity = (
+        Fidelity(reference="independent eager re-implementation of the paper's equation (tests/eager_reference.py)",
+                 equal="first-token logits, α ∈ {0, 0.5, 2}, every family",
+                 tolerance="fp32, max abs ≤ 1e-4",
+                 test="tests/test_engine.py::test_scaling_vis_matches_eager_reference"),
+        Fidelity(reference="independent eager re-implementation of the paper's equation (tests/eager_reference.py)",
+                 equal="the last prompt row's attention probabilities in every layer and head, before and after "
+                       "the edit (the trace), every family",
+                 tolerance="fp32, max abs ≤ 1e-5",
+                 test="tests/test_engine.py::test_trace_matches_eager_reference"),
+    )
     Params = ScalingVisParams
     identity = {"alpha": 1.0}
     search_grid = {"alpha": (0.5, 0.8, 1.2, 1.5, 2.0)}

@@ -34,7 +34,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from visfocus.interventions.base import LayerSpec, Method, MethodResult, Params, edit_layers, param, register_method
+from visfocus.interventions.base import (
+    Fidelity,
+    LayerSpec,
+    Method,
+    MethodResult,
+    Params,
+    edit_layers,
+    param,
+    register_method,
+)
 from visfocus.interventions.batch import Batch
 from visfocus.steer.edits import ScaleLogits
 
@@ -53,6 +62,26 @@ class VAFParams(Params):
 @register_method
 class VAF(Method):
     name = "vaf"
+    paper = ("Yin, Si, Wang, CVPR 2025, “ClearSight: Visual Signal Enhancement for Object Hallucination Mitigation in "
+             "Multimodal Large Language Models”, https://arxiv.org/abs/2503.13107")
+    equation = ("s[i,j] ← enh-para·s[i,j] for image keys j ∈ I;  s[i,j] ← sup-para·s[i,j] for keys j before the image\n"
+                "(s = q·k/√d, on every prompt row after the image and every decoding row, in the middle layers)")
+    fidelity = (
+        Fidelity(reference="independent eager re-implementation of the edit of ustc-hyin/ClearSight's "
+                           "AttnAdapter.py (tests/eager_reference.py, post_image_selection)",
+                 equal="first-token logits, one row and a left-padded batch of two, every family",
+                 tolerance="fp32, max abs ≤ 1e-4",
+                 test="tests/test_method_vaf.py::test_vaf_matches_eager_reference"),
+        Fidelity(reference="independent eager re-implementation of the edit of ustc-hyin/ClearSight's "
+                           "AttnAdapter.py (tests/eager_reference.py), with its settings 1.15 / 0.95",
+                 equal="first-token logits with the defaults, on the layer the default fraction falls back to",
+                 tolerance="fp32, max abs ≤ 1e-4",
+                 test="tests/test_method_vaf.py::test_reference_defaults_match_on_the_fallback_layer"),
+        Fidelity(reference="ustc-hyin/ClearSight, infer_pope.py (official code): layers `i > 8 and i < 15`",
+                 equal="the default layers: 9–14 of 32",
+                 tolerance="exact",
+                 test="tests/test_method_vaf.py::test_default_layers_are_the_references_9_to_14_of_32"),
+    )
     Params = VAFParams
     identity = {"enhance": 1.0, "suppress": 1.0}
     search_grid = {"enhance": (1.05, 1.15, 1.25, 1.5), "suppress": (0.9, 0.95, 1.0)}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from visfocus.interventions.base import Method, MethodResult, Params, param, register_method
+from visfocus.interventions.base import Fidelity, Method, MethodResult, Params, param, register_method
 from visfocus.interventions.batch import Batch
 from visfocus.interventions.decoding import (
     NO_PENALTY,
@@ -92,6 +92,25 @@ class VCDParams(Params):
 @register_method
 class VCD(Method):
     name = "vcd"
+    paper = ("Leng et al., CVPR 2024, “Mitigating Object Hallucinations in Large Vision-Language Models through "
+             "Visual Contrastive Decoding”, https://arxiv.org/abs/2311.16922")
+    equation = ("v′ = √ᾱ_T·v + √(1 − ᾱ_T)·ε,  ε ~ N(0, I)\n"
+                "score(y) = (1 + α)·z(y | v) − α·z(y | v′), kept where p(y | v) ≥ β·max_w p(w | v)")
+    fidelity = (
+        Fidelity(reference="the paper's contrast and plausibility cutoff computed by hand in the test",
+                 equal="the contrasted scores, α ∈ {0, 0.5, 1}",
+                 tolerance="exact",
+                 test="tests/test_method_vcd.py::test_contrast_on_a_hand_made_case"),
+        Fidelity(reference="DAMO-NLP-SG/VCD, vcd_utils/vcd_add_noise.py (official code): its sigmoid β schedule, "
+                           "transcribed in numpy in the test",
+                 equal="ᾱ_t at every one of the 1000 steps",
+                 tolerance="rtol ≤ 1e-12",
+                 test="tests/test_method_vcd.py::test_noise_schedule_is_vcds_sigmoid_schedule"),
+        Fidelity(reference="the paper's noise equation, with the same seeded ε, computed in the test",
+                 equal="the noised pixel tensor at T = 500",
+                 tolerance="max abs ≤ 1e-6",
+                 test="tests/test_method_vcd.py::test_diffusion_noise_mixes_the_pixels_with_seeded_gaussian_noise"),
+    )
     Params = VCDParams
     supports_sampling = False  # it samples its own way: sample=True (warpers after the contrast, its seed)
     identity = {"alpha": 0.0}

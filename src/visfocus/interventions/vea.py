@@ -26,6 +26,7 @@ from PIL import Image
 
 from visfocus.errors import VisfocusError
 from visfocus.interventions.base import (
+    Fidelity,
     LayerSpec,
     Method,
     MethodResult,
@@ -164,6 +165,27 @@ def load_profile(path: str | Path) -> dict[str, Any]:
 @register_method
 class VEA(Method):
     name = "vea"
+    paper = ("Liu et al., ICLR 2026, “Seeing but Not Believing: Probing the Disconnect Between Visual Attention and "
+             "Answer Correctness in VLMs”, https://arxiv.org/abs/2510.17771")
+    equation = ("e_c ← mean_N e where e_c > λ·max_N e (attention sinks; N: the 3×3 neighbours); ẽ = minmax(G_σ ∗ e)\n"
+                "Î(x,y) = (α + (1 − α)·ẽ(x,y))·I(x,y), then answer again on Î")
+    fidelity = (
+        Fidelity(reference="no official code exists: the paper's sink denoising computed by hand in the test",
+                 equal="the denoised grid (a corner sink replaced, a normal peak kept, λ ∈ {10, 60})",
+                 tolerance="numpy assert_allclose (rtol 1e-7)",
+                 test="tests/test_method_vea.py::"
+                      "test_denoise_replaces_a_sink_by_its_truncated_neighbourhood_mean_and_keeps_a_normal_peak"),
+        Fidelity(reference="no official code exists: σ as a fraction of the image's short side, converted to grid "
+                           "cells by hand in the test",
+                 equal="σ in cells per axis (Qwen 32-px cells; a LLaVA-NeXT 4×4 base view)",
+                 tolerance="exact",
+                 test="tests/test_method_vea.py::test_smoothing_sigma_is_in_grid_cells_of_the_real_cell_size"),
+        Fidelity(reference="no official code exists: the paper's highlight Î = (α + (1 − α)·ẽ)·I on raw pixels, "
+                           "computed by hand in the test",
+                 equal="the highlighted RGB pixel values",
+                 tolerance="exact (uint8)",
+                 test="tests/test_method_vea.py::test_highlight_dims_by_floor_plus_map_on_raw_pixels"),
+    )
     Params = VEAParams
     shares_prefix = False  # pass 2 changes each question's image
     identity = {"highlight_floor": 1.0, "hint": False}  # no dimming, no hint: the question as asked
