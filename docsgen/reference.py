@@ -190,7 +190,11 @@ def families_reference() -> str:
     lines.append("")
     for family, cls in families.items():
         lines += [f"## {family} {{ #{family} }}", "", f"`{cls.__module__}.{cls.__name__}`", "",
-                  inspect.cleandoc(inspect.getmodule(cls).__doc__ or ""), ""]
+                  inspect.cleandoc(inspect.getmodule(cls).__doc__ or ""), "",
+                  "Its smallest checkpoint on WhatsUp under ScalingVis (a GPU and the Hub; `--data_root` holds the "
+                  "images, see [Benchmarks and data](../benchmarks.md)):", "", "```bash",
+                  f"visfocus eval --model {cls.checkpoint} --model_args dtype=bfloat16,device_map=auto "
+                  "--tasks whatsup_controlled_a_dev --method scaling_vis --data_root ~/data", "```", ""]
     return "\n".join(lines)
 
 

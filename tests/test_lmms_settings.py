@@ -91,13 +91,16 @@ def _lmms_typed(value: str):
         return value
 
 
-def test_every_lmms_eval_command_in_the_readme_has_valid_model_args():
+def test_every_lmms_eval_command_in_the_docs_has_valid_model_args():
+    """The lmms-eval commands the README and the site show (``--model visfocus --model_args ...``) give settings the
+    plugin accepts."""
     import shlex
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join(p.read_text() for p in [root / "README.md", *(root / "docs").rglob("*.md")])
     found = 0
-    for line in readme.replace("\\\n", " ").splitlines():
+    for line in text.replace("\\\n", " ").splitlines():
         argv = shlex.split(line.replace("$(visfocus lmms-tasks-path)", "TASKS"), comments=True) \
             if "--model visfocus" in line else []
         if "--model_args" in argv:
