@@ -18,7 +18,7 @@ from visfocus.testing.app_server import running_app
 
 USAGE = """examples:
   python benchmarks/app_latency.py                          # starts the app (built-in organism) on a free port
-  python benchmarks/app_latency.py --reps 5 --screenshot /tmp/app.png   (the site's picture: python scripts/docs_figures.py)
+  python benchmarks/app_latency.py --reps 5 --screenshot app.png   # the site's picture: scripts/docs_figures.py
   python benchmarks/app_latency.py --url http://127.0.0.1:7860/ --first_scene 300   # an app already running
 
 Every "first result" uses a scene the app has not answered before (a new one per repetition), so against an app
