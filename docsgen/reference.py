@@ -94,13 +94,11 @@ def cli_reference() -> str:
 
 
 # --- methods ----------------------------------------------------------------------------------------------------
-def _param_row(spec) -> str:
-    from visfocus.listing import param_text  # noqa: F401  (the same wording as `visfocus list methods`)
-
+def _param_row(spec, meaning: str) -> str:
     limits = ", ".join(f"`{c}`" for c in spec.choices) if spec.choices else spec.bounds_text()
     optional = " or `None`" if spec.optional and spec.default is not None else ""
-    return (f"| `{spec.name}` | {cell(spec.paper or '')} | {spec.kind} | `{spec.default!r}`{optional} | "
-            f"{cell(limits)} |")
+    return (f"| `{spec.name}` | {cell(spec.paper or '')} | `{spec.default!r}`{optional} | {cell(limits)} | "
+            f"{cell(meaning)} |")
 
 
 @generator("methods")
@@ -126,8 +124,9 @@ def methods_reference() -> str:
         lines += [first_paragraph(inspect.getmodule(cls).__doc__), ""]
         specs = param_specs(name)
         if specs:
-            lines += ["| parameter | paper | kind | default | allowed |", "|---|---|---|---|---|",
-                      *[_param_row(s) for s in specs], ""]
+            meanings = field_comments(cls.Params)
+            lines += ["| parameter | paper | default | allowed | meaning |", "|---|---|---|---|---|",
+                      *[_param_row(s, meanings.get(s.name, "")) for s in specs], ""]
             if cls.search_grid:
                 grid = "; ".join(f"`{k}` ∈ {{{', '.join(map(str, v))}}}" for k, v in cls.search_grid.items())
                 lines += [f"Default sweep grid: {grid}.", ""]
@@ -200,14 +199,22 @@ def families_reference() -> str:
 
 # --- results schema ---------------------------------------------------------------------------------------------
 def field_comments(cls: type) -> dict[str, str]:
-    """The ``# comment`` after each field of a class body, by field name (what the TypedDicts' fields mean)."""
-    source = textwrap.dedent(inspect.getsource(cls))
-    lines = source.splitlines()
-    comments = {}
-    for node in ast.parse(source).body[0].body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            line = lines[node.lineno - 1]
-            comments[node.target.id] = line.split("#", 1)[1].strip() if "#" in line else ""
+    """What each field of a class body means, by field name: the ``# comment`` lines right above it and the one
+    after it (how the results TypedDicts and the methods' parameter dataclasses document their fields)."""
+    comments: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if k.__module__.startswith("visfocus")]):
+        source = textwrap.dedent(inspect.getsource(klass))
+        lines = source.splitlines()
+        for node in ast.parse(source).body[0].body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                above = []
+                row = node.lineno - 2
+                while row >= 0 and lines[row].strip().startswith("#"):
+                    above.insert(0, lines[row].strip().lstrip("#").strip())
+                    row -= 1
+                line = lines[node.end_lineno - 1]
+                after = line.split("  # ", 1)[1].strip() if "  # " in line else ""
+                comments[node.target.id] = " ".join(part for part in (*above, after) if part)
     return comments
 
 

@@ -155,3 +155,13 @@ def test_the_search_finds_answer_batch(served, browser_page):
     results.first.locator("a").first.click()
     browser_page.wait_for_load_state()
     assert "answer_batch" in browser_page.locator("article").inner_text()
+
+
+def test_every_method_parameter_says_what_it_means():
+    """The method reference reads each parameter's meaning from the comment on its field: none may be missing."""
+    from docsgen.reference import field_comments
+    from visfocus.interventions.base import param_specs
+
+    missing = [f"{name}.{spec.name}" for name, cls in METHODS.items() for spec in param_specs(name)
+               if not field_comments(cls.Params).get(spec.name)]
+    assert missing == []

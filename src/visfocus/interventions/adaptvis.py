@@ -45,6 +45,9 @@ class AdaptVisParams(Params):
     alpha_low: float = param(0.5, paper="α1", low=0.0)  # α1, used when confidence < threshold (paper Table 8: 0.5)
     alpha_high: float = param(1.2, paper="α2", low=0.0)  # α2, used otherwise (paper Table 8: 1.2)
     threshold: float = param(0.3, paper="β")  # β (paper Table 8: 0.3); on the logit scale for confidence="max_logit"
+    # how the unedited first answer token's confidence is measured: max_prob, the largest softmax probability over
+    # the vocabulary (the official WhatsUp path); option_prob, the largest probability of an answer option's first
+    # token; max_logit, the largest raw logit (the official VSR path)
     confidence: str = param("max_prob", choices=CONFIDENCES)
     layers: LayerSpec = None  # decoder layers to edit; None = all
     decode: bool = False  # also edit every decoding step's row (the official code does not)
