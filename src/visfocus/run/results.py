@@ -39,9 +39,9 @@ class Cost(TypedDict):
 class TaskResult(TypedDict):
     task: dict[str, Any]  # name, answer_type, prompt_style, scorer, data_root
     split: dict[str, Any]  # what reproduces the split (e.g. seed and indices of a WhatsUp dev/test variant)
-    n_samples: NSamples
+    n_samples: NSamples  # how many records the task has, were selected, had missing images and were scored
     metrics: dict[str, Any]  # the task's metrics (accuracy, pair/set, F1s, per_relation, AUROC, ...)
-    cost: Cost
+    cost: Cost  # what answering the task's scored samples took
 
 
 class Launch(TypedDict):
@@ -58,9 +58,9 @@ class Launch(TypedDict):
 
 
 class Results(TypedDict):
-    schema_version: int
+    schema_version: int  # the layout of this file (SCHEMA_VERSION); folders of older layouts resume and upgrade
     created_at: str  # ISO time the run folder was created
-    updated_at: str
+    updated_at: str  # ISO time of the last write
     config: dict[str, Any]  # the run's ``RunConfig`` (``RunConfig.record``), and ``run_dir`` in what evaluate returns
     # what must not change for the run to be resumed (``visfocus.run.identity``): the identity fields of RunConfig
     # with defaults filled in, and the weights (a Hub commit, or a local folder's fingerprint)
@@ -69,7 +69,7 @@ class Results(TypedDict):
     versions: dict[str, str]  # visfocus, python, torch, transformers of the launch that created the run
     git_hash: str | None  # of the visfocus source tree of that launch, when it is a git checkout
     provenance: list[Launch]  # every launch, in order (appended, never rewritten)
-    tasks: dict[str, TaskResult]
+    tasks: dict[str, TaskResult]  # per task name: its counts, metrics and cost
     cost: Cost  # totals over tasks
 
 
