@@ -165,3 +165,13 @@ def test_every_method_parameter_says_what_it_means():
     missing = [f"{name}.{spec.name}" for name, cls in METHODS.items() for spec in param_specs(name)
                if not field_comments(cls.Params).get(spec.name)]
     assert missing == []
+
+
+def test_every_results_field_says_what_it_means():
+    from docsgen.reference import field_comments
+    from visfocus.run import results
+
+    missing = [f"{cls.__name__}.{key}" for cls in (results.Results, results.TaskResult, results.NSamples,
+                                                  results.Cost, results.Launch)
+               for key, meaning in field_comments(cls).items() if not meaning]
+    assert missing == []

@@ -47,13 +47,13 @@ class TaskResult(TypedDict):
 class Launch(TypedDict):
     """One start of the run (the first, and each resume): who ran it, with what, and what it added."""
 
-    started_at: str
+    started_at: str  # ISO time the launch started
     ended_at: str | None  # None: the launch did not finish (killed, or an error)
-    host: str
-    pid: int
-    world_size: int
-    versions: dict[str, str]
-    git_hash: str | None
+    host: str  # the machine's host name
+    pid: int  # the process id (rank 0's in a data-parallel run)
+    world_size: int  # how many processes answered samples
+    versions: dict[str, str]  # visfocus, python, torch, transformers of this launch
+    git_hash: str | None  # of the visfocus source tree of this launch, when it is a git checkout
     samples_added: dict[str, int]  # per task, the sample rows this launch wrote
 
 
