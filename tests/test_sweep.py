@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,12 @@ def test_sweep_searches_dev_and_reports_the_choice_on_test(tiny_dirs, tmp_path):
     chosen = next(t for t in saved["trials"] if t["args"] == saved["chosen"])
     assert chosen["metrics"]["accuracy"] == best
     assert set(saved["test"]) == {"baseline", "chosen"}
+    # the chosen point's run folder holds its dev and test results, with the chosen arguments
+    chosen_run = json.loads((Path(saved["chosen_run"]) / "results.json").read_text())
+    assert chosen_run["method"]["name"] == "adaptvis"
+    assert {k: chosen_run["method"]["args"][k] for k in saved["chosen"]} == saved["chosen"]
+    assert set(chosen_run["tasks"]) == {"synthetic_spatial"}
+    assert json.loads((Path(saved["baseline_run"]) / "results.json").read_text())["config"]["method"] == "baseline"
 
 
 def test_a_sweep_loads_its_model_once_for_all_trials(tiny_dirs, tmp_path, monkeypatch):

@@ -71,7 +71,7 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"\n{len(out['trials'])} trials on {args.dev_task} ({metric}; baseline {out['dev_baseline'][metric]:.4f}):")
     for trial in sorted(out["trials"], key=lambda t: -(t["metrics"][metric] or 0))[:10]:
         print(f"  {trial['metrics'][metric]:.4f}  {trial['args']}")
-    print(f"chosen: {out['chosen']}")
+    print(f"chosen: {out['chosen']}  ({out['chosen_run']})")
     if "test" in out:
         print(f"{args.eval_task}: baseline {out['test']['baseline'].get(metric, float('nan')):.4f} → "
               f"chosen {out['test']['chosen'].get(metric, float('nan')):.4f}")

@@ -87,6 +87,9 @@ def sweep(base: RunConfig, dev_task: str, eval_task: str | None, method_name: st
     best = choose(trials, metric)
     out: dict[str, Any] = {"schema_version": 1, "method": method_name, "dev_task": dev_task, "eval_task": eval_task,
                            "metric": metric, "search_space": grid, "trials": trials, "chosen": best["args"],
+                           # the run folders of the chosen point and of the baseline (dev and eval tasks in each)
+                           "chosen_run": str(run_dir(trial(dev_task, method_name, best["args"]))),
+                           "baseline_run": str(run_dir(trial(dev_task, None, {}))),
                            "dev_baseline": {metric: baseline["tasks"][dev_task]["metrics"].get(metric)}}
     if eval_task:
         baseline_eval, chosen_eval = evaluate_many(
