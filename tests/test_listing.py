@@ -74,3 +74,20 @@ def test_extra_items_list_the_declared_extras_first_and_leave_the_pictures_out(m
 ])
 def test_value_text_is_short(value, text):
     assert value_text(value) == text
+
+
+def test_a_closed_pipe_ends_a_listing_quietly(monkeypatch, capsys):
+    """`visfocus list models | head`: when the reader stops reading, the command stops without a traceback."""
+    import io
+
+    from visfocus.cli import main
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            raise io.UnsupportedOperation("no file descriptor")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["list", "methods"]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -233,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visfocus: interrupted; finished samples are saved — run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output stopped reading (`visfocus list models | head`): stop quietly, with nothing left
+        # to flush into the closed pipe at exit
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
