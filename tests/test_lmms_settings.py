@@ -97,8 +97,11 @@ def test_every_lmms_eval_command_in_the_docs_has_valid_model_args():
     import shlex
     from pathlib import Path
 
+    from docsgen.blocks import blocks
+
     root = Path(__file__).resolve().parents[1]
-    text = "\n".join(p.read_text() for p in [root / "README.md", *(root / "docs").rglob("*.md")])
+    text = "\n".join(b.code for p in [root / "README.md", *(root / "docs").rglob("*.md")] for b in blocks(p.read_text())
+                     if b.language == "bash")
     found = 0
     for line in text.replace("\\\n", " ").splitlines():
         argv = shlex.split(line.replace("$(visfocus lmms-tasks-path)", "TASKS"), comments=True) \
