@@ -282,7 +282,9 @@ def api_extending() -> str:
 
 
 def _exists(path: str) -> bool:
+    """Whether ``path`` names an attribute of an importable module, or a module."""
     import importlib
+    import importlib.util
 
     module, _, name = path.rpartition(".")
     try:
