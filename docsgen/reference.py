@@ -278,19 +278,7 @@ def api_results() -> str:
 
 @generator("api-extending")
 def api_extending() -> str:
-    return _directives(path for path in EXTENDING_OBJECTS if _exists(path))
-
-
-def _exists(path: str) -> bool:
-    """Whether ``path`` names an attribute of an importable module, or a module."""
-    import importlib
-    import importlib.util
-
-    module, _, name = path.rpartition(".")
-    try:
-        return hasattr(importlib.import_module(module), name)
-    except ImportError:
-        return importlib.util.find_spec(path) is not None
+    return _directives(EXTENDING_OBJECTS)  # a renamed object fails the strict build (mkdocstrings)
 
 
 # --- sample rows ------------------------------------------------------------------------------------------------
