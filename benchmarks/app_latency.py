@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from visfocus.testing.app_server import running_app
+from visfocus.testing.browser import chromium_path, launch
 
 USAGE = """examples:
   python benchmarks/app_latency.py                          # starts the app (built-in organism) on a free port
@@ -28,8 +28,6 @@ that is already running pass a --first_scene it has not seen. The plain baseline
 # The issue's targets on the 2-core CPU machine.
 TARGET_FIRST_S = 2.0
 TARGET_REDRAW_S = 0.3
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def timed(call) -> tuple[float, object]:
@@ -108,13 +106,12 @@ def screenshot(url: str, record, path: Path, folder: Path, width: int = 1500, he
     """The page after comparing baseline and adaptvis (the default methods) on one scene, at one viewport."""
     from playwright.sync_api import sync_playwright
 
-    chromium = shutil.which("chromium")
-    if chromium is None:
+    if chromium_path() is None:
         raise SystemExit("--screenshot needs Chromium on PATH (Debian: apt-get install chromium)")
     upload = folder / "screenshot-scene.png"
     record.image.save(upload)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        browser = launch(playwright)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(90_000)

@@ -31,7 +31,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -205,15 +204,17 @@ def profile(model: str, work: Path, out: Path) -> None:
     write_png(png(fig), out)
 
 
-def report(base: Path, edited: Path, work: Path, out: Path, chromium_args: list[str]) -> None:
+def report(base: Path, edited: Path, work: Path, out: Path) -> None:
     """``visfocus report RUN --vs BASELINE``, the top of the page in headless Chromium."""
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
+    from visfocus.testing.browser import launch
+
     visfocus("report", str(edited), "--vs", str(base), "--out", "report.html", cwd=work)
     width, height = REPORT_VIEWPORT
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=chromium_args)
+        browser = launch(playwright)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto((work / "report.html").as_uri(), wait_until="load")
@@ -240,11 +241,11 @@ def app_compare(record, work: Path, out: Path, latency) -> None:
     write_png(Image.open(shot), out)
 
 
-def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
+def chromium() -> None:
+    from visfocus.testing.browser import chromium_path
+
+    if chromium_path() is None:
         raise SystemExit("needs Chromium on PATH (Debian: apt-get install chromium)")
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         heatmaps(record, scene_png, model, work, figures / "heatmap.png")
         base, edited = evaluations(args.limit, work)
         layer_shares(base, edited, work, figures / "layer-shares.png")
-        report(base, edited, work, figures / "report.png", latency.CHROMIUM_ARGS)
+        report(base, edited, work, figures / "report.png")
         profile(model, work, figures / "profile-layers.png")
         app_compare(record, work, figures / "app-compare.png", latency)
     missing = [name for name in FIGURES if not (figures / name).is_file()]

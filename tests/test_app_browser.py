@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,16 +14,13 @@ from PIL import Image
 import visfocus as vf
 from visfocus.errors import VisfocusError
 from visfocus.testing.app_server import log_tail, running_app
+from visfocus.testing.browser import chromium_path, launch
 
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
+if chromium_path() is None:
     pytest.skip("no chromium on PATH (Debian: apt-get install chromium)", allow_module_level=True)
 
-# Headless, and no background connections: on a closed network Chromium's own requests are refused.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 START_TIMEOUT_S = 180
 PAGE_TIMEOUT_MS = 90_000
 # The first heatmap image on the page once it has a source and is decoded (``old``: a source it must differ from).
@@ -56,7 +52,7 @@ def app(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = launch(playwright)
         try:
             yield chromium
         finally:

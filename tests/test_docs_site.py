@@ -8,8 +8,8 @@ import argparse
 import functools
 import html
 import http.server
+import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -23,6 +23,7 @@ from visfocus.benchmarks import TASKS
 from visfocus.cli import build_parser
 from visfocus.interventions import METHODS
 from visfocus.models import ADAPTERS
+from visfocus.testing.browser import chromium_path, launch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,8 +33,7 @@ def site(tmp_path_factory) -> Path:
     """The site, built once with ``mkdocs build --strict`` as CI and a user build it."""
     out = tmp_path_factory.mktemp("site")
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=REPO,
-                          capture_output=True, text=True, env={**__import__("os").environ,
-                                                               "NO_MKDOCS_2_WARNING": "1"})
+                          capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stderr[-6000:]}"
     return out
 
@@ -93,10 +93,6 @@ def test_the_built_site_has_the_pictures_its_pages_show(site):
 
 
 # --- in a browser ------------------------------------------------------------------------------------------------
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
@@ -115,11 +111,10 @@ def served(site):
 @pytest.fixture(scope="module")
 def browser_page():
     sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if chromium is None:
+    if chromium_path() is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        browser = launch(playwright)
         try:
             yield browser.new_page()
         finally:
