@@ -27,3 +27,12 @@ def image():
 @pytest.fixture
 def other_image():
     return make_image(160, 256, seed=2)
+
+
+@pytest.fixture
+def restore_generation_configs(tiny_vlms):
+    """Restores every tiny model's generation config after a test sets logits processors in it."""
+    saved = {family: vlm.model.generation_config.to_dict() for family, vlm in tiny_vlms.items()}
+    yield
+    for family, vlm in tiny_vlms.items():
+        vlm.model.generation_config = type(vlm.model.generation_config).from_dict(saved[family])

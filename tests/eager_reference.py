@@ -8,9 +8,13 @@ factor per prompt key column (1 = untouched) and the layers to edit."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import AttentionInterface, AutoModelForImageTextToText
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from visfocus.testing.fixtures import FIXTURES
 
 NAME = "visfocus_test_eager"
 SETTINGS: dict = {"alpha": 1.0, "image_cols": None, "last_pos": None, "rows": {}, "rows_pre": {}, "scale": None}
@@ -134,3 +138,31 @@ def append_tokens(inputs: dict, tokens: torch.Tensor, fill: dict[str, int] | Non
             extra = tokens if name == "input_ids" else torch.full_like(tokens, fill.get(name, 0))
             out[name] = torch.cat([value, extra.to(value.dtype)], dim=1)
     return out
+
+
+def text_only_prompt(vlm, question: str) -> str:
+    """The chat prompt's text with the image placeholder cut out (independent of the adapter's token removal)."""
+    prompt = vlm.adapter.build_prompt(question)
+    # a prompt with the image token and no chat template is laid out by the processor itself (PaliGemma)
+    processor_format = vlm.processor.chat_template is None and str(vlm.processor.image_token) in prompt
+    placeholder = FIXTURES[vlm.adapter.family].image_placeholder  # what the chat template writes for the image
+    if placeholder:
+        prompt = prompt.replace(placeholder, "")
+    if processor_format:  # the processor's own format (PaliGemma): BOS after the image, "\n" last
+        prompt = f"{vlm.processor.tokenizer.bos_token}{prompt}\n"
+    return prompt
+
+
+def text_only_ids(vlm, question: str) -> torch.Tensor:
+    """(1, S) the text-only prompt's ids: BOS from the tokenizer, unless the template wrote it (as the processor's
+    apply_chat_template decides)."""
+    prompt, tokenizer = text_only_prompt(vlm, question), vlm.processor.tokenizer
+    wrote_bos = tokenizer.bos_token is not None and prompt.startswith(tokenizer.bos_token)
+    return tokenizer(prompt, return_tensors="pt", add_special_tokens=not wrote_bos)["input_ids"]
+
+
+def text_forward(model):
+    """What runs a prompt without an image: the VLM, or its language model where the VLM's ``forward`` requires the
+    image (InstructBLIP)."""
+    pixels = inspect.signature(type(model).forward).parameters.get("pixel_values")
+    return model.language_model if pixels is not None and pixels.default is inspect.Parameter.empty else model

@@ -245,3 +245,25 @@ def test_every_registered_task_loads_and_parses_its_gold(name):
         assert record.gold in record.options
         assert t.parse(f"The answer is {record.gold}.", record) == record.gold
         assert t.is_correct(f"{record.gold}", record.gold, record)
+
+
+@pytest.mark.parametrize("name", [None, "deco"])
+def test_return_scores_gives_the_scores_of_every_generated_token(name, tiny_vlms, image, other_image):
+    vlm = tiny_vlms["llava"]
+    method = vf.method(name, layers=(0, 1)) if name else None
+    questions = ["Is the cup on the table?", "Where is the dog? Answer in a few words."]
+    answers = vlm.answer_batch([image, other_image], questions, method, max_new_tokens=4, return_scores=True)
+    vocab = vlm.model.get_output_embeddings().weight.shape[0]
+    for answer in answers:
+        assert answer.step_scores.shape == (len(answer.tokens), vocab) and 1 <= len(answer.tokens) <= 4
+        assert answer.step_scores.argmax(-1).tolist() == answer.tokens  # greedy: each token is its row's argmax
+        # the plain model sets no processor: its scores are the raw logits; a correcting method's are its own
+        first = answer.first_token_scores if name else answer.first_token_logits
+        assert torch.equal(answer.step_scores[0], first)
+        assert vlm.processor.decode(answer.tokens, skip_special_tokens=True).strip() == answer.text
+    assert vlm.answer(image, questions[0], method, max_new_tokens=2).step_scores is None  # only when asked
+
+
+def test_return_scores_must_be_a_bool(tiny_vlms, image):
+    with pytest.raises(vf.VisfocusError, match="return_scores must be True or False, got 'yes'"):
+        tiny_vlms["llava"].answer(image, "Is the cup on the table?", return_scores="yes")

@@ -5,11 +5,11 @@ placeholder cut out of the string) and run by its own plain forward."""
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
 import torch
+from eager_reference import text_forward, text_only_ids
 from transformers import AttentionInterface, AutoModelForImageTextToText, LogitsProcessor, LogitsProcessorList
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
@@ -18,7 +18,6 @@ import visfocus.interventions.m3id  # noqa: F401  (registration)
 import visfocus.interventions.pai  # noqa: F401  (registration)
 from visfocus.interventions.base import resolve_layers
 from visfocus.testing import FAMILIES
-from visfocus.testing.fixtures import FIXTURES
 
 NAME = "visfocus_test_pai_eager"
 SETTINGS: dict = {"alpha": 0.0, "layers": None, "magnitude": "per_head", "image_cols": None, "edit_first": True}
@@ -61,19 +60,6 @@ def references(tiny_dirs):
     ).eval() for family, path in tiny_dirs.items()}
 
 
-def _text_only_prompt(vlm, question: str) -> str:
-    """The chat prompt's text with the image placeholder cut out (independent of the adapter's token removal)."""
-    prompt = vlm.adapter.build_prompt(question)
-    # a prompt with the image token and no chat template is laid out by the processor itself (PaliGemma)
-    processor_format = vlm.processor.chat_template is None and str(vlm.processor.image_token) in prompt
-    placeholder = FIXTURES[vlm.adapter.family].image_placeholder  # what the chat template writes for the image
-    if placeholder:
-        prompt = prompt.replace(placeholder, "")
-    if processor_format:  # the processor's own format (PaliGemma): BOS after the image, "\n" last
-        prompt = f"{vlm.processor.tokenizer.bos_token}{prompt}\n"
-    return prompt
-
-
 class _Force(LogitsProcessor):
     """Makes the reference's generate take the given tokens (its raw logits are still reported)."""
 
@@ -103,19 +89,9 @@ def _greedy(model, inputs: dict, steps: int, alpha: float, image_cols, layers, m
 def _text_only(model, vlm, tokens: list[int]):
     """(1, V) logits of the text-only prompt followed by ``tokens``, one plain forward (no edit)."""
     SETTINGS.update(alpha=0.0, edit_first=True)
-    prompt, tokenizer = _text_only_prompt(vlm, QUESTION), vlm.processor.tokenizer
-    # BOS too: from the tokenizer, unless the template wrote it (as the processor's apply_chat_template decides)
-    wrote_bos = tokenizer.bos_token is not None and prompt.startswith(tokenizer.bos_token)
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not wrote_bos)["input_ids"]
+    ids = text_only_ids(vlm, QUESTION)
     ids = torch.cat([ids, torch.tensor([tokens], dtype=ids.dtype)], dim=1) if tokens else ids
-    return _text_forward(model)(input_ids=ids).logits[:, -1].float()
-
-
-def _text_forward(model):
-    """What runs a prompt without an image: the VLM, or its language model where the VLM's ``forward`` requires the
-    image (InstructBLIP)."""
-    pixels = inspect.signature(type(model).forward).parameters.get("pixel_values")
-    return model.language_model if pixels is not None and pixels.default is inspect.Parameter.empty else model
+    return text_forward(model)(input_ids=ids).logits[:, -1].float()
 
 
 def _run(vlm, image, method, steps=STEPS):

@@ -6,15 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import LogitsProcessorList
 
 import visfocus as vf
-from visfocus.api import Sampling
 from visfocus.interventions.base import parse_method_args
-from visfocus.interventions.decoding import DecodingSettings, after_correction, decoding_settings
 from visfocus.interventions.vcd import NoisedContrast, add_diffusion_noise, contrast, noise_schedule, noised_pixels
-from visfocus.steer.prefix import leading_padding
 from visfocus.steer.streams import ImageStream
 from visfocus.testing import FAMILIES
 
@@ -79,29 +75,6 @@ def test_each_image_gets_the_same_noise_alone_or_in_a_batch(family, tiny_vlms, i
     batch = noised_pixels(vlm.prepare([image, other_image], [QUESTION, "Where is the dog?"]).runner.inputs, 500, seed=3)
     alone = [noised_pixels(vlm.prepare([im], [QUESTION]).runner.inputs, 500, seed=3) for im in (image, other_image)]
     torch.testing.assert_close(batch, torch.cat(alone), atol=0, rtol=0)
-
-
-def test_model_penalty_and_sampling_warpers_come_after_the_contrast():
-    # no top_k: transformers' 50
-    config = DecodingSettings(repetition_penalty=1.05, temperature=0.7, top_k=None, top_p=0.8, do_sample=True)
-    padding = leading_padding(torch.tensor([[0, 1, 1], [1, 1, 1]]))
-    sampling = after_correction(config, padding, sample=True)
-    assert [type(p) for p in sampling] == [RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                           TopKLogitsWarper, TopPLogitsWarper]
-    assert sampling[0].prompt_ignore_length.tolist() == [1, 0]  # left padding is not penalised
-    assert (sampling[1].temperature, sampling[2].top_k, sampling[3].top_p) == (0.7, 50, 0.8)
-    assert [type(p) for p in after_correction(config, padding, sample=False)] == [RepetitionPenaltyLogitsProcessor]
-    unset = DecodingSettings(repetition_penalty=None, temperature=None, top_k=None, top_p=None, do_sample=False)
-    assert after_correction(unset, padding, sample=False) == []
-
-
-def test_decoding_settings_are_the_models_under_the_callers_sampling(tiny_vlms, image):
-    runner = tiny_vlms["llava"].prepare([image], [QUESTION]).runner
-    own = runner.model.generation_config
-    assert decoding_settings(runner) == DecodingSettings(own.repetition_penalty, own.temperature, own.top_k,
-                                                         own.top_p, do_sample=False)
-    runner.generation_defaults = Sampling(temperature=0.5, top_p=0.9).generation_settings()  # as answer_batch sets it
-    assert decoding_settings(runner) == DecodingSettings(own.repetition_penalty, 0.5, 0, 0.9, do_sample=True)
 
 
 # --- on the tiny models ---------------------------------------------------------------------------------------------

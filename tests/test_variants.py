@@ -179,3 +179,42 @@ def test_answer_variants_refuses_bad_arguments_in_one_line(tiny_vlms):
         vlm.answer_variants(images, QUESTIONS, [None, vf.method("scaling_vis")], max_rows=0)
     with pytest.raises(vf.VisfocusError, match="visfocus.method"):
         vlm.answer_variants(images, QUESTIONS, [None, "scaling_vis"])
+
+
+@pytest.mark.parametrize("settings", [{"suppress_tokens": "favourites"},
+                                      {"repetition_penalty": 1.8, "no_repeat_ngram_size": 2},
+                                      {"min_new_tokens": 3, "bad_words_ids": "favourites"}])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_variants_follow_the_models_own_logits_processors(family, settings, tiny_vlms, restore_generation_configs):
+    """The first token of a variant column is chosen under the processors of the model's generation config, as
+    generate chooses it, and decoding goes on under them (min new tokens counting that first token)."""
+    vlm, images = tiny_vlms[family], _images()
+    methods = [None, vf.method("scaling_vis", alpha=2.0), vf.method("adaptvis", alpha_low=0.5, alpha_high=2.0)]
+    free = vlm.answer_variants(images, QUESTIONS, methods, max_new_tokens=4)
+    favourites = sorted({answer.tokens[0] for answers in free for answer in answers})
+    for key, value in settings.items():
+        value = favourites if key == "suppress_tokens" else [[t] for t in favourites] if value == "favourites" \
+            else value
+        setattr(vlm.model.generation_config, key, value)
+    assert vlm.prepare(images, QUESTIONS).runner.variants_refused() is None
+    together = vlm.answer_variants(images, QUESTIONS, methods, max_new_tokens=4)
+    with separate_passes():
+        alone = vlm.answer_variants(images, QUESTIONS, methods, max_new_tokens=4)
+    for got, expected in zip(together, alone, strict=True):
+        assert [a.tokens for a in got] == [a.tokens for a in expected]
+        _agree(got, expected)
+    if "favourites" in settings.values():  # the processors bite: no answer starts with a banned token
+        assert not {answer.tokens[0] for answers in together for answer in answers} & set(favourites)
+    assert together[0][0].cost["forward_passes"] < alone[0][0].cost["forward_passes"] * len(methods)
+
+
+def test_a_processor_a_variant_cannot_follow_keeps_the_separate_passes(tiny_vlms, restore_generation_configs):
+    vlm, images = tiny_vlms["llava"], _images()
+    vlm.model.generation_config.begin_suppress_tokens = [5]  # counts from the prompt's end: not for a continuation
+    assert "SuppressTokensAtBeginLogitsProcessor" in vlm.prepare(images, QUESTIONS).runner.variants_refused()
+    methods = [None, vf.method("scaling_vis", alpha=2.0)]
+    together = vlm.answer_variants(images, QUESTIONS, methods, max_new_tokens=3)
+    with separate_passes():
+        alone = vlm.answer_variants(images, QUESTIONS, methods, max_new_tokens=3)
+    for got, expected in zip(together, alone, strict=True):
+        assert [a.tokens for a in got] == [a.tokens for a in expected]

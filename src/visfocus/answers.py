@@ -34,6 +34,14 @@ class Answer:
     trace: Trace | None = field(default=None, repr=False)
     # the method's per-sample decisions, as its class declares them (``Method.extras``: alpha used, branch, layer…)
     extras: dict[str, Any] = field(default_factory=dict)
+    # the generated token ids, up to and including the end-of-sequence token (what ``text`` decodes, special tokens
+    # included)
+    tokens: list[int] = field(default_factory=list)
+    # with ``answer_batch(..., return_scores=True)``: (T, V) float32, one row per token of ``tokens``, the scores it
+    # was chosen from (generate's ``output_scores``): the method's correction and the model's own logits processors
+    # and warpers, in the method's order (``Method.processors_after_correction``). Row 0 equals
+    # ``first_token_scores`` for a method that acts at the logits site. None when not asked for.
+    step_scores: torch.Tensor | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

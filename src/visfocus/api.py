@@ -137,11 +137,11 @@ class VLM:
 
     def answer(self, image: ImageLike, question: str, method: Method | None = None, *, max_new_tokens: int = 16,
                trace: bool = False, options: Sequence[str] | None = None, share_prefix: bool = True,
-               sampling: Sampling | None = None) -> Answer:
+               sampling: Sampling | None = None, return_scores: bool = False) -> Answer:
         """Answer one question about one image. ``options``: the answer words, for methods that use them."""
         return self.answer_batch([image], [question], method, max_new_tokens=max_new_tokens, trace=trace,
                                  options=[options] if options is not None else None, share_prefix=share_prefix,
-                                 sampling=sampling)[0]
+                                 sampling=sampling, return_scores=return_scores)[0]
 
     @staticmethod
     def image_key(image: ImageSource) -> str:
@@ -163,14 +163,17 @@ class VLM:
     def answer_batch(self, images: Sequence[ImageLike], questions: Sequence[str], method: Method | None = None, *,
                      max_new_tokens: int = 16, trace: bool = False,
                      options: Sequence[Sequence[str] | None] | None = None,
-                     share_prefix: bool = True, sampling: Sampling | None = None) -> list[Answer]:
+                     share_prefix: bool = True, sampling: Sampling | None = None,
+                     return_scores: bool = False) -> list[Answer]:
         """Answer a batch (one image per question). Same answers as one at a time (when sampling: the same
         distributions; the draws depend on the batch).
 
         share_prefix: questions about one image (in this call, or in consecutive calls) share its prefill: the
         vision tower and the prompt up to the question run once per image (``visfocus.steer.prefix``); exact, and
         ignored for methods that cannot share (VEA). ``vlm.prefix_store.clear()`` forgets the stored prefixes.
-        sampling: sample instead of greedy decoding (``Sampling``); None decodes greedily."""
+        sampling: sample instead of greedy decoding (``Sampling``); None decodes greedily.
+        return_scores: each answer's ``step_scores`` hold the scores every generated token was chosen from, (T, V)
+        (after the method's correction and the model's own processors), to compare whole decodes."""
         method = self._checked("answer_batch", images, questions, method, options, noun="question")
         if len(questions) == 0:
             return []
@@ -180,13 +183,20 @@ class VLM:
             raise VisfocusError(f"sampling must be a visfocus.api.Sampling(...), got {type(sampling).__name__}")
         if sampling is not None and not method.supports_sampling:
             raise _sampling_refused(method)
+        if not isinstance(return_scores, bool):
+            raise VisfocusError(f"return_scores must be True or False, got {return_scores!r}")
         pil = [load_image(im) for im in images]
+        sample = _sampler(sampling)
+
+        def setup(runner: Runner) -> None:
+            runner.keep_step_scores = return_scores
+            sample(runner)  # last: it seeds torch's generator
 
         start = time.perf_counter()
         batch, result = self._run(pil, questions, method, options, max_new_tokens=max_new_tokens, trace=trace,
-                                  share_prefix=share_prefix, setup=_sampler(sampling))
+                                  share_prefix=share_prefix, setup=setup)
         batch.runner.cost.seconds = time.perf_counter() - start  # the cost and trace of every pass, forks included
-        return self._answers(batch, result, trace=trace)
+        return self._answers(batch, result, trace=trace, scores=return_scores)
 
     def answer_variants(self, images: Sequence[ImageLike], questions: Sequence[str], methods: Sequence[Method | None],
                         *, max_new_tokens: int = 16, options: Sequence[Sequence[str] | None] | None = None,
@@ -240,9 +250,9 @@ class VLM:
         batch.runner.cost.seconds = (time.perf_counter() - start) / len(methods)  # each method's share
         return [self._answers(batch, result) for result in results]
 
-    def _answers(self, batch: Batch, result: MethodResult, trace: bool = False) -> list[Answer]:
+    def _answers(self, batch: Batch, result: MethodResult, trace: bool = False, scores: bool = False) -> list[Answer]:
         """The answers of a method's result on ``batch`` (its texts, first-token logits and scores, confidence,
-        cost, layout, trace and extras)."""
+        cost, layout, trace, extras and, with ``scores``, every step's scores)."""
         runner = batch.runner  # holds the cost and trace of every pass, also of a forked batch's
         final = (result.batch or batch).runner  # the batch the answer came from
         layouts = final.layouts
@@ -258,13 +268,21 @@ class VLM:
             special = torch.isin(ids, torch.tensor(self.processor.tokenizer.all_special_ids, device=ids.device))
             full_trace = runner.recorder.finish(final.image_cols, final.inputs["attention_mask"], layouts,
                                                 special_cols=special & ~final.image_cols)
+        steps = gen.row_steps(eos_token_ids(self.model.generation_config))  # per row, up to its end of sequence
+        step_scores = [None] * size
+        if scores:
+            if not gen.step_scores:
+                raise RuntimeError("the generation kept no step scores although they were asked for")
+            stacked = torch.stack(gen.step_scores, dim=1).cpu()  # (B, T, V)
+            step_scores = [stacked[b, :steps[b]] for b in range(size)]  # (T_b, V) each
         cost = {**runner.cost.as_dict(), "batch_size": size}
         shared = runner.sharing.prefix_lengths if runner.sharing is not None else [0] * size
         return [Answer(text=texts[b].strip(), first_token=first[b], first_token_logits=gen.first_logits[b].cpu(),
                        first_token_scores=gen.first_scores[b].cpu(), confidence=float(confidence[b]),
                        cost={**cost, "shared_prefix_tokens": shared[b]},
                        layout=layouts[b], trace=full_trace.row(b) if full_trace is not None else None,
-                       extras=result.extras[b] if result.extras else {})
+                       extras=result.extras[b] if result.extras else {},
+                       tokens=gen.new_tokens[b, :steps[b]].tolist(), step_scores=step_scores[b])
                 for b in range(size)]
 
     def score_continuations(self, images: Sequence[ImageLike], contexts: Sequence[str], continuations: Sequence[str],

@@ -8,6 +8,8 @@ the registry (``METHODS``) — the sweep, the app, the overhead benchmark, the l
 - ``sites``: where it acts on the model, among the engine's sites (``visfocus.steer.sites.SITES``: attention,
   layer_input, layer_output, logits), and ``side_streams`` (``visfocus.steer.streams.STREAMS``); the engine refuses
   a site or a stream the method did not declare;
+- ``processors_after_correction``: whether the model's own logits processors (penalties, n-gram, min tokens, bad
+  words, suppressed tokens, the warpers) run after its correction at the logits site, as in the official code;
 - ``shares_prefix`` (its answers stay exact from a stored image prefix), ``supports_sampling`` (the caller's
   sampling applies), ``needs_options`` (it reads the answer options), ``extras`` (the per-row decisions it reports,
   with their meaning), ``app_outputs`` (extras the app shows as pictures), ``bench_points`` (the configurations the
@@ -96,6 +98,13 @@ class Method:
     # the prompt (``visfocus.steer.streams.STREAMS``); the engine refuses anything not declared here
     sites: ClassVar[frozenset[str]] = frozenset()
     side_streams: ClassVar[frozenset[str]] = frozenset()
+    # Where the model's own logits processors (its generation config's and the caller's: repetition penalty, no-repeat
+    # n-gram, min length / min new tokens, bad words, suppressed tokens, …, then the sampling warpers) run relative to
+    # the method's processors at the logits site: True, after its correction, as the official code of every
+    # correcting method has it (VCD, DoLa, DeCo, M3ID); False, where transformers puts a caller's processor (after
+    # its own non-warper processors, before the warpers), for a method whose official code passes its correction to
+    # ``generate`` as such (PAI). The engine applies it (``visfocus.steer.processors``).
+    processors_after_correction: ClassVar[bool] = True
     # The method's answers stay exact when a batch starts from stored image prefixes (its edits touch only rows after
     # the prefix). A method that changes the image or the prompt before the question sets this False (an instance may
     # decide from its parameters).
@@ -151,7 +160,8 @@ class Method:
     # --- running ----------------------------------------------------------------------------------------------------
     def contract(self) -> Contract:
         """What the engine lets this method touch."""
-        return Contract(method=self.name, sites=frozenset(self.sites), side_streams=frozenset(self.side_streams))
+        return Contract(method=self.name, sites=frozenset(self.sites), side_streams=frozenset(self.side_streams),
+                        processors_after_correction=self.processors_after_correction)
 
     def apply(self, batch: Batch, *, max_new_tokens: int) -> MethodResult:
         """Validate the parameters against the model once, run the method under its declared contract and check the

@@ -16,8 +16,12 @@ At every decoding step, for each batch row (the reference decodes one sample at 
 3. (l*, m) = argmax over (l, c ∈ C) of q_l[c], m the maximum probability (a scalar per row). Ties go to the earlier
    layer in ``layers`` order, then to the more probable candidate, as the reference's flat ``argmax`` over the
    (layers, candidates) grid does.
-4. Scores = z_L + α·m·z_{l*} on C (raw logits, not log-probabilities), −inf elsewhere. The model's repetition penalty
-   and, when sampling, its warpers run after this, as in the reference (there they run on ``final_token_logits``).
+4. Scores = z_L + α·m·z_{l*} on C (raw logits, not log-probabilities), −inf elsewhere.
+5. Then the model's own logits processors, every one its generation config or the caller sets (repetition penalty,
+   no-repeat n-gram, min new tokens, bad words, suppressed tokens, …) and, when sampling, the warpers: after the
+   correction, as the reference's ``deco_greedy_search`` runs its whole ``logits_processor`` list on the blended,
+   masked scores (``final_token_logits``). transformers alone would run its own before a processor passed to
+   ``generate``; ``processors_after_correction`` (the default) puts them after.
 
 Layers are hidden-state indices as in transformers' ``output_hidden_states`` and the reference's
 ``outputs.hidden_states[l]``: l is the input of decoder layer l, i.e. the output of the first l layers (0 = the
@@ -55,14 +59,7 @@ from visfocus.interventions.base import (
     resolve_layers,
 )
 from visfocus.interventions.batch import Batch
-from visfocus.interventions.decoding import (
-    NO_PENALTY,
-    NO_WARPERS,
-    after_correction,
-    choose_layer,
-    decoding_settings,
-    early_exit_logits,
-)
+from visfocus.interventions.decoding import choose_layer, early_exit_logits
 from visfocus.steer.forced import eos_token_ids
 from visfocus.steer.sites import LastPositionReader
 
@@ -125,13 +122,6 @@ def anchor_layers(spec: LayerSpec, num_layers: int) -> tuple[int, ...]:
     return tuple(range(num_layers)) if layers is None else layers
 
 
-def steps_per_row(new_tokens: torch.Tensor, eos: list[int]) -> list[int]:
-    """Per row of new_tokens (B, T), its decoding steps: up to and including its first end-of-sequence token."""
-    ended = torch.isin(new_tokens, torch.tensor(eos, device=new_tokens.device)) if eos else \
-        torch.zeros_like(new_tokens, dtype=torch.bool)  # (B, T)
-    return [int(row.nonzero()[0]) + 1 if row.any() else new_tokens.shape[1] for row in ended]
-
-
 @dataclass(frozen=True)
 class DeCoParams(Params):
     # α: how much of the anchor layer's logits is added (yaml `alpha: 0.6` and the README; its CLI example uses 0.5)
@@ -188,13 +178,10 @@ class DeCo(Method):
         layers = anchor_layers(p.layers, batch.num_layers)
         reader = LastPositionReader(layers, device=model.get_output_embeddings().weight.device)  # the LM head's
         correction = DynamicCorrection(batch.adapter, reader, p.alpha, p.top_k, p.top_p)
-        # generate would run the model's penalty and the caller's warpers before the correction: they run after it
-        settings = decoding_settings(runner)
-        after = after_correction(settings, runner.left_padding, settings.do_sample)
-        generation = runner.generate((), max_new_tokens, logits_processor=LogitsProcessorList([correction, *after]),
-                                     layer_hooks=(reader,), **NO_PENALTY,
-                                     **(NO_WARPERS if settings.do_sample else {}))
-        steps = steps_per_row(generation.new_tokens, eos_token_ids(model.generation_config))
+        # the model's own processors and the caller's warpers run after the correction (processors_after_correction)
+        generation = runner.generate((), max_new_tokens, logits_processor=LogitsProcessorList([correction]),
+                                     layer_hooks=(reader,))
+        steps = generation.row_steps(eos_token_ids(model.generation_config))
         extras = [{"anchor_layer": correction.chosen[0][b], "anchor_prob": correction.max_probs[0][b],
                    "anchor_layers": [step[b] for step in correction.chosen[:steps[b]]],
                    "candidate_layers": list(layers)} for b in range(len(steps))]

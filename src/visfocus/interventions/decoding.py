@@ -1,6 +1,13 @@
 """Decoding pieces the contrastive methods share (VCD, DoLa, DeCo, M3ID, PAI's contrast, CLVS's stop rule), written
-once: the plausibility cut, the choice of a layer per row, early-exit logits, top-k entropy, and the processors that
-run after a method's correction. No method module imports another; they import this."""
+once: the plausibility cut, the choice of a layer per row, early-exit logits and top-k entropy. No method module
+imports another; they import this.
+
+Where the model's own logits processors (its generation config's and the caller's: repetition penalty, no-repeat
+n-gram, min length / min new tokens, bad words, suppressed tokens, then the sampling warpers) run is one declaration
+per method, ``Method.processors_after_correction``: after the correction (the default; the official code of VCD,
+DoLa, DeCo and M3ID) or before it, where transformers runs a processor passed to ``generate`` (PAI's official code).
+The engine applies it to the very list ``generate`` builds (``visfocus.steer.processors``), so a method passes only
+its correction and never rebuilds a penalty or a warper itself."""
 
 from __future__ import annotations
 
@@ -9,11 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, RepetitionPenaltyLogitsProcessor
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-# Given to generate so that it applies no penalty or warper of its own before a correction (they come after it).
-NO_PENALTY, NO_WARPERS = {"repetition_penalty": 1.0}, {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 def plausibility_cut(scores: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
@@ -66,37 +68,3 @@ def survey_top10_entropy(logits: torch.Tensor) -> torch.Tensor:
     """(..., V) → (...) the survey repository's form: −Σ p·log(p + 1e-12) / log 10 over p = softmax(top-10)."""
     top = torch.softmax(logits.float().topk(10, dim=-1).values, dim=-1)  # (..., 10)
     return -(top * (top + 1e-12).log()).sum(-1) / math.log(10)
-
-
-@dataclass(frozen=True)
-class DecodingSettings:
-    """What decoding does around a method's correction: the model's repetition penalty and the sampling warpers."""
-
-    repetition_penalty: float | None
-    temperature: float | None
-    top_k: int | None
-    top_p: float | None
-    do_sample: bool
-
-
-def decoding_settings(runner) -> DecodingSettings:
-    """The model's generation config under the caller's settings (``runner.generation_defaults``: sampling)."""
-    own, caller = runner.model.generation_config, runner.generation_defaults
-    return DecodingSettings(repetition_penalty=own.repetition_penalty,
-                            **{k: caller.get(k, getattr(own, k)) for k in ("temperature", "top_k", "top_p")},
-                            do_sample=bool(caller.get("do_sample", False)))
-
-
-def after_correction(settings: DecodingSettings, padding: torch.Tensor, sample: bool) -> list[LogitsProcessor]:
-    """The repetition penalty and, when sampling, the warpers (transformers' defaults where unset: temperature 1,
-    top-k 50, top-p 1), to run on a method's corrected scores. padding: (B,) each row's left padding, which the
-    penalty skips (as generate does)."""
-    processors: list[LogitsProcessor] = []
-    if settings.repetition_penalty not in (None, 1.0):
-        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty, prompt_ignore_length=padding))
-    if sample:
-        top_k = 50 if settings.top_k is None else settings.top_k
-        processors.append(TemperatureLogitsWarper(settings.temperature or 1.0))
-        processors += [TopKLogitsWarper(top_k)] if top_k else []
-        processors += [TopPLogitsWarper(settings.top_p)] if settings.top_p is not None and settings.top_p < 1 else []
-    return processors

@@ -4,8 +4,10 @@ relative_top · max p_N}, −inf elsewhere. M is picked per token and per batch 
 one furthest from the final distribution, argmax_j JSD(p_N ‖ p_j) (the true JSD in nats). The DoLa and transformers
 code score 0.5·(KL(m‖p_N) + KL(m‖p_j)) averaged over the vocabulary instead, and pick one layer per batch:
 ``divergence="transformers"`` reproduces their choice (per row, i.e. theirs for a batch of one). Then a repetition
-penalty (transformers' processor, 1.2 as the paper recommends) that replaces the model's own and skips left padding.
-Decoding is greedy.
+penalty (transformers' processor, 1.2 as the paper recommends) that replaces the model's own and skips left padding,
+and every other processor of the model's generation config (no-repeat n-gram, min new tokens, bad words, suppressed
+tokens, …): after the contrast, as in the DoLa code and transformers' own DoLa decoding (``logits_processor`` on the
+contrasted scores). Decoding is greedy.
 
 Layers are hidden-state indices, as in transformers' ``dola_layers``: j is the input to decoder layer j (the output of
 the first j layers), 0 the embedding output; the final layer N = L gives the model's logits. For an L-layer decoder
@@ -25,7 +27,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from visfocus.errors import VisfocusError
 from visfocus.interventions.base import Fidelity, Method, MethodResult, Params, param, register_method
@@ -177,11 +179,9 @@ class DoLa(Method):
         candidates = candidate_layers(p.layers, batch.num_layers, tied)
         reader = LastPositionReader(candidates, device=model.get_output_embeddings().weight.device)  # the LM head's
         contrast = LayerContrast(batch.adapter, reader, p.relative_top, p.final_norm, p.divergence)
-        processors = LogitsProcessorList([contrast])
-        if p.repetition_penalty != 1.0:  # after the contrast; left padding is not penalised, as in generate
-            processors.append(RepetitionPenaltyLogitsProcessor(p.repetition_penalty,
-                                                               prompt_ignore_length=runner.left_padding))
-        generation = runner.generate((), max_new_tokens, logits_processor=processors, layer_hooks=(reader,),
-                                     repetition_penalty=1.0)  # generate's own penalty would come first
+        # the penalty (in place of the model's own) and the model's other processors run after the contrast
+        # (processors_after_correction); left padding is not penalised, as in generate
+        generation = runner.generate((), max_new_tokens, logits_processor=LogitsProcessorList([contrast]),
+                                     layer_hooks=(reader,), repetition_penalty=p.repetition_penalty)
         extras = [{"premature_layer": j, "candidate_layers": list(candidates)} for j in contrast.chosen[0]]
         return MethodResult(generation, extras=extras)

@@ -7,10 +7,15 @@ get −inf (the adaptive plausibility constraint, β 0.1). l_u comes from the te
 
 No official code exists. The defaults (λ 0.02, β 0.1, t counted from 1 at the first answer token, the cutoff on the
 raw conditional logits) follow the re-implementation in AvisC (sangminwoo/AvisC, ``avisc_utils/avisc_sample.py``, the
-``use_m3id`` branch). That code updates the wrong variable after each step (``model_kwargs_cd = ...`` for the M3ID
-stream), so its text-only stream never keeps a cache; the numbers are the same as a cached stream for one unpadded
-sample, so it is not reproduced. It samples; here decoding is greedy by default (``sampling`` applies the warpers
-after the mixture). At t = 1 the correction is small ((1−γ_1)/γ_1 ≈ 0.02): a one-token answer (POPE) barely moves."""
+``use_m3id`` branch), and so does the order: there the model's logits processors (repetition penalty, no-repeat
+n-gram, min new tokens, bad words, suppressed tokens, …) and then its warpers run on the mixture, right after the
+mixing lines (``m3id_logit = logits_processor(input_ids, m3id_logit)``); here too (``processors_after_correction``),
+so the β cut reads the unprocessed conditional logits. That code stores the text-only stream's updated arguments under
+the wrong name (``model_kwargs_cd = ...`` after the M3ID stream's step), which is harmless: transformers'
+``_update_model_kwargs_for_generation`` updates the dict it is given in place and returns it, so the stream keeps
+its cache all the same, as the text-only stream here does. It samples; here decoding is greedy by default
+(``sampling`` applies the warpers after the mixture). At t = 1 the correction is small ((1−γ_1)/γ_1 ≈ 0.02): a
+one-token answer (POPE) barely moves."""
 
 from __future__ import annotations
 

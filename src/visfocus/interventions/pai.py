@@ -14,6 +14,13 @@ stream (``steer.streams.TextOnlyStream``: the same chat prompt with the image ta
 decoded as rows of the answer's own forwards (``steer.rows``; apart where rows are not exact). γ = 1 switches the
 contrast off entirely, as in the reference.
 
+Processor order, as the reference has it (``processors_after_correction = False``): the reference passes ``CFGLogits``
+to ``generate`` as a custom logits processor (``chair_eval.py``, transformers 4.37), and transformers runs its own
+processors first: the model's repetition penalty, no-repeat n-gram, min new tokens, bad words and suppressed tokens
+act on the conditional logits before the contrast (so the plausibility cut reads penalised log-probabilities; the
+text-only stream's are its own, unprocessed), and the sampling warpers after it. This is the one contrastive method
+here whose model processors come before its correction.
+
 Reference bug kept as an option: with the contrast on, the reference applies no edit to the first generated token (its
 ``use_cfg`` flag is reset only after the first unconditional pass), which is exactly the answer token of POPE. By
 default every row is edited, as the paper intends; ``first_token_unedited=True`` reproduces the reference there (the
@@ -126,6 +133,8 @@ class PAI(Method):
     search_grid = {"alpha": (0.2, 0.5, 0.8), "gamma": (1.0, 1.1, 2.0)}
     sites = frozenset({"attention", "logits"})
     side_streams = frozenset({"text_only"})
+    # the reference's CFGLogits is a custom processor of generate: the model's own processors come before it
+    processors_after_correction = False
     bench_points = {"pai": {"gamma": 1.0},  # the attention edit alone
                     "pai_contrast": {}}  # with the text-only contrast (γ 1.1)
 

@@ -10,10 +10,12 @@ cutoff β and the noise step T; its code calls them ``cd_alpha``, ``cd_beta`` an
 
 Decoding is greedy by default. ``sample=True`` samples as the VCD code does, using the model's own temperature, top-k
 and top-p (transformers' defaults 1.0 / 50 / 1.0 where the model sets none), and seeds torch's global generator with
-``seed``. As in the VCD code, the model's repetition penalty and these warpers act on the contrasted scores, never
-before the contrast. Each image's noise comes from its own generator seeded with ``seed``, so an image gets the same
-noise alone as in a batch (LLaVA-NeXT's padded tiles aside). The answer's ``first_token_scores`` are the contrasted
-scores that chose the token, −inf outside the plausible set; its ``first_token_logits`` the clean stream's own."""
+``seed``. As in the VCD code (``vcd_sample.py``: ``logits_processor`` then ``logits_warper`` on ``cd_logits``), every
+processor of the model's generation config (repetition penalty, no-repeat n-gram, min new tokens, bad words,
+suppressed tokens, …) and these warpers act on the contrasted scores, never before the contrast. Each image's noise
+comes from its own generator seeded with ``seed``, so an image gets the same noise alone as in a batch (LLaVA-NeXT's
+padded tiles aside). The answer's ``first_token_scores`` are the contrasted scores that chose the token, −inf outside
+the plausible set; its ``first_token_logits`` the clean stream's own."""
 
 from __future__ import annotations
 
@@ -25,13 +27,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from visfocus.interventions.base import Fidelity, Method, MethodResult, Params, param, register_method
 from visfocus.interventions.batch import Batch
-from visfocus.interventions.decoding import (
-    NO_PENALTY,
-    NO_WARPERS,
-    after_correction,
-    decoding_settings,
-    plausibility_cut,
-)
+from visfocus.interventions.decoding import plausibility_cut
 from visfocus.steer.streams import ImageStream
 
 NUM_STEPS = 1000
@@ -123,10 +119,9 @@ class VCD(Method):
         p, runner = self.params, batch.runner
         stream = batch.image_stream({"pixel_values": noised_pixels(runner.inputs, p.noise_step, p.seed)},
                                     tag=f"vcd-noise:{p.noise_step}:{p.seed}")
-        after = after_correction(decoding_settings(runner), runner.left_padding, p.sample)
         if p.sample:
             torch.manual_seed(p.seed)
-        processors = LogitsProcessorList([NoisedContrast(stream, p.alpha, p.beta), *after])
-        generation = runner.generate((), max_new_tokens, logits_processor=processors, do_sample=p.sample,
-                                     **NO_PENALTY, **(NO_WARPERS if p.sample else {}))
+        # the model's own processors and, when sampling, its warpers follow the contrast (processors_after_correction)
+        generation = runner.generate((), max_new_tokens, do_sample=p.sample,
+                                     logits_processor=LogitsProcessorList([NoisedContrast(stream, p.alpha, p.beta)]))
         return MethodResult(generation, extras=[{"noise_step": p.noise_step} for _ in range(batch.size)])

@@ -10,6 +10,16 @@ from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
+from transformers.generation.logits_process import (
+    InfNanRemoveLogitsProcessor,
+    LogitNormalization,
+    MinLengthLogitsProcessor,
+    MinNewTokensLengthLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+)
 
 from visfocus.steer.attention import POST_IMAGE
 from visfocus.steer.compat import cache_argument, fresh_cache, output_cache
@@ -17,6 +27,7 @@ from visfocus.steer.context import Cost, SteerState, VariantColumns, steering
 from visfocus.steer.edits import Edit
 from visfocus.steer.forced import ForcedContinuation, eos_token_ids
 from visfocus.steer.prefix import SharedPrefill, Sharing, leading_padding
+from visfocus.steer.processors import corrections_first, own_processors
 from visfocus.steer.rows import FollowMain, OnMainRows, RowsPlan, SideRowLogits, plan_rows
 from visfocus.steer.sites import Contract, LayerHook, installed
 from visfocus.steer.streams import SideStream
@@ -32,10 +43,19 @@ class Generation:
     # processor, else its processed scores (its correction, −inf where it rules a token out)
     first_scores: torch.Tensor | None = None
     step_logits: tuple[torch.Tensor, ...] = ()  # raw logits of every step, (B, V) each, as generate returned them
+    # the scores every step's token was chosen from, (B, V) float32 each (after the method's processors and the
+    # model's own): kept when the runner's ``keep_step_scores`` is set, else ()
+    step_scores: tuple[torch.Tensor, ...] = ()
 
     def __post_init__(self) -> None:
         if self.first_scores is None:
             self.first_scores = self.first_logits
+
+    def row_steps(self, eos: list[int]) -> list[int]:
+        """Per row, its decoding steps: up to and including its first end-of-sequence token (``eos``: their ids)."""
+        ended = torch.isin(self.new_tokens, torch.tensor(eos, device=self.new_tokens.device)) if eos else \
+            torch.zeros_like(self.new_tokens, dtype=torch.bool)  # (B, T)
+        return [int(row.nonzero()[0]) + 1 if row.any() else self.new_tokens.shape[1] for row in ended]
 
 
 @dataclass
@@ -45,6 +65,14 @@ class Prefix:
     cache: object  # transformers Cache
     first_logits: torch.Tensor  # (B, V) float32
     trace: object = None  # a Trace of this pass when asked for (``prefill(trace=True)``)
+
+
+# The processors of a model's generation config under which the first token of a variant column (chosen here, by
+# ``_own_first_scores``) and the decoding that goes on from it (``generate`` from the prompt and that token, with
+# ``min_new_tokens`` one less) equal plain ``generate``: they read only the tokens so far and their absolute count.
+VARIANT_EXACT = (RepetitionPenaltyLogitsProcessor, NoRepeatNGramLogitsProcessor, SequenceBiasLogitsProcessor,
+                 MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor, SuppressTokensLogitsProcessor,
+                 InfNanRemoveLogitsProcessor, LogitNormalization)
 
 
 class Runner:
@@ -97,6 +125,7 @@ class Runner:
         self.stream_rows = stream_rows
         self.logits_module = logits_module if logits_module is not None else model
         self.streams: list[SideStream] = []  # the side streams made for this runner, in order
+        self.keep_step_scores = False  # every generation keeps the scores of every step (``Generation.step_scores``)
 
     def fork(self, model_inputs: dict, image_cols: torch.Tensor, *, drop_on_continue: tuple[str, ...],
              prefill_position_ids: torch.Tensor | None, layouts: list, decoder_layers: list | None) -> Runner:
@@ -111,6 +140,7 @@ class Runner:
                        logits_module=self.logits_module)
         other.cost, other.recorder, other.forced, other.contract = self.cost, self.recorder, self.forced, self.contract
         other.generation_defaults = dict(self.generation_defaults)
+        other.keep_step_scores = self.keep_step_scores
         return other
 
     def require(self, kind: str, name: str) -> None:
@@ -153,7 +183,11 @@ class Runner:
                         bos_token_id=base.bos_token_id, return_dict_in_generate=True, output_logits=True)
         settings.update(self.generation_defaults)  # the caller's (sampling), under the method's own
         settings.update(overrides)
-        return GenerationConfig(**settings)
+        # on a copy of the model's generation config, so that the processors it sets apply also where ``generate``
+        # hands over to a language model with a config of its own (InstructBLIP)
+        config = copy.deepcopy(base)
+        config.update(**settings)
+        return config
 
     @torch.inference_mode()
     def generate(self, edits: tuple[Edit, ...] = (), max_new_tokens: int = 1, prefix: Prefix | None = None,
@@ -163,8 +197,10 @@ class Runner:
         ``generation_defaults`` say ``do_sample=True``). With ``prefix`` (and ``rerun_last_token``), positions
         0..S-2 come from its cache and only the last prompt token (and the decoding steps) run here.
         ``keep_prefix=False`` crops the prefix's own cache instead of a copy (the prefix is used up; saves a copy).
-        ``logits_processor``: the method's processors (the logits site, a ``LogitsProcessorList``); with any, the
-        generation's ``first_scores`` are the processed first-token scores, else the raw logits. ``layer_hooks``: the
+        ``logits_processor``: the method's processors (the logits site, a ``LogitsProcessorList``), run before the
+        model's own (its generation config's and the caller's) or after its non-warper ones, as the method declared
+        (``Contract.processors_after_correction``, ``steer.processors``); with any, the generation's
+        ``first_scores`` are the processed first-token scores, else the raw logits. ``layer_hooks``: the
         layer sites' readers (``steer.sites``), installed for this call only. A forced runner (``force``) appends
         its ``ForcedContinuation`` after the method's processors and resets its record here."""
         self._check_sites(edits, logits_processor, layer_hooks)
@@ -191,16 +227,34 @@ class Runner:
             kwargs = {k: v for k, v in kwargs.items() if k not in self.drop_on_continue}
         kwargs[cache_argument(self.model)] = fresh_cache() if cache is None else cache
         processed = bool(logits_processor)
-        processors = LogitsProcessorList(logits_processor or [])  # a copy: the caller's list stays as it is
-        if self.forced is not None:  # last, so it sees the method's final scores
+        first, processors = self._ordered(logits_processor or [])
+        if self.forced is not None:  # after the model's own non-warper processors, so it sees the method's scores
             self.forced.start(self.prompt_len)
             processors.append(self.forced)
-        config = self._generation_config(max_new_tokens, output_scores=processed, **generation_settings)
-        with steering(self._state(tuple(edits))), installed(self.decoder_layers or [], layer_hooks):
+        config = self._generation_config(max_new_tokens, output_scores=processed or self.keep_step_scores,
+                                         **generation_settings)
+        with steering(self._state(tuple(edits))), installed(self.decoder_layers or [], layer_hooks), \
+                corrections_first(self.model, first):
             out = self.model.generate(**kwargs, logits_processor=processors, generation_config=config)
-        first = out.logits[0].float()
-        return Generation(new_tokens=out.sequences[:, self.prompt_len:], first_logits=first,
-                          first_scores=out.scores[0].float() if processed else first, step_logits=out.logits)
+        first_logits = out.logits[0].float()
+        return Generation(new_tokens=out.sequences[:, self.prompt_len:], first_logits=first_logits,
+                          first_scores=out.scores[0].float() if processed else first_logits, step_logits=out.logits,
+                          step_scores=self._step_scores(out, None))
+
+    def _ordered(self, method_processors) -> tuple[list, LogitsProcessorList]:
+        """The method's processors split into those to run before every processor ``generate`` builds and those to
+        hand it as custom processors (after its own non-warper ones), as the running method declared
+        (``Contract.processors_after_correction``; engine use, without a contract: before)."""
+        after = self.contract is None or self.contract.processors_after_correction
+        if after:
+            return list(method_processors), LogitsProcessorList()
+        return [], LogitsProcessorList(method_processors)
+
+    def _step_scores(self, out, rows: int | None) -> tuple[torch.Tensor, ...]:
+        """Every step's processed scores from ``generate``'s output (the first ``rows`` rows), when kept."""
+        if not self.keep_step_scores:
+            return ()
+        return tuple(step[:rows].float() for step in out.scores)
 
     def _stream_for_rows(self, prefix: Prefix | None, earlier_rows: bool, layer_hooks: tuple[LayerHook, ...],
                          generation_settings: dict) -> SideStream | None:
@@ -229,16 +283,19 @@ class Runner:
         if plan.offsets is not None:
             self.sharing.set_decode_offsets(plan.offsets)  # (2B, 1): every row's, main and side
         processed = bool(logits_processor)
-        processors = LogitsProcessorList([OnMainRows(p, B) for p in logits_processor or []] + [FollowMain(B)])
-        config = self._generation_config(max_new_tokens, output_scores=processed, **generation_settings)
+        first, processors = self._ordered([OnMainRows(p, B) for p in logits_processor or []])
+        processors.append(FollowMain(B))  # last of the custom ones: the side rows take the main rows' tokens
+        config = self._generation_config(max_new_tokens, output_scores=processed or self.keep_step_scores,
+                                         **generation_settings)
         state = SteerState(image_cols=plan.image_cols, edits=edits, cost=self.cost, edited_rows=plan.edited_rows)
-        with SideRowLogits(self.logits_module, B) as side_logits, steering(state):
+        with SideRowLogits(self.logits_module, B) as side_logits, steering(state), \
+                corrections_first(self.model, first):
             stream.row_logits = side_logits
             out = self.model.generate(**kwargs, logits_processor=processors, generation_config=config)
-        first = out.logits[0][:B].float()  # (B, V)
-        return Generation(new_tokens=out.sequences[:B, self.prompt_len:], first_logits=first,
-                          first_scores=out.scores[0][:B].float() if processed else first,
-                          step_logits=tuple(step[:B] for step in out.logits))
+        first_logits = out.logits[0][:B].float()  # (B, V)
+        return Generation(new_tokens=out.sequences[:B, self.prompt_len:], first_logits=first_logits,
+                          first_scores=out.scores[0][:B].float() if processed else first_logits,
+                          step_logits=tuple(step[:B] for step in out.logits), step_scores=self._step_scores(out, B))
 
     def _check_sites(self, edits: tuple[Edit, ...], logits_processor, layer_hooks: tuple[LayerHook, ...]) -> None:
         if edits:
@@ -283,8 +340,10 @@ class Runner:
     def variants_refused(self, edit_sets=()) -> str | None:
         """Why ``variant_pass`` cannot stand in for re-runs of the last prompt token here (None: it can): a
         prefix-LM prompt (its earlier rows attend to the last one), teacher forcing or sampling (the first token is
-        chosen by hand, greedily), a trace being recorded (it records the re-run), edits of earlier prompt rows, or
-        no positions from the family; inside ``variants.separate_passes``."""
+        chosen by hand, greedily), a trace being recorded (it records the re-run), edits of earlier prompt rows, no
+        positions from the family, or a logits processor of the model's generation config outside ``VARIANT_EXACT``
+        (those inside it are applied to the first token as ``generate`` would); inside
+        ``variants.separate_passes``."""
         if not columns_enabled():
             return "separate passes were asked for"
         if not self.rerun_last_token:
@@ -297,7 +356,21 @@ class Runner:
             return "an edit of earlier prompt rows"
         if self.continuation_positions is None:
             return "no family positions"
+        unmatched = sorted({type(p).__name__ for p in self._own_processors() if not isinstance(p, VARIANT_EXACT)})
+        if unmatched:
+            return f"the model's generation config sets processors a variant cannot follow ({', '.join(unmatched)})"
         return None
+
+    def _own_processors(self) -> LogitsProcessorList:
+        """The processors greedy ``generate`` builds from the model's generation config for this prompt."""
+        return own_processors(self.model, self._generation_config(1), self.inputs["input_ids"],
+                              self.inputs["attention_mask"])
+
+    def _own_first_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) the scores greedy ``generate`` chooses the first token from, given its raw (B, V) ``logits``: the
+        model's own processors (repetition penalty, suppressed tokens, …) on the prompt."""
+        processors = self._own_processors()
+        return processors(self.inputs["input_ids"], logits.clone()) if processors else logits
 
     @torch.inference_mode()
     def variant_pass(self, edit_sets) -> VariantPass:
@@ -345,8 +418,9 @@ class Runner:
         for c, key in enumerate(zip(map(tuple, choices), decode_edits)):
             distinct.setdefault(key, c)
         firsts = {c: variants.first_logits(choices[c]) for c in distinct.values()}  # (B, V) each
+        tokens = {c: self._own_first_scores(first).argmax(-1, keepdim=True) for c, first in firsts.items()}  # (B, 1)
         if max_new_tokens == 1:
-            done = {c: Generation(new_tokens=first.argmax(-1, keepdim=True), first_logits=first, step_logits=(first,))
+            done = {c: Generation(new_tokens=tokens[c], first_logits=first, step_logits=(first,))
                     for c, first in firsts.items()}
         else:
             per_group = max(1, (max_rows or B * len(firsts)) // B)
@@ -358,16 +432,18 @@ class Runner:
                 edits = decode_edits[group[0]] if len(group) == 1 else ()
                 last = i == len(groups) - 1 and not keep_pass
                 generations = self._continue(variants, [choices[c] for c in group], [firsts[c] for c in group],
-                                             max_new_tokens, edits, in_place=last)
+                                             [tokens[c] for c in group], max_new_tokens, edits, in_place=last)
                 done.update(zip(group, generations))
         return [done[distinct[key]] for key in zip(map(tuple, choices), decode_edits)]
 
     def _continue(self, variants: VariantPass, choices: list[list[int]], firsts: list[torch.Tensor],
-                  max_new_tokens: int, edits: tuple[Edit, ...], in_place: bool = False) -> list[Generation]:
-        """``continue_variants`` for continuations decoded as rows of one ``generate`` (C·B rows)."""
+                  tokens: list[torch.Tensor], max_new_tokens: int, edits: tuple[Edit, ...],
+                  in_place: bool = False) -> list[Generation]:
+        """``continue_variants`` for continuations decoded as rows of one ``generate`` (C·B rows), from each
+        continuation's raw first logits ``firsts`` and first tokens ``tokens`` (B, 1)."""
         self._check_sites(edits, None, ())
         C, B = len(choices), firsts[0].shape[0]
-        first_tokens = torch.cat([first.argmax(-1, keepdim=True) for first in firsts])  # (C·B, 1)
+        first_tokens = torch.cat(tokens)  # (C·B, 1)
         kwargs = {}
         ids = self.inputs["input_ids"]  # (B, S)
         for key, value in self.inputs.items():
@@ -381,7 +457,8 @@ class Runner:
         _, offsets = self.continuation_positions(self.inputs, self.prompt_len)
         self.set_decode_offsets(offsets.repeat(C, 1) if offsets is not None else None)
         kwargs[cache_argument(self.model)] = variants.continuation_cache(choices, in_place=in_place)
-        config = self._generation_config(max_new_tokens - 1)
+        min_new = self.model.generation_config.min_new_tokens  # counts the first token, which is decoded already
+        config = self._generation_config(max_new_tokens - 1, **({"min_new_tokens": min_new - 1} if min_new else {}))
         state = SteerState(image_cols=self.image_cols.repeat(C, 1), edits=tuple(edits), cost=self.cost)
         with steering(state):
             out = self.model.generate(**kwargs, generation_config=config)

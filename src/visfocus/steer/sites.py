@@ -33,11 +33,14 @@ SITES = {
 
 @dataclass(frozen=True)
 class Contract:
-    """What one method may touch: its declared sites and side streams. ``require`` raises for anything else."""
+    """What one method may touch: its declared sites and side streams (``require`` raises for anything else), and
+    where the model's own logits processors run relative to its processors at the logits site
+    (``processors_after_correction``: after them, else where transformers puts them, before; ``steer.processors``)."""
 
     method: str
     sites: frozenset[str]
     side_streams: frozenset[str]
+    processors_after_correction: bool = True
 
     def require(self, kind: str, name: str) -> None:
         declared = self.sites if kind == "site" else self.side_streams
