@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 from visfocus.errors import VisfocusError
 from visfocus.interventions import Method
 from visfocus.models.layout import RowLayout
-from visfocus.steer.runner import Runner
+from visfocus.steer.runner import Generation, Runner
 from visfocus.steer.trace import Trace
 
 
@@ -98,12 +98,41 @@ def _sampling_refused(method: Method) -> VisfocusError:
     return VisfocusError(f"method '{method.name}' does not take sampling=...; {how}")
 
 
-def _sampler(sampling: Sampling | None) -> Callable[[Runner], None]:
-    """Readies a runner for ``sampling`` (None: greedy, nothing to do); the seed is set last, just before the run."""
+def _sampler(sampling: Sampling | None, keep_step_scores: bool = False) -> Callable[[Runner], None]:
+    """Readies a runner for ``sampling`` (None: greedy) and, with ``keep_step_scores``, to keep every step's scores;
+    the seed is set last, just before the run."""
     def setup(runner: Runner) -> None:
+        runner.keep_step_scores = keep_step_scores
         if sampling is None:
             return
         runner.generation_defaults = sampling.generation_settings()
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
     return setup
+
+
+def continuation_ids(row: Sequence[int], vocab: int, eos: set[int]) -> list[int]:
+    """A continuation's token ids, checked against a vocabulary of ``vocab`` ids and the end-of-sequence ids ``eos``:
+    at least one, each in the vocabulary, no end-of-sequence token before the last (decoding would stop there)."""
+    if isinstance(row, (str, bytes)) or len(row) == 0:
+        raise VisfocusError(f"a continuation must have at least one token, got {row!r}")
+    ids = [int(t) if _integer(t) or (isinstance(t, torch.Tensor) and t.numel() == 1) else None for t in row]
+    if any(t is None or not 0 <= t < vocab for t in ids):
+        raise VisfocusError(f"continuation token ids must be integers in [0, {vocab}), got {list(row)!r}")
+    if any(t in eos for t in ids[:-1]):
+        raise VisfocusError(f"a continuation holds the end-of-sequence token before its end, where decoding "
+                            f"would stop: {ids}")
+    return ids
+
+
+def row_steps_and_scores(generation: Generation, eos: list[int],
+                         scores: bool) -> tuple[list[int], list[torch.Tensor | None]]:
+    """Per row of ``generation``, its steps up to and including its end of sequence (``eos``: the ids), and, with
+    ``scores``, its (T_b, V) step scores (else None)."""
+    steps = generation.row_steps(eos)
+    if not scores:
+        return steps, [None] * len(steps)
+    if not generation.step_scores:
+        raise RuntimeError("the generation kept no step scores although they were asked for")
+    stacked = torch.stack(generation.step_scores, dim=1).cpu()  # (B, T, V)
+    return steps, [stacked[b, :steps[b]] for b in range(len(steps))]  # (T_b, V) each

@@ -12,7 +12,16 @@ from typing import Any
 import torch
 from PIL import Image
 
-from visfocus.answers import Answer, ContinuationScore, Sampling, _integer, _sampler, _sampling_refused
+from visfocus.answers import (
+    Answer,
+    ContinuationScore,
+    Sampling,
+    _integer,
+    _sampler,
+    _sampling_refused,
+    continuation_ids,
+    row_steps_and_scores,
+)
 from visfocus.errors import VisfocusError
 from visfocus.images import ImageSource, open_image
 from visfocus.interventions import Batch, Method
@@ -186,15 +195,9 @@ class VLM:
         if not isinstance(return_scores, bool):
             raise VisfocusError(f"return_scores must be True or False, got {return_scores!r}")
         pil = [load_image(im) for im in images]
-        sample = _sampler(sampling)
-
-        def setup(runner: Runner) -> None:
-            runner.keep_step_scores = return_scores
-            sample(runner)  # last: it seeds torch's generator
-
         start = time.perf_counter()
         batch, result = self._run(pil, questions, method, options, max_new_tokens=max_new_tokens, trace=trace,
-                                  share_prefix=share_prefix, setup=setup)
+                                  share_prefix=share_prefix, setup=_sampler(sampling, keep_step_scores=return_scores))
         batch.runner.cost.seconds = time.perf_counter() - start  # the cost and trace of every pass, forks included
         return self._answers(batch, result, trace=trace, scores=return_scores)
 
@@ -268,13 +271,7 @@ class VLM:
             special = torch.isin(ids, torch.tensor(self.processor.tokenizer.all_special_ids, device=ids.device))
             full_trace = runner.recorder.finish(final.image_cols, final.inputs["attention_mask"], layouts,
                                                 special_cols=special & ~final.image_cols)
-        steps = gen.row_steps(eos_token_ids(self.model.generation_config))  # per row, up to its end of sequence
-        step_scores = [None] * size
-        if scores:
-            if not gen.step_scores:
-                raise RuntimeError("the generation kept no step scores although they were asked for")
-            stacked = torch.stack(gen.step_scores, dim=1).cpu()  # (B, T, V)
-            step_scores = [stacked[b, :steps[b]] for b in range(size)]  # (T_b, V) each
+        steps, step_scores = row_steps_and_scores(gen, eos_token_ids(self.model.generation_config), scores)
         cost = {**runner.cost.as_dict(), "batch_size": size}
         shared = runner.sharing.prefix_lengths if runner.sharing is not None else [0] * size
         return [Answer(text=texts[b].strip(), first_token=first[b], first_token_logits=gen.first_logits[b].cpu(),
@@ -322,7 +319,9 @@ class VLM:
                                 f"{len(contexts)} contexts")
         if len(contexts) == 0:
             return []
-        rows = [self._continuation_ids(row) for row in tokens]
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        eos = set(eos_token_ids(self.model.generation_config))
+        rows = [continuation_ids(row, vocab, eos) for row in tokens]
         pil = [load_image(im) for im in images]
         forced = []
         self._run(pil, contexts, method, options, max_new_tokens=max(len(row) for row in rows), trace=False,
@@ -330,21 +329,6 @@ class VLM:
         logprobs, greedy = forced[0].token_logprobs(), forced[0].greedy()
         return [ContinuationScore(logprob=sum(lp), greedy=g, token_logprobs=lp, tokens=row)
                 for lp, g, row in zip(logprobs, greedy, rows, strict=True)]
-
-    def _continuation_ids(self, row: Sequence[int]) -> list[int]:
-        """A continuation's token ids, checked: at least one, each in the vocabulary, no end-of-sequence token before
-        the last (decoding would stop there)."""
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        if isinstance(row, (str, bytes)) or len(row) == 0:
-            raise VisfocusError(f"a continuation must have at least one token, got {row!r}")
-        ids = [int(t) if _integer(t) or (isinstance(t, torch.Tensor) and t.numel() == 1) else None for t in row]
-        if any(t is None or not 0 <= t < vocab for t in ids):
-            raise VisfocusError(f"continuation token ids must be integers in [0, {vocab}), got {list(row)!r}")
-        eos = set(eos_token_ids(self.model.generation_config))
-        if any(t in eos for t in ids[:-1]):
-            raise VisfocusError(f"a continuation holds the end-of-sequence token before its end, where decoding "
-                                f"would stop: {ids}")
-        return ids
 
     def _checked(self, call: str, images: Sequence[ImageLike], questions: Sequence[str], method: Method | None,
                  options: Sequence | None, *, noun: str) -> Method:

@@ -87,6 +87,10 @@ def describe_method(name: str) -> list[str]:
                  + (f"; side streams: {', '.join(sorted(cls.side_streams))}" if cls.side_streams else ""))
     lines.append(f"  shares the image prefix: {shares} · the caller's sampling applies: "
                  f"{_yes(cls.supports_sampling)} · reads the answer options: {options} (at its defaults)")
+    if "logits" in cls.sites:
+        lines.append("  the model's own logits processors run "
+                     + ("after its correction" if cls.processors_after_correction
+                        else "before its correction (the warpers after)"))
     lines += [f"  reports    {key}: {meaning}" for key, meaning in cls.extras.items()]
     lines += [f"  app shows  {key}: {caption}" for key, caption in cls.app_outputs.items()]
     if name != "baseline":  # the benchmark's plain row

@@ -72,6 +72,14 @@ class M3ID(Method):
                  equal="the scores, the tokens they cut and the greedy token at each of 3 steps, every family",
                  tolerance="fp32, max abs ≤ 1e-4; the cut and the tokens exact",
                  test="tests/test_method_pai_m3id.py::test_m3id_equals_the_reference_mixture_at_every_step"),
+        Fidelity(reference="an independent reference in sangminwoo/AvisC avisc_sample.py's order (logits_processor, "
+                           "then logits_warper, on the mixture): plain full forwards, the correction written in the "
+                           "test, transformers' processor classes applied in that order",
+                 equal="the tokens and every step's scores of a 4-step decode of a left-padded batch, with each of "
+                       "repetition penalty, no-repeat n-gram, min new tokens, bad words, suppressed tokens"
+                       " and the sampling warpers set, on LLaVA and Qwen2-VL",
+                 tolerance="fp32, max abs ≤ 1e-4; the −inf set and the tokens exact",
+                 test="tests/test_processor_order.py::test_the_models_processors_run_in_the_official_order"),
     )
     Params = M3IDParams
     identity = {"decay": 0.0}
