@@ -26,6 +26,8 @@ def test_a_methods_description_names_everything_it_declares(name):
         assert site in text.splitlines()[len(param_specs(name)) + 1]
     if name != "baseline":
         assert all(f"bench      {label}" in text for label in cls.benchmark_points())
+    order = "after its correction" if cls.processors_after_correction else "before its correction"
+    assert (f"logits processors run {order}" in text) == ("logits" in cls.sites)
     assert name in describe_methods()
 
 
@@ -39,6 +41,7 @@ class _Probe(Method):
     Params = _ProbeParams
     sites = frozenset({"attention", "logits"})
     supports_sampling = False
+    processors_after_correction = False
     extras = {"alpha_used": "the α applied", "grid": "a map"}
     app_outputs = {"grid": "the map over the image"}
     bench_points = {"probe_a": {"strength": 0.2}}
@@ -52,6 +55,7 @@ def test_a_newly_registered_method_is_described_from_its_declarations(monkeypatc
         "  acts on    attention, logits",
         "  shares the image prefix: yes · the caller's sampling applies: no · reads the answer options: no "
         "(at its defaults)",
+        "  the model's own logits processors run before its correction (the warpers after)",
         "  reports    alpha_used: the α applied",
         "  reports    grid: a map",
         "  app shows  grid: the map over the image",
