@@ -10,8 +10,9 @@ the prompt and the tokens so far (no cache, no engine), the correction written h
 transformers' processor classes built here and applied in the official order. Equal: the tokens, and every step's
 scores (fp32, max abs ≤ 1e-4, the same −inf set). Where sampling, both draw from torch's generator seeded alike.
 
-The reference's repetition penalty skips left padding, as transformers 5's ``generate`` does (the official code's
-transformers versions penalise the pad token of a padded row too: only the pad token's score differs)."""
+Each row's processors read its own tokens only, as for the row alone (the official code decodes one sample at a time;
+transformers' batched processors would also read a row's padding: the no-repeat n-gram bans the pad token of a
+padded row)."""
 
 from __future__ import annotations
 
@@ -166,11 +167,11 @@ def _pai(vlm, inputs, tokens, out, scores, step, p):
 CORRECTIONS = {"vcd": _vcd, "dola": _dola, "deco": _deco, "m3id": _m3id, "pai": _pai}
 
 
-def _processors(settings: dict, prompt_len: int, padding: torch.Tensor, eos: list[int]) -> list:
-    """The non-warper processors ``settings`` asks for, in transformers' order."""
+def _processors(settings: dict, prompt_len: int, eos: list[int]) -> list:
+    """The non-warper processors ``settings`` asks for, in transformers' order, for one unpadded row."""
     out = []
     if settings.get("repetition_penalty", 1.0) != 1.0:
-        out.append(RepetitionPenaltyLogitsProcessor(settings["repetition_penalty"], prompt_ignore_length=padding))
+        out.append(RepetitionPenaltyLogitsProcessor(settings["repetition_penalty"]))
     if settings.get("no_repeat_ngram_size"):
         out.append(NoRepeatNGramLogitsProcessor(settings["no_repeat_ngram_size"]))
     if settings.get("bad_words_ids"):
@@ -195,11 +196,18 @@ def _apply(processors, ids, scores):
     return scores
 
 
+def _apply_per_row(processors, ids, mask, scores):
+    """Each row's processors on its own tokens (its prompt without the padding, then the tokens so far): the row as
+    it would decode alone. processors: one list per row; ids: (B, T); mask: (B, S) the prompt's."""
+    real = torch.cat([mask.bool(), torch.ones_like(ids[:, mask.shape[1]:], dtype=torch.bool)], 1)  # (B, T)
+    return torch.cat([_apply(row, ids[b, real[b]][None], scores[b:b + 1]) for b, row in enumerate(processors)])
+
+
 def _reference(vlm, inputs, name, params, settings, sampling):
     """Per step (B, V) scores and the (B, T) tokens of a decode in the official order."""
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    B, S = ids.shape
-    processors = _processors(settings, S, (mask != 0).int().argmax(1), eos_token_ids(vlm.model.generation_config))
+    B, eos = ids.shape[0], eos_token_ids(vlm.model.generation_config)
+    processors = [_processors(settings, int(mask[b].sum()), eos) for b in range(B)]
     warpers, correct = _warpers(sampling), CORRECTIONS[name]
     tokens, steps = ids.new_zeros((B, 0)), []
     if sampling is not None:
@@ -208,9 +216,10 @@ def _reference(vlm, inputs, name, params, settings, sampling):
         out = _forward(vlm, inputs, tokens)
         sequence, raw = torch.cat([ids, tokens], 1), out.logits[:, -1].float()
         if OFFICIAL_AFTER[name]:
-            scores = _apply(processors, sequence, correct(vlm, inputs, tokens, out, raw, step, params))
+            scores = _apply_per_row(processors, sequence, mask, correct(vlm, inputs, tokens, out, raw, step, params))
         else:
-            scores = correct(vlm, inputs, tokens, out, _apply(processors, sequence, raw.clone()), step, params)
+            processed = _apply_per_row(processors, sequence, mask, raw.clone())
+            scores = correct(vlm, inputs, tokens, out, processed, step, params)
         scores = _apply(warpers, sequence, scores)
         steps.append(scores)
         chosen = torch.multinomial(scores.softmax(-1), 1) if sampling is not None else scores.argmax(-1, True)
@@ -281,3 +290,25 @@ def test_every_family_decodes_under_the_processors_of_its_generation_config(fami
     expected[free.tokens[0]] = -math.inf
     assert constrained.tokens[0] == int(expected.argmax()) != free.tokens[0]
     assert torch.equal(constrained.step_scores[0], expected)
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_models_processors_read_each_rows_own_tokens(family, share_prefix, tiny_vlms, image, other_image,
+                                                         restore_generation_configs):
+    """Padding, at the left or inside the prompt where rows share image prefixes, is not a token the repetition
+    penalty or the no-repeat n-gram sees: each row of a batch decodes as it does alone."""
+    vlm = tiny_vlms[family]
+    vlm.model.generation_config.repetition_penalty = 1.8
+    vlm.model.generation_config.no_repeat_ngram_size = 1  # every token read is banned: a pad read would show
+    images, questions = [image, image, other_image], [QUESTIONS[0], QUESTIONS[1], "What is left of the cup?"]
+    vlm.prefix_store.clear()
+    batch = vlm.answer_batch(images, questions, max_new_tokens=STEPS, share_prefix=share_prefix, return_scores=True)
+    if share_prefix:
+        assert any(answer.cost["shared_prefix_tokens"] for answer in batch)
+    for answer, im, question in zip(batch, images, questions, strict=True):
+        alone = vlm.answer(im, question, max_new_tokens=STEPS, share_prefix=False, return_scores=True)
+        assert answer.tokens == alone.tokens
+        finite = torch.isfinite(alone.step_scores)
+        assert torch.equal(torch.isfinite(answer.step_scores), finite)
+        assert (answer.step_scores[finite] - alone.step_scores[finite]).abs().max().item() <= TOL

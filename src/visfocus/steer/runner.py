@@ -17,7 +17,7 @@ from visfocus.steer.edits import Edit
 from visfocus.steer.forced import ForcedContinuation, eos_token_ids
 from visfocus.steer.generation import Generation, Prefix
 from visfocus.steer.prefix import SharedPrefill, Sharing, leading_padding
-from visfocus.steer.processors import corrections_first
+from visfocus.steer.processors import engine_processors
 from visfocus.steer.rows import FollowMain, OnMainRows, RowsPlan, SideRowLogits, plan_rows
 from visfocus.steer.sites import Contract, LayerHook, installed
 from visfocus.steer.streams import SideStream
@@ -186,7 +186,7 @@ class Runner(VariantRuns):
         config = self._generation_config(max_new_tokens, output_scores=processed or self.keep_step_scores,
                                          **generation_settings)
         with steering(self._state(tuple(edits))), installed(self.decoder_layers or [], layer_hooks), \
-                corrections_first(self.model, first):
+                engine_processors(self.model, first):
             out = self.model.generate(**kwargs, logits_processor=processors, generation_config=config)
         first_logits = out.logits[0].float()
         return Generation(new_tokens=out.sequences[:, self.prompt_len:], first_logits=first_logits,
@@ -241,7 +241,7 @@ class Runner(VariantRuns):
                                          **generation_settings)
         state = SteerState(image_cols=plan.image_cols, edits=edits, cost=self.cost, edited_rows=plan.edited_rows)
         with SideRowLogits(self.logits_module, B) as side_logits, steering(state), \
-                corrections_first(self.model, first):
+                engine_processors(self.model, first):
             stream.row_logits = side_logits
             out = self.model.generate(**kwargs, logits_processor=processors, generation_config=config)
         first_logits = out.logits[0][:B].float()  # (B, V)

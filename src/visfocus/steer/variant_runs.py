@@ -23,7 +23,7 @@ from visfocus.steer.context import SteerState, VariantColumns, steering
 from visfocus.steer.edits import Edit
 from visfocus.steer.forced import eos_token_ids
 from visfocus.steer.generation import Generation
-from visfocus.steer.processors import own_processors
+from visfocus.steer.processors import engine_processors, own_processors, unwrapped
 from visfocus.steer.variants import VariantPass, columns_enabled, finished_after_first, with_variant_columns
 
 # The processors of a model's generation config under which the first token of a variant column (chosen here, by
@@ -56,7 +56,8 @@ class VariantRuns:
             return "an edit of earlier prompt rows"
         if self.continuation_positions is None:
             return "no family positions"
-        unmatched = sorted({type(p).__name__ for p in self._own_processors() if not isinstance(p, VARIANT_EXACT)})
+        unmatched = sorted({type(unwrapped(p)).__name__ for p in self._own_processors()
+                            if not isinstance(unwrapped(p), VARIANT_EXACT)})
         if unmatched:
             return f"the model's generation config sets processors a variant cannot follow ({', '.join(unmatched)})"
         return None
@@ -160,7 +161,7 @@ class VariantRuns:
         min_new = self.model.generation_config.min_new_tokens  # counts the first token, which is decoded already
         config = self._generation_config(max_new_tokens - 1, **({"min_new_tokens": min_new - 1} if min_new else {}))
         state = SteerState(image_cols=self.image_cols.repeat(C, 1), edits=tuple(edits), cost=self.cost)
-        with steering(state):
+        with steering(state), engine_processors(self.model):
             out = self.model.generate(**kwargs, generation_config=config)
         new = out.sequences[:, self.prompt_len:]  # (C·B, T): the first token, then the rest
         eos = eos_token_ids(self.model.generation_config)
