@@ -17,7 +17,9 @@ padded row)."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,6 +42,7 @@ from visfocus.interventions.vcd import noised_pixels
 from visfocus.steer.forced import eos_token_ids
 from visfocus.testing import FAMILIES as ALL_FAMILIES
 
+ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("llava", "qwen2_vl")  # a 1-D and an M-RoPE family; the order is the same code on every family
 QUESTIONS = ["Is the cup on the table? Answer with yes or no.", "Where is the dog?"]
 STEPS = 4
@@ -312,3 +315,21 @@ def test_the_models_processors_read_each_rows_own_tokens(family, share_prefix, t
         finite = torch.isfinite(alone.step_scores)
         assert torch.equal(torch.isfinite(answer.step_scores), finite)
         assert (answer.step_scores[finite] - alone.step_scores[finite]).abs().max().item() <= TOL
+
+
+# what each method's docstring cites as the place its official code runs the processors
+CITED = {"vcd": "``logits_processor`` then ``logits_warper`` on ``cd_logits``",
+         "dola": "``logits_processor`` on the contrasted scores",
+         "deco": "``deco_greedy_search`` runs its whole ``logits_processor`` list",
+         "m3id": "``m3id_logit = logits_processor(input_ids, m3id_logit)``",
+         "pai": "passes ``CFGLogits`` to ``generate`` as a custom logits processor"}
+
+
+@pytest.mark.parametrize("name", CORRECTING)
+def test_each_methods_docstring_and_the_docs_state_its_order(name):
+    docstring = " ".join(inspect.getmodule(METHODS[name]).__doc__.split())
+    assert CITED[name] in docstring
+    section = (ROOT / "docs" / "methods.md").read_text(encoding="utf-8").split("### 6.0 ")[1].split("### 6.1 ")[0]
+    rows = {line.split("|")[1].split()[0].lower(): line.split("|")[2].strip() for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
+    assert rows[name].startswith("after" if OFFICIAL_AFTER[name] else "before")
