@@ -226,7 +226,7 @@ def test_cli_list_shows_methods_and_families(capsys):
 SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-GENERATED = ("synthetic_spatial", "scenes_train", "scenes_dev", "scenes_test")  # need no data
+GENERATED = ("synthetic_spatial", "scenes_train", "scenes_dev", "scenes_test", "scenes_train_v1")  # need no data
 
 
 def test_task_registry_names():

@@ -12,7 +12,7 @@ import pytest
 import visfocus as vf
 from visfocus.benchmarks.scenes import COLOURS, REFERENCE_COLOURS, REFERENCE_SHAPES, RELATIONS, SHAPES
 from visfocus.cli import main as cli_main
-from visfocus.organism import WEIGHTS_DIR, organism_path
+from visfocus.organism import ORGANISMS, WEIGHTS_DIR, organism_path, resolve
 from visfocus.organism.model import build_untrained, tokenizer
 
 
@@ -72,6 +72,39 @@ def test_default_eval_runs_the_organism_and_equals_its_model_card(card, capsys, 
         assert got["per_relation"][relation]["mean_confidence"] == pytest.approx(values["mean_confidence"], abs=1e-4)
     assert f"scenes_test: accuracy {want['accuracy']:.4f} on 800 samples" in captured.out
     assert "under" in captured.out  # the per-relation table
+
+
+def test_the_rare_relations_are_rare_in_training_and_unfamiliar_at_test(card):
+    """The organism is evidence of AdaptVis's situation only if on/under really are rare and really are harder."""
+    mix = card["data"]["splits"]["train"]["relation_mix"]
+    assert card["version"] == "v2" and card["data"]["train"] == "scenes_train"
+    assert mix == {"left": 0.495, "right": 0.495, "on": 0.005, "under": 0.005}
+    test = card["metrics"]["scenes_test"]["per_relation"]
+    common = min(test["left"]["accuracy"], test["right"]["accuracy"])
+    assert max(test["on"]["accuracy"], test["under"]["accuracy"]) < common - 0.2
+    assert max(test["on"]["mean_confidence"], test["under"]["mean_confidence"]) < min(
+        test["left"]["mean_confidence"], test["right"]["mean_confidence"]) - 0.1
+    assert "on 0.5% (60 scenes)" in (WEIGHTS_DIR / "MODEL_CARD.md").read_text()
+
+
+def test_organism_v1_stays_reachable_by_name_and_equals_its_card(capsys, tmp_path):
+    assert resolve("organism-v1") == str(ORGANISMS["organism-v1"]) != str(WEIGHTS_DIR)
+    assert resolve("organism") == str(WEIGHTS_DIR)
+    assert resolve("Qwen/Qwen3-VL-2B-Instruct") == "Qwen/Qwen3-VL-2B-Instruct"
+    v1 = json.loads((ORGANISMS["organism-v1"] / "card.json").read_text())
+    assert v1["data"]["splits"]["train"]["relation_mix"]["on"] == 0.04
+    assert cli_main(["eval", "--model", "organism-v1", "--output_path", str(tmp_path)]) == 0
+    (results,) = tmp_path.rglob("results.json")
+    got = json.loads(results.read_text())["tasks"]["scenes_test"]["metrics"]
+    assert got["accuracy"] == v1["metrics"]["scenes_test"]["accuracy"]
+    for relation, values in v1["metrics"]["scenes_test"]["per_relation"].items():
+        assert got["per_relation"][relation]["accuracy"] == values["accuracy"]
+
+
+def test_a_local_folder_named_like_an_organism_is_read_as_the_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "organism-v1").mkdir()
+    assert resolve("organism-v1") == "organism-v1"
 
 
 @pytest.fixture(scope="module")

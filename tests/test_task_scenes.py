@@ -29,7 +29,9 @@ def holds(relation, subject, reference):
 
 
 @pytest.mark.parametrize("split, n, counts", [
-    ("train", 12000, {"left": 5520, "right": 5520, "on": 480, "under": 480}),
+    # the organism's training mix: on/under rare (0.5 % each, 60 scenes); v1's mix kept to rebuild organism-v1
+    ("train", 12000, {"left": 5940, "right": 5940, "on": 60, "under": 60}),
+    ("train_v1", 12000, {"left": 5520, "right": 5520, "on": 480, "under": 480}),
     ("dev", 400, {"left": 100, "right": 100, "on": 100, "under": 100}),
     ("test", 800, {"left": 200, "right": 200, "on": 200, "under": 200}),
 ])
@@ -84,6 +86,12 @@ def test_scenes_are_deterministic_and_splits_differ():
     assert not dev & {r.image.tobytes() for r in vf.task("scenes_test").records}
     other_seed = ScenesTask("c", "test", n_records=20, seed=1).records
     assert [r.image.tobytes() for r in other_seed] != [r.image.tobytes() for r in first]
+
+
+def test_the_v1_training_split_is_named_as_the_first_organism_saw_it():
+    v1 = ScenesTask("v1", "train_v1", n_records=3).records
+    assert [r.id for r in v1] == ["train-0", "train-1", "train-2"]
+    assert ScenesTask("v2", "train", n_records=3).records[0].id == "train-0"
 
 
 def test_place_refuses_what_cannot_fit():

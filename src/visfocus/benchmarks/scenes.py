@@ -4,9 +4,9 @@ under — on a varied background, sometimes with a distractor, with ground-truth
 
 The subject is a small coloured thing and the reference a large neutral one (a box or a shelf), as in WhatsUp's
 controlled images; 30 % of scenes add a second small thing, so the question's words are needed to know which one is
-meant. The *training* split is deliberately imbalanced (left/right common, on/under rare, as the AdaptVis paper
-reports for LLaVA's training data); dev and test are balanced, so a model trained on it has familiar and unfamiliar
-relations.
+meant. The *training* split is deliberately imbalanced (left/right 49.5 % each, on/under 0.5 % each: rare, as the
+AdaptVis paper reports for LLaVA's training data); dev and test are balanced, so a model trained on it has familiar
+and unfamiliar relations. ``scenes_train_v1`` is the first organism's training mix (on/under 4 % each).
 Every split is generated from its own seed, so splits never share a scene generator state; everything is
 deterministic given (split, seed)."""
 
@@ -31,9 +31,13 @@ REFERENCE_COLOURS = {"brown": (125, 80, 40), "gray": (115, 115, 115), "black": (
 REFERENCE_SHAPES = ("box", "shelf")  # box: a large square; shelf: a wide flat bar
 IMAGE_SIZE = 192  # square images: 6 x 6 = 36 image tokens for Qwen3-VL (patch 16, merge 2)
 # Relation mix of each split (weights over RELATIONS) and its default size.
-SPLITS = {"train": ((0.46, 0.46, 0.04, 0.04), 12000, 1000),
+# The training split gives on/under 0.5 % each (60 scenes each): rare enough that a model trained on it is unsure of
+# them, as the AdaptVis paper finds for LLaVA. ``train_v1`` is the first organism's mix (4 % each), kept so that
+# ``visfocus organism train --version v1`` still rebuilds it: the same seed offset, so the same scene generator.
+SPLITS = {"train": ((0.495, 0.495, 0.005, 0.005), 12000, 1000),
           "dev": ((0.25, 0.25, 0.25, 0.25), 400, 2000),
-          "test": ((0.25, 0.25, 0.25, 0.25), 800, 3000)}  # (mix, n_records, seed offset)
+          "test": ((0.25, 0.25, 0.25, 0.25), 800, 3000),
+          "train_v1": ((0.46, 0.46, 0.04, 0.04), 12000, 1000)}  # (mix, n_records, seed offset)
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
@@ -180,7 +184,8 @@ def scene_record(split: str, index: int, scene: Scene) -> Record:
                   for obj in (scene.subject, scene.reference, scene.distractor) if obj is not None)
     meta = {"subject": scene.subject.name, "reference": scene.reference.name,
             "distractor": scene.distractor.name if scene.distractor else None}
-    return Record(id=f"{split}-{index}", question=QUESTION.format(subject=scene.subject.name,
+    prefix = split.removesuffix("_v1")  # scenes_train_v1's records are named as the first organism saw them
+    return Record(id=f"{prefix}-{index}", question=QUESTION.format(subject=scene.subject.name,
                                                                   reference=scene.reference.name),
                   gold=scene.relation, image=render(scene), options=RELATIONS, relation=scene.relation, boxes=boxes,
                   meta=meta)

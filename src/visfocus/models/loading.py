@@ -142,6 +142,9 @@ def load_adapter(id_or_path: str, *, dtype: str | torch.dtype = "float32", devic
     if trust_remote_code:
         print(f"[visfocus] trust_remote_code is on: Python files shipped with '{id_or_path}' (its auto_map) will run "
               "on this machine", file=sys.stderr)
+    from visfocus.organism import resolve
+
+    id_or_path = resolve(id_or_path)  # "organism", "organism-v1": the packaged organisms
     hub = {"revision": revision} if revision is not None else {}
     try:
         config = AutoConfig.from_pretrained(id_or_path, trust_remote_code=trust_remote_code, **hub)
