@@ -19,6 +19,8 @@ or the public modules, in a temporary folder, on the CPU; about a minute on 2 co
   Chromium.
 - ``figures/app-compare.png``: ``visfocus app`` after comparing the baseline and AdaptVis on the scene, taken by
   ``benchmarks/app_latency.py``'s ``screenshot``.
+- ``figures/study-*.png``: every figure of ``visfocus study`` on the organism (all of dev and test: about 5 minutes;
+  ``--study DIR`` reuses, or resumes, a study folder instead of a new one).
 
 Needs the ``app`` and ``dev`` extras (Gradio, Playwright) and a Chromium on PATH (Debian: ``apt-get install
 chromium``). Each PNG is at most 1200 px wide and about 300 KB (larger ones are reduced to 256 colours).
@@ -41,7 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 sys.path.insert(0, str(SRC))  # this tree's visfocus, also for the commands below (PYTHONPATH)
 
-FIGURES = ("heatmap.png", "layer-shares.png", "profile-layers.png", "report.png", "app-compare.png")
+from visfocus.study_report import FIGURES as STUDY_FIGURES  # noqa: E402  (this tree's visfocus, above)
+
+FIGURES = ("heatmap.png", "layer-shares.png", "profile-layers.png", "report.png", "app-compare.png",
+           *(f"study-{name}.png" for name in STUDY_FIGURES))
 METHOD, METHOD_ARGS, METHOD_LABEL = "scaling_vis", "alpha=2.0", "scaling_vis (α = 2)"
 HEATMAP_LAYERS = "1,2"  # of the organism's 4: around the middle layer (2), where the answer row looks at the objects
 PROFILE_N = 100
@@ -241,6 +246,15 @@ def app_compare(record, work: Path, out: Path, latency) -> None:
     write_png(Image.open(shot), out)
 
 
+def study(folder: Path, work: Path, figures: Path) -> None:
+    """``visfocus study --out FOLDER`` (resumable: a finished study only redraws), its figures copied as study-*."""
+    from PIL import Image
+
+    visfocus("study", "--out", str(folder), cwd=work)
+    for name in STUDY_FIGURES:
+        write_png(Image.open(folder / "figures" / f"{name}.png"), figures / f"study-{name}.png")
+
+
 def chromium() -> None:
     from visfocus.testing.browser import chromium_path
 
@@ -254,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="assets folder: scene.png and figures/*.png go there (default: docs/assets)")
     parser.add_argument("--limit", type=int, default=32, help="test scenes per evaluation (default 32)")
     parser.add_argument("--scene", default="test-1", help="the scenes_test id shown (default test-1)")
+    parser.add_argument("--study", type=Path, help="the `visfocus study` folder to use or resume (default: a new one)")
     parser.add_argument("--keep", type=Path,
                         help="work in this new (or empty) folder and keep it: runs, report.html, app.log")
     args = parser.parse_args(argv)
@@ -282,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         report(base, edited, work, figures / "report.png")
         profile(model, work, figures / "profile-layers.png")
         app_compare(record, work, figures / "app-compare.png", latency)
+        study(args.study.resolve() if args.study else work / "study", work, figures)
     missing = [name for name in FIGURES if not (figures / name).is_file()]
     if missing:
         raise SystemExit(f"not written: {missing}")

@@ -129,6 +129,8 @@ def _lmms_tasks_path(args: argparse.Namespace) -> int:
 MODULE_COMMANDS = {
     "report": ("visfocus.report", "visfocus.report",
                "one self-contained HTML report of a run (with --vs: against a baseline)"),
+    "study": ("visfocus.study", "visfocus.study",
+              "the AdaptVis paper's analyses in one report: sweeps, confidence, attention by layer, α, branches"),
     "heatmap": ("visfocus.heatmap", "visfocus.heatmap", "one example's attention heatmaps on the image, chosen layers"),
     "finetune": ("visfocus.train.finetune", "visfocus.train.config",
                  "fine-tune (full or LoRA, vision optionally frozen) on a task"),

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib.lines
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -218,6 +219,50 @@ def bar_figure(labels: Sequence[str], values: Sequence[float], title: str = "", 
     ax.barh(np.arange(len(labels))[::-1], values, color="tab:blue")
     ax.set_yticks(np.arange(len(labels))[::-1], labels)
     ax.set(xlabel=xlabel, title=title, xlim=(0, max(1e-9, max(values, default=1.0)) * 1.05))
+    return fig
+
+
+def grouped_bar_figure(labels: Sequence[str], series: Mapping[str, Sequence[float]], title: str = "",
+                       ylabel: str = "", ylim: tuple[float, float] | None = None, xlabel: str = "") -> Figure:
+    """Vertical bars: one group per label, one bar per named series in each group, each bar's value written on it."""
+    fig = _new_figure(max(4.0, 1.5 + 1.5 * len(labels)), 3.8)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(series))
+    for k, (name, values) in enumerate(series.items()):
+        x = np.arange(len(labels)) + (k - (len(series) - 1) / 2) * width  # (G,)
+        values = np.asarray(values, dtype=np.float64)  # (G,)
+        bars = ax.bar(x, np.nan_to_num(values), width=width, label=name)
+        ax.bar_label(bars, labels=["–" if np.isnan(v) else f"{v:.2f}".rstrip("0").rstrip(".") for v in values],
+                     fontsize=7)
+    ax.set_xticks(np.arange(len(labels)), labels)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, **({"ylim": ylim} if ylim else {}))
+    ax.legend(fontsize=8)
+    return fig
+
+
+def panels_figure(panels: Mapping[str, Mapping[str, Sequence[float]]], xlabel: str = "layer", title: str = "",
+                  zero_line: bool = False) -> Figure:
+    """Line panels, two per row, one per title in ``panels``, each with one line per named (L,) series; a series
+    keeps its colour in every panel, and one legend below them names each once."""
+    cols = min(2, max(1, len(panels)))
+    rows = -(-max(1, len(panels)) // cols)
+    labels = list(dict.fromkeys(label for series in panels.values() for label in series))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    fig = _new_figure(4.5 * cols, 3.0 * rows + 0.3 * len(labels))
+    for i, (panel_title, series) in enumerate(panels.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for label, values in series.items():
+            values = np.asarray(values, dtype=np.float64)  # (L,)
+            ax.plot(np.arange(len(values)), values, marker=".", label=label, color=colours[label])
+        if zero_line:
+            ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set(xlabel=xlabel, title=panel_title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if labels:
+        handles = [matplotlib.lines.Line2D([], [], color=colours[label], marker=".") for label in labels]
+        fig.legend(handles, labels, loc="outside lower center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 
