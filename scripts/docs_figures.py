@@ -6,8 +6,9 @@
 Everything runs through the ``visfocus`` command line (``python -m visfocus.cli``, from this repository's ``src``)
 or the public modules, in a temporary folder, on the CPU; about a minute on 2 cores. The pictures:
 
-- ``scene.png``: one input scene of ``scenes_test`` (``--scene``, default ``test-1``) that the organism answers
-  right; its question is printed.
+- ``scene.png``: one input scene of ``scenes_test`` (``--scene``, default ``test-1``: a yellow circle on a black
+  shelf, which the organism answers "right", the pages' example of a rare relation gone wrong); its question and the
+  organism's answer are printed.
 - ``figures/heatmap.png``: ``visfocus heatmap`` of that scene at layers 1 and 2, the baseline above and
   ScalingVis (α = 2, the top of its search grid, chosen to make the edit visible, not tuned) below.
 - ``figures/layer-shares.png``: per-layer image / text / special shares of the last prompt row's attention, over the
@@ -137,7 +138,7 @@ def png(fig):
 
 
 def pick_scene(scene_id: str):
-    """The scenes_test record ``scene_id``, checked to be answered right by the organism (the app's options)."""
+    """The scenes_test record ``scene_id``, with the organism's answer (the app's options) printed."""
     import visfocus as vf
     from visfocus.organism import organism_path
 
@@ -147,9 +148,6 @@ def pick_scene(scene_id: str):
     record = records[scene_id]
     vlm = vf.load(str(organism_path()))
     answer = vlm.answer(record.image, record.question, max_new_tokens=8, options=list(record.options))
-    if answer.text.strip().lower() != str(record.gold).lower():
-        raise SystemExit(f"the organism answers {answer.text!r} on {scene_id} (gold {record.gold!r}): pick a scene "
-                         "it answers right with --scene")
     say(f"scene {scene_id}: {record.question!r} → {answer.text!r} (gold {record.gold!r}, confidence "
         f"{answer.confidence:.2f})")
     return record

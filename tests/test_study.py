@@ -14,7 +14,7 @@ from visfocus import metrics
 from visfocus.analysis import study as analysis
 from visfocus.cli import main as cli_main
 from visfocus.compare import load_run
-from visfocus.study_report import FIGURES
+from visfocus.study_report import FIGURES, REPORT_FILE
 
 VIEW = {"rows": 2, "cols": 2, "region": (0, 0, 32, 32), "image_size": (32, 32), "index": [3, 2, 1, 0]}
 
@@ -78,6 +78,26 @@ def test_alpha_effect_shifts_are_the_mean_per_layer_difference():
     assert shift["subject_box"] == [pytest.approx(0.75)] and "reference_box" not in shift
 
 
+def test_attention_by_correctness_averages_each_group_and_ranks_right_answers():
+    def trace(image):  # (L=1, H=1, N=4), all of the image mass on token 0 (cell 3, the subject's box)
+        return {"attention": np.array([[[image, 0.0, 0.0, 0.0]]]), "shares": np.array([[image, 1 - image, 0.0]]),
+                "views": [VIEW]}
+
+    rows = {"a": _row("on", True, 0.9), "b": _row("on", True, 0.8), "c": _row("on", False, 0.5),
+            "d": _row("left", False, 0.5)}
+    traces = {"a": trace(0.6), "b": trace(0.4), "c": trace(0.5), "d": trace(0.7)}
+    boxes = {sid: {"subject": [{"xyxy": (16, 16, 32, 32)}]} for sid in rows}
+    out = analysis.attention_by_correctness(traces, rows, boxes)
+    assert out["correct"]["n"] == 2 and out["incorrect"]["n"] == 2
+    assert out["correct"]["image_share"] == [pytest.approx(0.5)] and out["incorrect"]["image_share"] == [
+        pytest.approx(0.6)]
+    assert out["correct"]["subject_box"] == [1.0] and out["correct"]["entropy"] == [0.0]
+    # right 0.6, 0.4 against wrong 0.5, 0.7: of the 4 pairs, one has the right answer higher
+    assert out["auroc"]["image_share"] == [0.25] and out["auroc"]["subject_box"] == [0.5]
+    only_on = analysis.attention_by_correctness(traces, rows, boxes, relations=("on",))
+    assert only_on["incorrect"]["n"] == 1 and only_on["auroc"]["image_share"] == [0.5]
+
+
 def test_adaptvis_branches_and_smoothing_by_confidence():
     base = {str(i): _row("on" if i < 3 else "left", i >= 2, c) for i, c in enumerate([0.2, 0.3, 0.4, 0.8, 0.9, 0.95])}
     adapt = {sid: _row(r["relation"], r["correct"] or sid == "0", r["confidence"],
@@ -104,7 +124,7 @@ def test_the_study_runs_end_to_end_with_every_figure_and_section(study, capsys):
     for name in FIGURES:
         png = study / "figures" / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    report = (study / "report.md").read_text()
+    report = (study / REPORT_FILE).read_text()
     for heading in ("## 0. The sweeps", "## 1. Confidence and accuracy by relation",
                     "## 2. Where the baseline looks, right vs wrong", "## 3. What α < 1 and α > 1 do",
                     "## 4. AdaptVis"):
@@ -124,6 +144,10 @@ def test_the_studys_numbers_are_those_of_its_run_folders(study):
     base_rows = load_run(base_dir)[1]["scenes_test"]
     assert len(base_rows) == 12
     assert numbers["confidence"]["accuracy"] == metrics.accuracy([r["correct"] for r in base_rows.values()])
+    attention = numbers["attention"]
+    assert attention["all"]["correct"]["n"] + attention["all"]["incorrect"]["n"] == 12
+    rare = [r for r in base_rows.values() if r["relation"] in ("on", "under")]
+    assert attention["rare"]["incorrect"]["n"] == sum(not r["correct"] for r in rare)
     for entry in numbers["alpha"].values():
         assert entry["n"] == 12
         assert entry["flips"]["fixed"] == len(entry["fixed_ids"]) and entry["flips"]["broken"] == len(

@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise VisfocusError(f"--out {out} is a file, not a folder")
     numbers = run_study(out, args.model, args.dev_task, args.eval_task, limit, batch_size, rare)
-    from visfocus.study_report import summary_lines
+    from visfocus.study_report import REPORT_FILE, summary_lines
 
     print("\n".join(summary_lines(numbers)))
-    print(f"\nwritten: {out / 'report.md'}, {out / 'study.json'}, {out / 'figures'}/")
+    print(f"\nwritten: {out / REPORT_FILE}, {out / 'study.json'}, {out / 'figures'}/")
     return 0
 
 
@@ -159,7 +159,8 @@ def analyse(sweeps: dict, runs: dict, rows: dict, traces: dict, boxes: dict, rar
                                                       "path")} for name, s in sweeps.items()},
         "runs": {label: {"method": method or "baseline", "args": args} for label, (method, args) in runs.items()},
         "confidence": analysis.confidence_by_relation(base_rows, rare),
-        "attention": analysis.attention_by_correctness(base_traces, base_rows, boxes),
+        "attention": {"all": analysis.attention_by_correctness(base_traces, base_rows, boxes),
+                      "rare": analysis.attention_by_correctness(base_traces, base_rows, boxes, rare)},
         "alpha": {label: {"args": runs[label][1], **analysis.alpha_effect(base_rows, rows[label], base_traces,
                                                                             traces[label], boxes)}
                   for label in ("alpha_low", "alpha_high", "scaling_vis", "adaptvis")},

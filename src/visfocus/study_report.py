@@ -9,6 +9,8 @@ from typing import Any
 
 from visfocus.organism import model_name
 
+REPORT_FILE = "report.md"  # written into the study's folder, beside study.json and figures/
+
 ALPHA_LABELS = {"alpha_low": "α < 1 (grid's smallest)", "alpha_high": "α > 1 (grid's largest)",
                 "scaling_vis": "ScalingVis, chosen α", "adaptvis": "AdaptVis, chosen point"}
 STATISTICS = {"image_share": "image share", "subject_box": "share on the subject's box",
@@ -54,10 +56,11 @@ def _fig_reliability(n: dict):
 def _fig_attention(n: dict):
     from visfocus.analysis.figures import panels_figure
 
-    groups = n["attention"]
-    return panels_figure({title: {f"{g} ({groups[g]['n']})": groups[g][key] for g in ("correct", "incorrect")
-                                  if key in groups[g]} for key, title in STATISTICS.items()},
-                         title="baseline attention of the answer row, by layer: right vs wrong answers")
+    panels = {title: {f"{who}{g} ({groups[g]['n']})": groups[g][key]
+                      for subset, who in (("all", ""), ("rare", "rare relations only, ")) for groups in
+                      [n["attention"][subset]] for g in ("correct", "incorrect") if key in groups[g]}
+              for key, title in STATISTICS.items()}
+    return panels_figure(panels, title="baseline attention of the answer row, by layer: right vs wrong answers")
 
 
 def _fig_alpha_attention(n: dict):
@@ -114,7 +117,7 @@ def write_report(out: Path, numbers: dict) -> Path:
 
     for name, draw in FIGURES.items():
         save(draw(numbers), out / "figures" / f"{name}.png")
-    path = out / "report.md"
+    path = out / REPORT_FILE
     path.write_text("\n".join(markdown(numbers)) + "\n", encoding="utf-8")
     return path
 
@@ -152,17 +155,25 @@ def _confidence_section(n: dict) -> list[str]:
             f"rarity). ECE {_num(c['ece'])}.", ""]
 
 
+def _attention_table(groups: dict) -> list[str]:
+    layers = max((len(groups[g].get("image_share", [])) for g in ("correct", "incorrect")), default=0)
+    rows = [[str(layer)] + [f"{_num(groups['correct'][key][layer])} / {_num(groups['incorrect'][key][layer])} "
+                            f"({_num(groups['auroc'][key][layer])})" if key in groups["auroc"] else "–"
+                            for key in STATISTICS] for layer in range(layers)]
+    return _table(["layer", *STATISTICS.values()], rows)
+
+
 def _attention_section(n: dict) -> list[str]:
-    groups = n["attention"]
-    layers = max((len(groups[g].get("image_share", [])) for g in groups), default=0)
-    rows = [[str(layer)] + [groups[g][key][layer] if key in groups[g] else None
-                            for key in STATISTICS for g in ("correct", "incorrect")] for layer in range(layers)]
-    head = ["layer"] + [f"{STATISTICS[key]}, {g}" for key in STATISTICS for g in ("correct", "incorrect")]
+    groups, rare = n["attention"]["all"], n["attention"]["rare"]
     return ["## 2. Where the baseline looks, right vs wrong", "",
             f"The answer row's attention, averaged over heads, per decoder layer: {groups['correct']['n']} right and "
             f"{groups['incorrect']['n']} wrong answers. Box shares are the fraction of the image attention on the "
-            "image tokens whose patch overlaps the object's box.", "",
-            "![attention right vs wrong](figures/attention_right_vs_wrong.png)", "", *_table(head, rows)]
+            "image tokens whose patch overlaps the object's box. Wrong answers come mostly from the rare relations, "
+            "whose scenes have another geometry, so the rare relations are also compared alone "
+            f"({rare['correct']['n']} right, {rare['incorrect']['n']} wrong). Each cell: mean over right answers / "
+            "over wrong ones (AUROC of the statistic for a right answer: 0.5 means no difference).", "",
+            "![attention right vs wrong](figures/attention_right_vs_wrong.png)", "", "All samples:", "",
+            *_attention_table(groups), "Rare relations only:", "", *_attention_table(rare)]
 
 
 def _alpha_section(n: dict) -> list[str]:

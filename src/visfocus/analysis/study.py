@@ -86,14 +86,25 @@ def _mean_by_key(stats: list[dict[str, np.ndarray]]) -> dict[str, list[float]]:
 
 
 def attention_by_correctness(traces: Mapping[str, Mapping[str, Any]], rows: Mapping[str, Mapping[str, Any]],
-                             boxes: Mapping[str, Mapping[str, Sequence]]) -> dict[str, Any]:
-    """{"correct": {"n", statistic: (L,) mean}, "incorrect": {...}} over the traced samples that have a row
-    (``sample_attention``'s statistics, averaged per layer)."""
-    out = {}
+                             boxes: Mapping[str, Mapping[str, Sequence]],
+                             relations: Sequence[str] | None = None) -> dict[str, Any]:
+    """{"correct": {"n", statistic: (L,) mean}, "incorrect": {...}, "auroc": {statistic: (L,)}} over the traced
+    samples that have a row (``sample_attention``'s statistics, averaged per layer); only those of ``relations`` when
+    given (right and wrong answers then compare scenes of the same kinds, not one relation's geometry against
+    another's). "auroc": per layer, the AUROC of the statistic for a right answer (0.5: no difference; nan without
+    both kinds)."""
+    out: dict[str, Any] = {}
+    stats = {}
     for name, want in (("correct", True), ("incorrect", False)):
-        stats = [sample_attention(traces[sid], boxes.get(sid)) for sid in sorted(traces)
-                 if sid in rows and bool(rows[sid]["correct"]) == want]
-        out[name] = {"n": len(stats), **_mean_by_key(stats)}
+        stats[name] = [sample_attention(traces[sid], boxes.get(sid)) for sid in sorted(traces)
+                       if sid in rows and bool(rows[sid]["correct"]) == want
+                       and (relations is None or rows[sid].get("relation") in relations)]
+        out[name] = {"n": len(stats[name]), **_mean_by_key(stats[name])}
+    both = stats["correct"] + stats["incorrect"]
+    labels = [True] * len(stats["correct"]) + [False] * len(stats["incorrect"])
+    keys = sorted(set.intersection(*(set(s) for s in both))) if both else []
+    out["auroc"] = {key: [metrics.auroc([float(s[key][layer]) for s in both], labels)
+                          for layer in range(len(both[0][key]))] for key in keys}
     return out
 
 
