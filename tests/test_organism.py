@@ -15,6 +15,8 @@ from visfocus.cli import main as cli_main
 from visfocus.organism import ORGANISMS, WEIGHTS_DIR, organism_path, resolve
 from visfocus.organism.model import build_untrained, tokenizer
 
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
 
 def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -85,6 +87,21 @@ def test_the_rare_relations_are_rare_in_training_and_unfamiliar_at_test(card):
     assert max(test["on"]["mean_confidence"], test["under"]["mean_confidence"]) < min(
         test["left"]["mean_confidence"], test["right"]["mean_confidence"]) - 0.1
     assert "on 0.5% (60 scenes)" in (WEIGHTS_DIR / "MODEL_CARD.md").read_text()
+
+
+def test_the_readme_and_the_guide_show_the_cards_test_numbers(card):
+    """The pages' baseline row and per-relation claims are the shipped organism's, not an earlier one's."""
+    test = card["metrics"]["scenes_test"]
+    rel = test["per_relation"]
+    common = sum(round(rel[r]["accuracy"] * rel[r]["n"]) for r in ("left", "right"))  # right answers
+    rare = sum(round(rel[r]["accuracy"] * rel[r]["n"]) for r in ("on", "under"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    guide = (ROOT / "docs" / "guides" / "organism.md").read_text(encoding="utf-8")
+    assert f"| baseline | {test['accuracy']:.4f} |" in readme
+    assert f"answers {common} of 400\nleft/right scenes right" in readme and f"and {rare} of 400 on/under" in readme
+    assert f"accuracy {test['accuracy']:.4f} on 800 samples" in guide
+    for relation, values in rel.items():
+        assert f"{relation:<12}{values['n']:>6}{values['accuracy']:>10.4f}{values['mean_confidence']:>12.4f}" in guide
 
 
 def test_organism_v1_stays_reachable_by_name_and_equals_its_card(capsys, tmp_path):
