@@ -168,3 +168,6 @@ def test_study_bad_input_is_one_error_line(capsys, tmp_path):
     assert cli_main(["study", "--eval_task", "no_such_task", "--out", str(tmp_path / "y")]) == 2
     assert "unknown task 'no_such_task'" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+    assert cli_main(["study", "--rare", "on,beside", "--out", str(tmp_path / "z")]) == 2
+    assert "--rare names beside, not a relation of scenes_test (left, on, right, under)" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()

@@ -36,11 +36,7 @@ def compare_samples(rows_a: dict[str, dict], rows_b: dict[str, dict], n_boot: in
     shared = sorted(set(rows_a) & set(rows_b))
     correct_a = [bool(rows_a[i]["correct"]) for i in shared]
     correct_b = [bool(rows_b[i]["correct"]) for i in shared]
-    flips = metrics.flip_table(correct_a, correct_b)
-    return {"n_shared": len(shared), "accuracy_a": metrics.accuracy(correct_a),
-            "accuracy_b": metrics.accuracy(correct_b),
-            **metrics.bootstrap_delta_ci(correct_a, correct_b, n_boot=n_boot, seed=seed),
-            "mcnemar_p": metrics.mcnemar_exact(flips["broken"], flips["fixed"]), "flips": flips}
+    return {"n_shared": len(shared), **metrics.paired_comparison(correct_a, correct_b, n_boot=n_boot, seed=seed)}
 
 
 def compare_runs(folder_a: str | Path, folder_b: str | Path, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:

@@ -186,3 +186,13 @@ def bootstrap_delta_ci(correct_a: Sequence[bool], correct_b: Sequence[bool], n_b
     low, high = np.quantile(deltas, [tail, 1 - tail])
     out.update(delta=float(difference.mean()), ci_low=float(low), ci_high=float(high))
     return out
+
+
+def paired_comparison(correct_a: Sequence[bool], correct_b: Sequence[bool], n_boot: int = 2000, seed: int = 0
+                      ) -> dict[str, Any]:
+    """Method B against method A on the same samples: both accuracies, the accuracy delta (B − A) with its paired
+    bootstrap CI (``bootstrap_delta_ci``), McNemar's exact p-value and the flip table."""
+    flips = flip_table(correct_a, correct_b)
+    return {"accuracy_a": accuracy(correct_a), "accuracy_b": accuracy(correct_b),
+            **bootstrap_delta_ci(correct_a, correct_b, n_boot=n_boot, seed=seed),
+            "mcnemar_p": mcnemar_exact(flips["broken"], flips["fixed"]), "flips": flips}

@@ -77,6 +77,10 @@ def run_study(out: Path, model: str | None, dev_task: str, eval_task: str, limit
 
     for name in (dev_task, eval_task):
         task(name)  # an unknown task is one error before any model loads
+    relations = {record.relation for record in task(eval_task)} - {None}
+    if relations and set(rare) - relations:
+        raise VisfocusError(f"--rare names {', '.join(sorted(set(rare) - relations))}, not a relation of "
+                            f"{eval_task} ({', '.join(sorted(relations))})")
     load = LoadOnce(model)
     base = RunConfig(model=model, tasks=[dev_task], output_path=str(out / "sweeps"), limit=limit,
                      batch_size=batch_size)

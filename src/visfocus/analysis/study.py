@@ -115,7 +115,7 @@ def paired(base_rows: Mapping[str, Mapping[str, Any]], run_rows: Mapping[str, Ma
     shared = sorted(set(base_rows) & set(run_rows))
     before = [bool(base_rows[sid]["correct"]) for sid in shared]
     after = [bool(run_rows[sid]["correct"]) for sid in shared]
-    flips = metrics.flip_table(before, after)
+    overall = metrics.paired_comparison(before, after, n_boot=n_boot)
     relations = sorted({base_rows[sid].get("relation") for sid in shared} - {None})
     per_relation = {}
     for relation in relations:
@@ -123,9 +123,7 @@ def paired(base_rows: Mapping[str, Mapping[str, Any]], run_rows: Mapping[str, Ma
         per_relation[relation] = {"n": len(ids), "baseline": metrics.accuracy([before[i] for i in ids]),
                                   "run": metrics.accuracy([after[i] for i in ids]),
                                   **metrics.flip_table([before[i] for i in ids], [after[i] for i in ids])}
-    return {"n": len(shared), "baseline": metrics.accuracy(before), "run": metrics.accuracy(after),
-            **metrics.bootstrap_delta_ci(before, after, n_boot=n_boot),
-            "mcnemar_p": metrics.mcnemar_exact(flips["broken"], flips["fixed"]), "flips": flips,
+    return {"n": len(shared), "baseline": overall.pop("accuracy_a"), "run": overall.pop("accuracy_b"), **overall,
             "per_relation": per_relation,
             "fixed_ids": [sid for sid, a, b in zip(shared, before, after) if b and not a],
             "broken_ids": [sid for sid, a, b in zip(shared, before, after) if a and not b]}
