@@ -75,9 +75,9 @@ def run_study(out: Path, model: str | None, dev_task: str, eval_task: str, limit
     from visfocus.study_report import write_report
     from visfocus.sweep import sweep
 
-    for name in (dev_task, eval_task):
-        task(name)  # an unknown task is one error before any model loads
-    relations = {record.relation for record in task(eval_task)} - {None}
+    task(dev_task)  # an unknown task is one error before any model loads
+    evaluation = task(eval_task)
+    relations = {record.relation for record in evaluation} - {None}
     if relations and set(rare) - relations:
         raise VisfocusError(f"--rare names {', '.join(sorted(set(rare) - relations))}, not a relation of "
                             f"{eval_task} ({', '.join(sorted(relations))})")
@@ -92,7 +92,7 @@ def run_study(out: Path, model: str | None, dev_task: str, eval_task: str, limit
     _say(f"step 3/4: {len(runs)} traced runs on {eval_task}")
     rows, traces, folders = _traced(runs, out, model, eval_task, limit, batch_size, load)
     _say("step 4/4: analyses, figures and report")
-    numbers = analyse(sweeps, runs, rows, traces, _boxes(task(eval_task), rows["baseline"]), rare)
+    numbers = analyse(sweeps, runs, rows, traces, _boxes(evaluation, rows["baseline"]), rare)
     for label, folder in folders.items():
         numbers["runs"][label]["folder"] = str(folder)
     numbers.update(model=model, dev_task=dev_task, eval_task=eval_task, limit=limit, rare=list(rare))
