@@ -50,9 +50,12 @@ def _method(name):
 
 
 def _assert_close(got: list[float], expected: list[float], tol: float = TOL) -> None:
+    """Equal to ``tol``, relative beyond magnitude 1: M3ID's late steps weigh l_c − l_u by (1 − γ_t)/γ_t, which
+    amplifies fp32 rounding into log-probabilities near −70 that differ by 1e-4 between a padded batch and a lone
+    row."""
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
-        assert (g == e) if math.isinf(e) else abs(g - e) <= tol, (got, expected)
+        assert (g == e) if math.isinf(e) else abs(g - e) <= tol * max(1.0, abs(e)), (got, expected)
 
 
 # --- the forcing processor on its own -------------------------------------------------------------------------------
