@@ -59,7 +59,7 @@ from visfocus.interventions.base import (
     resolve_layers,
 )
 from visfocus.interventions.batch import Batch
-from visfocus.interventions.decoding import choose_layer, early_exit_logits
+from visfocus.interventions.decoding import choose_layer, early_exit_logits, processor_order_fidelity
 from visfocus.steer.forced import eos_token_ids
 from visfocus.steer.sites import LastPositionReader
 
@@ -161,14 +161,10 @@ class DeCo(Method):
                  equal="the token and the anchor layer at each of 3 steps",
                  tolerance="exact",
                  test="tests/test_method_deco.py::test_every_step_matches_the_reference_and_its_anchor_layer_is_recorded"),
-        Fidelity(reference="an independent reference in zjunlp/DeCo deco_greedy_search's order (the whole processor "
-                           "list on the blended, masked scores): plain full forwards, the correction written in the "
-                           "test, transformers' processor classes applied in that order",
-                 equal="the tokens and every step's scores of a 4-step decode of a left-padded batch, with each of "
-                       "repetition penalty, no-repeat n-gram, min new tokens, bad words, suppressed tokens"
-                       " and the sampling warpers set, on LLaVA and Qwen2-VL",
-                 tolerance="fp32, max abs ≤ 1e-4; the −inf set and the tokens exact",
-                 test="tests/test_processor_order.py::test_the_models_processors_run_in_the_official_order"),
+        processor_order_fidelity(
+            "an independent reference in zjunlp/DeCo deco_greedy_search's order (the whole processor "
+            "list on the blended, masked scores): plain full forwards, the correction written in the "
+            "test, transformers' processor classes applied in that order"),
     )
     Params = DeCoParams
     # the caller's sampling applies, its warpers after the correction (the reference's _deco_sample_decoding)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from visfocus.interventions.base import Fidelity
+
 
 def plausibility_cut(scores: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
     """(B, V) ``scores`` with −inf where ``reference`` < max ``reference`` + log β: the adaptive plausibility
@@ -68,3 +70,15 @@ def survey_top10_entropy(logits: torch.Tensor) -> torch.Tensor:
     """(..., V) → (...) the survey repository's form: −Σ p·log(p + 1e-12) / log 10 over p = softmax(top-10)."""
     top = torch.softmax(logits.float().topk(10, dim=-1).values, dim=-1)  # (..., 10)
     return -(top * (top + 1e-12).log()).sum(-1) / math.log(10)
+
+
+def processor_order_fidelity(reference: str, warpers: bool = True) -> Fidelity:
+    """The Fidelity entry of a correcting method's processor order (``Method.processors_after_correction``): its
+    whole decode under each of the model's processors (and the sampling warpers, for a method that samples) equals
+    an independent reference in ``reference``'s order."""
+    return Fidelity(reference=reference,
+                    equal="the tokens and every step's scores of a 4-step decode of a left-padded batch, with each of "
+                          "repetition penalty, no-repeat n-gram, min new tokens, bad words, suppressed tokens"
+                          + (" and the sampling warpers" if warpers else "") + " set, on LLaVA and Qwen2-VL",
+                    tolerance="fp32, max abs ≤ 1e-4; the −inf set and the tokens exact",
+                    test="tests/test_processor_order.py::test_the_models_processors_run_in_the_official_order")

@@ -32,7 +32,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from visfocus.errors import VisfocusError
 from visfocus.interventions.base import Fidelity, Method, MethodResult, Params, param, register_method
 from visfocus.interventions.batch import Batch
-from visfocus.interventions.decoding import choose_layer, early_exit_logits, plausibility_cut
+from visfocus.interventions.decoding import choose_layer, early_exit_logits, plausibility_cut, processor_order_fidelity
 from visfocus.steer.sites import LastPositionReader
 
 
@@ -165,14 +165,11 @@ class DoLa(Method):
                  equal="first-step scores, the premature layer and the first token of a left-padded batch",
                  tolerance="fp32, max abs ≤ 1e-5",
                  test="tests/test_method_dola.py::test_run_scores_match_a_forward_with_all_hidden_states"),
-        Fidelity(reference="an independent reference in transformers' _dola_decoding order (logits_processor on the "
-                           "contrasted scores): plain full forwards, the correction written in the test, "
-                           "transformers' processor classes applied in that order",
-                 equal="the tokens and every step's scores of a 4-step decode of a left-padded batch, with each of "
-                       "repetition penalty, no-repeat n-gram, min new tokens, bad words, suppressed tokens"
-                       " set, on LLaVA and Qwen2-VL",
-                 tolerance="fp32, max abs ≤ 1e-4; the −inf set and the tokens exact",
-                 test="tests/test_processor_order.py::test_the_models_processors_run_in_the_official_order"),
+        processor_order_fidelity(
+            "an independent reference in transformers' _dola_decoding order (logits_processor on the "
+            "contrasted scores): plain full forwards, the correction written in the test, "
+            "transformers' processor classes applied in that order",
+            warpers=False),
     )
     supports_sampling = False  # greedy by definition
     search_grid = {"layers": ("low", "high"), "repetition_penalty": (1.0, 1.2)}

@@ -27,7 +27,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from visfocus.interventions.base import Fidelity, Method, MethodResult, Params, param, register_method
 from visfocus.interventions.batch import Batch
-from visfocus.interventions.decoding import plausibility_cut
+from visfocus.interventions.decoding import plausibility_cut, processor_order_fidelity
 from visfocus.steer.streams import TextOnlyStream
 
 
@@ -72,14 +72,10 @@ class M3ID(Method):
                  equal="the scores, the tokens they cut and the greedy token at each of 3 steps, every family",
                  tolerance="fp32, max abs ≤ 1e-4; the cut and the tokens exact",
                  test="tests/test_method_pai_m3id.py::test_m3id_equals_the_reference_mixture_at_every_step"),
-        Fidelity(reference="an independent reference in sangminwoo/AvisC avisc_sample.py's order (logits_processor, "
-                           "then logits_warper, on the mixture): plain full forwards, the correction written in the "
-                           "test, transformers' processor classes applied in that order",
-                 equal="the tokens and every step's scores of a 4-step decode of a left-padded batch, with each of "
-                       "repetition penalty, no-repeat n-gram, min new tokens, bad words, suppressed tokens"
-                       " and the sampling warpers set, on LLaVA and Qwen2-VL",
-                 tolerance="fp32, max abs ≤ 1e-4; the −inf set and the tokens exact",
-                 test="tests/test_processor_order.py::test_the_models_processors_run_in_the_official_order"),
+        processor_order_fidelity(
+            "an independent reference in sangminwoo/AvisC avisc_sample.py's order (logits_processor, "
+            "then logits_warper, on the mixture): plain full forwards, the correction written in the "
+            "test, transformers' processor classes applied in that order"),
     )
     Params = M3IDParams
     identity = {"decay": 0.0}

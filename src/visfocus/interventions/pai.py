@@ -46,7 +46,7 @@ from visfocus.interventions.base import (
     register_method,
 )
 from visfocus.interventions.batch import Batch
-from visfocus.interventions.decoding import plausibility_cut
+from visfocus.interventions.decoding import plausibility_cut, processor_order_fidelity
 from visfocus.steer.edits import Edit
 from visfocus.steer.streams import TextOnlyStream
 
@@ -127,14 +127,10 @@ class PAI(Method):
                  test="tests/test_method_pai_m3id.py::"
                       "test_first_token_unedited_differs_from_the_default_exactly_on_the_first_token",
                  option="first_token_unedited=true"),
-        Fidelity(reference="an independent reference in LALBJ/PAI's order (CFGLogits a custom processor of generate:"
-                           " the model's processors before it, warpers after): plain full forwards, the correction "
-                           "written in the test, transformers' processor classes applied in that order",
-                 equal="the tokens and every step's scores of a 4-step decode of a left-padded batch, with each of "
-                       "repetition penalty, no-repeat n-gram, min new tokens, bad words, suppressed tokens"
-                       " and the sampling warpers set, on LLaVA and Qwen2-VL",
-                 tolerance="fp32, max abs ≤ 1e-4; the −inf set and the tokens exact",
-                 test="tests/test_processor_order.py::test_the_models_processors_run_in_the_official_order"),
+        processor_order_fidelity(
+            "an independent reference in LALBJ/PAI's order (CFGLogits a custom processor of generate:"
+            " the model's processors before it, warpers after): plain full forwards, the correction "
+            "written in the test, transformers' processor classes applied in that order"),
     )
     Params = PAIParams
     identity = {"alpha": 0.0, "gamma": 1.0}

@@ -27,7 +27,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from visfocus.interventions.base import Fidelity, Method, MethodResult, Params, param, register_method
 from visfocus.interventions.batch import Batch
-from visfocus.interventions.decoding import plausibility_cut
+from visfocus.interventions.decoding import plausibility_cut, processor_order_fidelity
 from visfocus.steer.streams import ImageStream
 
 NUM_STEPS = 1000
@@ -106,14 +106,10 @@ class VCD(Method):
                  equal="the noised pixel tensor at T = 500",
                  tolerance="max abs ≤ 1e-6",
                  test="tests/test_method_vcd.py::test_diffusion_noise_mixes_the_pixels_with_seeded_gaussian_noise"),
-        Fidelity(reference="an independent reference in DAMO-NLP-SG/VCD vcd_sample.py's order (logits_processor, "
-                           "then logits_warper, on the contrasted scores): plain full forwards, the correction "
-                           "written in the test, transformers' processor classes applied in that order",
-                 equal="the tokens and every step's scores of a 4-step decode of a left-padded batch, with each of "
-                       "repetition penalty, no-repeat n-gram, min new tokens, bad words, suppressed tokens"
-                       " and the sampling warpers set, on LLaVA and Qwen2-VL",
-                 tolerance="fp32, max abs ≤ 1e-4; the −inf set and the tokens exact",
-                 test="tests/test_processor_order.py::test_the_models_processors_run_in_the_official_order"),
+        processor_order_fidelity(
+            "an independent reference in DAMO-NLP-SG/VCD vcd_sample.py's order (logits_processor, "
+            "then logits_warper, on the contrasted scores): plain full forwards, the correction "
+            "written in the test, transformers' processor classes applied in that order"),
     )
     Params = VCDParams
     supports_sampling = False  # it samples its own way: sample=True (warpers after the contrast, its seed)
